@@ -1,0 +1,164 @@
+"""Content-keyed stage cache: checkpoints, degraded evaluation banks and evaluation results.
+
+An entry lives at <root>/<stage>/<key>/ where key hashes exactly the config slice the stage reads,
+its parents' keys and CODE_VERSION. Entries are written into <root>/.tmp and renamed into place, so
+a crash never leaves a half entry and two writers never corrupt one (the loser of the rename race
+discards its copy). Every file's sha256 is recorded in meta.json and checked on load: a truncated or
+altered entry is moved aside and rebuilt, never loaded. A per-entry flock makes a second worker wait
+for the first one's result instead of training the same stage twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+# Bump when a stage's semantics change, so old entries stop matching instead of being reused.
+CODE_VERSION = "1"
+META = "meta.json"
+
+
+def content_key(stage: str, config_slice: Any, parents: Sequence[str] = ()) -> str:
+    blob = json.dumps({"stage": stage, "config": config_slice, "parents": list(parents),
+                       "code": CODE_VERSION}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class StageCache:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.hits: list[str] = []      # "<stage>/<key>" found, for provenance and the output
+        self.misses: list[str] = []
+        self.corrupt: list[str] = []
+
+    def entry(self, stage: str, key: str) -> Path:
+        return self.root / stage / key
+
+    @contextlib.contextmanager
+    def lock(self, stage: str, key: str) -> Iterator[None]:
+        """Hold while checking and building one entry: a racing worker blocks here and then
+        finds the finished entry."""
+        lock_dir = self.root / ".locks"
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        with open(lock_dir / f"{stage}-{key}.lock", "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _verified(self, stage: str, key: str) -> Path | None:
+        path = self.entry(stage, key)
+        meta_path = path / META
+        if not meta_path.exists():
+            return None
+        try:
+            meta = json.loads(meta_path.read_text())
+            ok = all(_sha256(path / name) == digest for name, digest in meta["sha256"].items())
+        except (OSError, ValueError, KeyError):
+            ok = False
+        if not ok:
+            # Moved aside, not deleted: the evidence stays for a post-mortem.
+            aside = path.with_name(f"{key}.corrupt-{int(time.time() * 1000)}")
+            with contextlib.suppress(OSError):
+                path.rename(aside)
+            self.corrupt.append(f"{stage}/{key}")
+            return None
+        return path
+
+    def _write(self, stage: str, key: str, files: Mapping[str, bytes], meta: Mapping[str, Any]
+               ) -> Path:
+        tmp_root = self.root / ".tmp"
+        tmp_root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{stage}-{key}-", dir=tmp_root))
+        try:
+            digests = {}
+            for name, data in files.items():
+                with open(tmp / name, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                digests[name] = hashlib.sha256(data).hexdigest()
+            full_meta = {**meta, "stage": stage, "key": key, "sha256": digests,
+                         "created": time.time()}
+            (tmp / META).write_text(json.dumps(full_meta, indent=1, default=str))
+            dest = self.entry(stage, key)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.rename(tmp, dest)
+            except OSError:
+                if not (dest / META).exists():
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)   # another writer won the race
+            return dest
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def _note(self, stage: str, key: str, hit: bool) -> None:
+        (self.hits if hit else self.misses).append(f"{stage}/{key}")
+
+    # ------------------------------------------------------------ typed entries
+    def load_state(self, stage: str, key: str) -> dict[str, Any] | None:
+        path = self._verified(stage, key)
+        self._note(stage, key, path is not None)
+        if path is None:
+            return None
+        return torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+
+    def save_state(self, stage: str, key: str, state: Mapping[str, Any],
+                   meta: Mapping[str, Any]) -> None:
+        buf = io.BytesIO()
+        torch.save(dict(state), buf)
+        self._write(stage, key, {"state.pt": buf.getvalue()}, meta)
+
+    def load_json(self, stage: str, key: str) -> Any | None:
+        path = self._verified(stage, key)
+        self._note(stage, key, path is not None)
+        return None if path is None else json.loads((path / "data.json").read_text())
+
+    def save_json(self, stage: str, key: str, data: Any, meta: Mapping[str, Any]) -> None:
+        self._write(stage, key, {"data.json": json.dumps(data).encode()}, meta)
+
+    def load_array(self, stage: str, key: str) -> np.ndarray | None:
+        path = self._verified(stage, key)
+        if path is None:
+            return None
+        return np.load(path / "array.npy")
+
+    def save_array(self, stage: str, key: str, array: np.ndarray, meta: Mapping[str, Any]
+                   ) -> None:
+        buf = io.BytesIO()
+        np.save(buf, array)
+        self._write(stage, key, {"array.npy": buf.getvalue()}, meta)
+
+    def meta(self, stage: str, key: str) -> dict[str, Any]:
+        return json.loads((self.entry(stage, key) / META).read_text())
+
+    def summary(self) -> dict[str, int]:
+        """Entries per stage on disk (for `study status`)."""
+        if not self.root.exists():
+            return {}
+        return {d.name: sum(1 for e in d.iterdir() if (e / META).exists())
+                for d in sorted(self.root.iterdir()) if d.is_dir() and not d.name.startswith(".")}

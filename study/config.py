@@ -1,0 +1,382 @@
+"""The validated, frozen config tree of a study file.
+
+A study file has four sections: `study` (name, objectives, sampler...), `executor` (where trials run),
+`pipeline` (the fixed settings: a preset plus overrides) and `space` (the searched parameters).
+Loading goes: YAML (safe) -> preset merged under `pipeline` -> dotted `--set key=value` overrides ->
+pydantic validation with `extra="forbid"`, every error reported together with the file and the key.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PRESET_DIR = Path(__file__).parent / "presets"
+SEARCH_SPACE_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+DEGRADATION_NAMES = ("jpeg", "blur", "awgn", "saltpepper")
+METHOD_NAMES = (
+    "oracle", "ensemble", "scratch", "vanilla_ft", "modelsoups", "fusing", "fusiondistill",
+)
+# A YAML bomb (billion laughs) expands aliases into gigabytes; no real study file comes near this.
+MAX_FILE_BYTES = 1_000_000
+MAX_YAML_NODES = 200_000
+
+
+class ConfigError(Exception):
+    """A user error in a study file or an override: printed as is, exit code 2."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- pipeline
+class DataConfig(Strict):
+    dataset: Literal["cifar10", "cifar100", "tinyimagenet", "imagefolder", "synthetic"]
+    root: str | None = None
+    val_size: int = Field(5000, ge=0)
+    seed: int = 0                       # the validation split and the synthetic images
+    synthetic_train: int = Field(2500, ge=10)
+    synthetic_test: int = Field(500, ge=10)
+    train_subset: int | None = Field(None, ge=10)   # first N of the shuffled train set, for quick runs
+    classes: list[str] | None = None                # imagefolder: class order
+
+
+class TrainSpec(Strict):
+    """One training stage: optimiser, schedule (stepped per epoch), batch and Cutout."""
+
+    optimizer: Literal["sgd", "radam", "adam", "adamw"]
+    lr: float = Field(gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)        # sgd only
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["multistep", "cosine", "constant"]
+    milestones: list[int] = []
+    gamma: float = Field(0.2, gt=0, le=1)
+    t_max: int | None = Field(None, ge=1)           # cosine period in epochs; None = epochs
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)                   # per degradation
+    cutout: int = Field(16, ge=0)                   # side of the square hole; 0 = off
+    cutout_on: Literal["clean", "degraded", "both", "none"] = "degraded"
+
+    @field_validator("milestones")
+    @classmethod
+    def _increasing(cls, v: list[int]) -> list[int]:
+        if any(b <= a for a, b in zip(v, v[1:])) or any(m < 1 for m in v):
+            raise ValueError(f"milestones must be increasing positive epochs, got {v}")
+        return v
+
+
+class ExpertSpec(TrainSpec):
+    ce_weight: float = Field(1.0, ge=0)
+    feature_weight: float = Field(1.0, ge=0)
+    feature_layers: dict[Literal["stage1", "stage2", "stage3"], float] = {"stage3": 1.0}
+
+
+class FusionConfig(Strict):
+    method: Literal["uniform", "weighted", "task_arithmetic", "ties", "dare"] = "uniform"
+    bn: Literal["copy_first", "average", "recompute"] = "copy_first"
+    experts: list[str] | None = None      # which experts to fuse; None = all of `degradations`
+    weights: dict[str, float] | None = None   # weighted: coefficients on the simplex, by degradation
+    lambdas: float | dict[str, float] = 1.0   # task_arithmetic / ties / dare scaling
+    density: float = Field(0.2, gt=0, le=1)   # ties: fraction of each task vector kept
+    drop_rate: float = Field(0.9, ge=0, lt=1)  # dare: fraction of each task vector dropped
+    bn_batches: int = Field(20, ge=1)          # recompute: training batches to re-estimate BN stats
+
+    @field_validator("experts")
+    @classmethod
+    def _known_experts(cls, v: list[str] | None) -> list[str] | None:
+        return None if v is None else _canonical_subset(v, DEGRADATION_NAMES, "fusion expert")
+
+
+class DistillSpec(TrainSpec):
+    loss: Literal["feature", "logit", "both"] = "feature"
+    ce_weight: float = Field(0.1, ge=0)
+    feature_weight: float = Field(1.0, ge=0)
+    feature_layers: dict[Literal["stage1", "stage2", "stage3"], float] = {"stage3": 1.0}
+    kd_weight: float = Field(1.0, ge=0)
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(0.9, ge=0, le=1)
+    teacher_input: Literal["clean", "degraded"] = "clean"
+    same_images_per_degradation: bool = True
+
+
+class EvalConfig(Strict):
+    test_level_step: int = Field(1, ge=1)   # 1 = the paper protocol, every integer level
+    val_level_step: int = Field(1, ge=1)
+    batch_size: int = Field(1000, ge=1)
+    seed: int = 0                           # the degraded copies, identical for every model
+    degradations: list[str] = list(DEGRADATION_NAMES)
+
+    @field_validator("degradations")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        return _canonical_subset(v, DEGRADATION_NAMES, "eval degradation")
+
+
+class PipelineConfig(Strict):
+    data: DataConfig
+    model: Literal["resnet56", "tiny"]
+    degradations: list[str]
+    salt_value: Literal[1, 255] = 1
+    methods: list[str]
+    selection: Literal["best_val", "last"] = "best_val"
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    eval: EvalConfig = EvalConfig()
+    base: TrainSpec
+    expert: ExpertSpec
+    fusion: FusionConfig = FusionConfig()
+    distill: DistillSpec
+    scratch: TrainSpec
+    vanilla_ft: TrainSpec
+    fusing: TrainSpec
+
+    @field_validator("degradations")
+    @classmethod
+    def _known_degradations(cls, v: list[str]) -> list[str]:
+        return _canonical_subset(v, DEGRADATION_NAMES, "degradation")
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, v: list[str]) -> list[str]:
+        return _canonical_subset(v, METHOD_NAMES, "method")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PipelineConfig:
+        chosen = self.fused_experts
+        if not set(chosen) <= set(self.degradations):
+            raise ValueError(
+                f"fusion.experts {chosen} must be a subset of degradations {self.degradations}"
+            )
+        f = self.fusion
+        if f.method == "weighted":
+            if f.weights is None or set(f.weights) != set(chosen):
+                raise ValueError(
+                    f"fusion.method 'weighted' needs fusion.weights with one weight per fused "
+                    f"expert {chosen}, got {f.weights}"
+                )
+            if min(f.weights.values()) < 0 or abs(sum(f.weights.values()) - 1) > 1e-6:
+                raise ValueError(f"fusion.weights must be >= 0 and sum to 1, got {f.weights}")
+        if isinstance(f.lambdas, dict) and set(f.lambdas) != set(chosen):
+            raise ValueError(f"fusion.lambdas keys must be the fused experts {chosen}")
+        if self.data.dataset in ("cifar10", "cifar100", "tinyimagenet", "imagefolder") and (
+            not self.data.root
+        ):
+            raise ValueError(
+                f"data.root is required for dataset '{self.data.dataset}' (the folder that holds "
+                "the files; see `study data download --help`)"
+            )
+        return self
+
+    @property
+    def fused_experts(self) -> list[str]:
+        chosen = self.fusion.experts if self.fusion.experts is not None else self.degradations
+        return [d for d in DEGRADATION_NAMES if d in chosen]
+
+
+def _canonical_subset(v: Iterable[str], allowed: tuple[str, ...], what: str) -> list[str]:
+    """Unknown names are errors; order is canonical (the paper's copy_first keeps jpeg's BN)."""
+    v = list(v)
+    unknown = [x for x in v if x not in allowed]
+    if unknown:
+        raise ValueError(f"unknown {what} {unknown}; allowed: {list(allowed)}")
+    if not v:
+        raise ValueError(f"at least one {what} is needed; allowed: {list(allowed)}")
+    if len(set(v)) != len(v):
+        raise ValueError(f"repeated {what} in {v}")
+    return [x for x in allowed if x in v]
+
+
+# ---------------------------------------------------------------- study, executor
+class ObjectiveConfig(Strict):
+    metric: str = "val.avg"         # <split>.<avg|clean|jpeg|blur|awgn|saltpepper>
+    method: str = "fusiondistill"   # whose accuracy
+    direction: Literal["maximize", "minimize"] = "maximize"
+
+
+class StudySection(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+    objectives: list[ObjectiveConfig] = [ObjectiveConfig()]
+    n_trials: int = Field(20, ge=1)
+    sampler: Literal["tpe", "random", "cmaes", "gp", "nsga2", "bruteforce"] = "tpe"
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    seed: int = 0
+    replicates: int = Field(1, ge=1)
+    storage: str | None = None      # None = JournalStorage at results/<study>/optuna.journal
+
+
+class ExecutorSection(Strict):
+    backend: Literal["debug", "local", "slurm"] = "debug"
+    parallel: int = Field(1, ge=1)
+    slurm: dict[str, Any] = {}      # site preset and overrides (see slurm/)
+
+
+class StudyFile(Strict):
+    study: StudySection
+    executor: ExecutorSection = ExecutorSection()
+    pipeline: PipelineConfig
+    space: dict[str, Any] = {}
+
+
+# ---------------------------------------------------------------- loading
+def resolve_space_path(path: str | Path) -> Path:
+    """`--space fusion.yaml` also finds search_spaces/fusion.yaml."""
+    p = Path(path)
+    if p.exists():
+        return p
+    for candidate in (SEARCH_SPACE_DIR / p.name, Path.cwd() / "search_spaces" / p.name):
+        if candidate.exists():
+            return candidate
+    raise ConfigError(
+        f"{path}: no such study file (also looked in {SEARCH_SPACE_DIR}); shipped files: "
+        f"{sorted(x.name for x in SEARCH_SPACE_DIR.glob('*.yaml'))}"
+    )
+
+
+def read_yaml(path: Path) -> Any:
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ConfigError(f"{path}: file is {size} bytes; a study file is at most "
+                              f"{MAX_FILE_BYTES} bytes")
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the file ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        _check_size(node, path)
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+
+
+def _check_size(node: Any, path: Path) -> None:
+    """Count nodes with aliases expanded, so a YAML bomb is refused before it is built."""
+    count = 0
+    stack = [node] if node is not None else []
+    while stack:
+        n = stack.pop()
+        count += 1
+        if count > MAX_YAML_NODES:
+            raise ConfigError(f"{path}: the YAML expands to over {MAX_YAML_NODES} nodes "
+                              "(aliases nested too deep?); refused")
+        if isinstance(n, yaml.SequenceNode):
+            stack.extend(n.value)
+        elif isinstance(n, yaml.MappingNode):
+            for k, v in n.value:
+                stack.extend((k, v))
+
+
+def load_preset(name: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.exists() or name in _seen:
+        valid = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+        raise ConfigError(f"unknown preset '{name}'; allowed: {valid}")
+    tree = read_yaml(path) or {}
+    parent = tree.pop("extends", None)
+    return deep_merge(load_preset(parent, (*_seen, name)), tree) if parent else tree
+
+
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(dict(base))
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`distill.temperature=4` -> (['pipeline', 'distill', 'temperature'], 4.0).
+
+    Values are parsed as YAML scalars/lists; a path that does not start with a section name is
+    taken to be under `pipeline`, the section people override most.
+    """
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. distill.temperature=4")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    path = key.strip().split(".")
+    if path[0] not in StudyFile.model_fields:
+        path = ["pipeline", *path]
+    return path, value
+
+
+def set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node = tree
+    for k in path[:-1]:
+        if not isinstance(node.get(k), dict):
+            node[k] = {}
+        node = node[k]
+    node[path[-1]] = value
+
+
+def resolve_tree(raw: Any, source: str, overrides: Iterable[str] = ()) -> dict[str, Any]:
+    """The raw study tree with the pipeline preset expanded and overrides applied."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping with keys "
+                          f"{list(StudyFile.model_fields)}")
+    tree = copy.deepcopy(raw)
+    pipe = tree.get("pipeline") or {}
+    if not isinstance(pipe, dict):
+        raise ConfigError(f"{source}: key 'pipeline' must be a mapping")
+    preset = pipe.pop("preset", None)
+    tree["pipeline"] = deep_merge(load_preset(preset), pipe) if preset else pipe
+    for item in overrides:
+        path, value = parse_override(item)
+        set_path(tree, path, value)
+    return tree
+
+
+def validate(tree: dict[str, Any], source: str) -> StudyFile:
+    try:
+        return StudyFile.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(format_errors(e, source)) from None
+
+
+def format_errors(e: ValidationError, source: str) -> str:
+    lines = [f"{source}: {e.error_count()} error(s) in the study file:"]
+    for err in e.errors():
+        key = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
+        key = key.replace(".literal[", "[")
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            parent_loc = [p for p in err["loc"][:-1] if isinstance(p, str)]
+            allowed = _allowed_keys(parent_loc)
+            near = difflib.get_close_matches(str(err["loc"][-1]), allowed, n=1)
+            msg = "unknown key" + (f" (did you mean '{near[0]}'?)" if near else "")
+            msg += f"; allowed keys here: {allowed}"
+        elif "input" in err and err["type"] not in ("missing",):
+            msg += f" (got {err['input']!r})"
+        lines.append(f"  - key '{key or '<top>'}': {msg}")
+    return "\n".join(lines)
+
+
+def _allowed_keys(loc: list[str]) -> list[str]:
+    model: Any = StudyFile
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        model = field.annotation
+    return list(getattr(model, "model_fields", {}))
+
+
+def load_study_file(path: str | Path, overrides: Iterable[str] = ()) -> tuple[Path, StudyFile]:
+    """Path resolution, safe YAML, preset, overrides, validation: the one entry point."""
+    p = resolve_space_path(path)
+    tree = resolve_tree(read_yaml(p), str(p), overrides)
+    return p, validate(tree, str(p))

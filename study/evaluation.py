@@ -1,0 +1,98 @@
+"""The level-wise test protocol of METHOD.md and the paper-style table.
+
+Every model is evaluated on the whole split once per integer level of each degradation (jpeg 101,
+blur 51, awgn 51, saltpepper 26 = 229 copies), plus clean. The number per degradation is the mean
+over its levels; "Avg" is the mean of the four. Degraded copies are pure functions of (images,
+degradation, level, seed), so every model compared sees identical images; each copy is built once
+and fed to every network before the next one is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from study import degradations
+from study.augment import normalise
+from study.config import DEGRADATION_NAMES
+from study.train import predict
+
+TABLE_COLUMNS = {"jpeg": "JPEG", "blur": "Blur", "awgn": "AWGN", "saltpepper": "SAPN"}
+# Combines the networks' logits on one copy into one method's predictions (None: not defined there,
+# e.g. the oracle on clean images).
+Combiner = Callable[[Mapping[str, torch.Tensor], str], "torch.Tensor | None"]
+
+
+def copy_seed(seed: int, name: str, level: int) -> np.random.Generator:
+    return np.random.default_rng([seed, DEGRADATION_NAMES.index(name), level])
+
+
+def degraded_copy(images: np.ndarray, name: str, level: int, seed: int, salt_value: int
+                  ) -> np.ndarray:
+    return degradations.degrade_batch(images, name, level, copy_seed(seed, name, level),
+                                      salt_value)
+
+
+def random_level_copy(images: np.ndarray, name: str, seed: int, salt_value: int) -> np.ndarray:
+    """One fixed random level per image: the cheap per-epoch validation set of a stage."""
+    rng = np.random.default_rng([seed, DEGRADATION_NAMES.index(name), 10_000])
+    return degradations.degrade_batch(images, name, degradations.random_levels(name, len(images),
+                                                                               rng), rng,
+                                      salt_value)
+
+
+def level_plan(names: Sequence[str], step: int) -> list[tuple[str, int]]:
+    plan = [("clean", 0)]
+    for name in names:
+        plan += [(name, level) for level in degradations.get(name).levels(step)]
+    return plan
+
+
+def vote(logits: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Plurality vote of argmaxes; ties broken by the argmax of the summed logits."""
+    stacked = torch.stack(list(logits))                        # (M, N, C)
+    n_classes = stacked.shape[-1]
+    votes = torch.nn.functional.one_hot(stacked.argmax(-1), n_classes).sum(0).float()  # (N, C)
+    # Among the classes with the most votes, the summed logits decide.
+    summed = stacked.sum(0)
+    tied = votes == votes.max(1, keepdim=True).values
+    return summed.masked_fill(~tied, float("-inf")).argmax(1)
+
+
+def evaluate(networks: Mapping[str, nn.Module], methods: Mapping[str, Combiner],
+             images: np.ndarray, labels: np.ndarray, plan: Sequence[tuple[str, int]],
+             copy_fn: Callable[[str, int], np.ndarray], mean: Sequence[float],
+             std: Sequence[float], batch_size: int, device: torch.device | str
+             ) -> list[dict[str, object]]:
+    """Rows (model, degradation, level, accuracy, n_images) for every method and plan entry."""
+    y = torch.from_numpy(labels).to(device)
+    rows: list[dict[str, object]] = []
+    for name, level in plan:
+        x_np = images if name == "clean" else copy_fn(name, level)
+        x = normalise(x_np, mean, std, device)
+        logits = {k: predict(net, x, batch_size) for k, net in networks.items()}
+        for method, combine in methods.items():
+            pred = combine(logits, name)
+            if pred is None:
+                continue
+            rows.append({"model": method, "degradation": name, "level": level,
+                         "accuracy": (pred == y).float().mean().item(), "n_images": len(y)})
+    return rows
+
+
+def table(rows: pd.DataFrame | Sequence[Mapping[str, object]]) -> pd.DataFrame:
+    """Methods x JPEG/Blur/AWGN/SAPN/Avg/Clean in percent: mean over levels, Avg of the four."""
+    df = pd.DataFrame(rows)
+    per = df[df.degradation != "clean"].groupby(["model", "degradation"]).accuracy.mean()
+    out = per.unstack("degradation").reindex(columns=[d for d in TABLE_COLUMNS if d in set(
+        df.degradation)])
+    out["Avg"] = out.mean(axis=1)
+    clean = df[df.degradation == "clean"].groupby("model").accuracy.mean()
+    out["Clean"] = clean.reindex(out.index)
+    out = out.rename(columns=TABLE_COLUMNS) * 100
+    order = list(dict.fromkeys(df.model))
+    return out.reindex([m for m in order if m in out.index])

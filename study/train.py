@@ -1,0 +1,117 @@
+"""Plain training loops: optimiser and schedule builders, one epoch, fit with checkpoint/resume.
+
+Schedules step once per epoch, as the reference code's do. `fit` keeps the checkpoint chosen on
+validation (or the last one) and writes an epoch checkpoint atomically after every epoch, so a
+preempted job resumes from the last finished epoch with the same data order (TrainStream epochs are
+pure functions of the seed and the epoch number).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from study.augment import Batch
+
+
+def make_optimizer(params: Iterable[nn.Parameter], name: str, lr: float, momentum: float,
+                   weight_decay: float) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "radam":   # coupled L2 (decoupled_weight_decay=False), as the reference runs it
+        return torch.optim.RAdam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer '{name}'; allowed: ['sgd', 'radam', 'adam', 'adamw']")
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, name: str, epochs: int,
+                   milestones: Sequence[int], gamma: float, t_max: int | None
+                   ) -> torch.optim.lr_scheduler.LRScheduler:
+    if name == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, list(milestones), gamma)
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, t_max or epochs)
+    if name == "constant":
+        return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    raise ValueError(f"unknown schedule '{name}'; allowed: ['multistep', 'cosine', 'constant']")
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Logits for a whole normalised tensor, in inference batches."""
+    model.eval()
+    return torch.cat([model(x[i:i + batch_size])[0].float() for i in range(0, len(x), batch_size)])
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
+    return (predict(model, x, batch_size).argmax(1) == y).float().mean().item()
+
+
+@dataclass
+class FitResult:
+    state: dict[str, torch.Tensor]        # the selected weights
+    best_val: float | None
+    history: list[dict[str, float]] = field(default_factory=list)
+    resumed_from: int = 0                 # epochs already done when this call started
+
+
+def _save_atomic(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def fit(model: nn.Module, *, epochs: int, optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler, batches: Callable[[int], Iterable[Batch]],
+        loss_fn: Callable[[nn.Module, Batch], torch.Tensor],
+        validate: Callable[[nn.Module], float] | None, select: str,
+        checkpoint: Path | None = None,
+        on_epoch: Callable[[int, float | None], None] | None = None) -> FitResult:
+    """Train for `epochs`; `on_epoch(epoch, val)` may raise (e.g. optuna.TrialPruned) to stop."""
+    start, best_val, best_state, history = 0, None, None, []
+    if checkpoint is not None and checkpoint.exists():
+        ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        scheduler.load_state_dict(ck["scheduler"])
+        start, best_val, best_state, history = (ck["epoch"], ck["best_val"], ck["best_state"],
+                                                ck["history"])
+    resumed_from = start
+    for epoch in range(start, epochs):
+        model.train()
+        total, steps = 0.0, 0
+        for batch in batches(epoch):
+            loss = loss_fn(model, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item()
+            steps += 1
+        scheduler.step()
+        val = validate(model) if validate is not None else None
+        history.append({"epoch": epoch + 1, "loss": total / max(steps, 1),
+                        **({"val": val} if val is not None else {})})
+        if select == "best_val" and val is not None and (best_val is None or val > best_val):
+            best_val, best_state = val, copy.deepcopy(model.state_dict())
+        if checkpoint is not None:
+            _save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                          "scheduler": scheduler.state_dict(), "epoch": epoch + 1,
+                          "best_val": best_val, "best_state": best_state, "history": history},
+                         checkpoint)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, val)
+    if select == "last" or best_state is None:
+        best_state = copy.deepcopy(model.state_dict())
+        best_val = history[-1].get("val") if history else None
+    return FitResult({k: v.detach().cpu() for k, v in best_state.items()}, best_val, history,
+                     resumed_from)

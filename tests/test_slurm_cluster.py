@@ -1,0 +1,162 @@
+"""The local single-node SLURM cluster from slurm/ runs submitit jobs for real.
+
+Needs root on Debian (the script apt-installs slurm-wlm, munge, slurmdbd, mariadb-server);
+elsewhere the tests skip with the reason, except under CI=true, where they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cloudpickle
+import pytest
+import submitit
+from submitit.core.utils import UncompletedJobError
+
+pytestmark = pytest.mark.slurm
+
+SCRIPT = Path(__file__).resolve().parents[1] / "slurm" / "local_cluster.sh"
+STATE_DIR = os.environ.get("STUDY_SLURM_DIR", "/tmp/study-slurm")
+# rc 2 from the script: this machine cannot host the cluster (not root, no apt, no packages).
+RC_UNSUPPORTED = 2
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true but the SLURM cluster cannot start: {reason}")
+    print(f"skipping SLURM tests: {reason}")
+    pytest.skip(reason)
+
+
+def _script(command: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(SCRIPT), command, STATE_DIR],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[str]:
+    """Starts the cluster (or reuses a running one) and exports SLURM_CONF; yields its path."""
+    if not sys.platform.startswith("linux") or os.geteuid() != 0:
+        _unavailable("the local SLURM cluster needs root on Linux (Debian)")
+    was_running = _script("status").returncode == 0
+    started = _script("start")
+    if started.returncode == RC_UNSUPPORTED:
+        _unavailable(started.stderr.strip().splitlines()[-1])
+    if started.returncode != 0:
+        pytest.fail(f"{SCRIPT} start failed:\n{started.stderr[-3000:]}")
+    conf = started.stdout.strip().splitlines()[-1].removeprefix("export SLURM_CONF=")
+    previous = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = conf
+    # The jobs cannot import this test module (tests/ is not on their sys.path), so its
+    # functions travel by value instead of by reference.
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    yield conf
+    cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    if previous is None:
+        os.environ.pop("SLURM_CONF", None)
+    else:
+        os.environ["SLURM_CONF"] = previous
+    if not was_running:
+        _script("stop", timeout=120)
+
+
+def _executor(folder: Path, **params: object) -> submitit.AutoExecutor:
+    # cluster= explicitly: with srun on PATH and no SLURM_CONF, auto-detection fails.
+    executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+    executor.update_parameters(timeout_min=5, slurm_partition="debug", cpus_per_task=1, **params)
+    return executor
+
+
+def _add_in_job(a: int, b: int) -> tuple[int, str | None]:
+    return a + b, os.environ.get("SLURM_JOB_ID")
+
+
+def _sleep_span(seconds: float) -> tuple[float, float]:
+    start = time.time()
+    time.sleep(seconds)
+    return start, time.time()
+
+
+def _squeue_state(job_id: str) -> str:
+    out = subprocess.run(
+        ["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True
+    ).stdout
+    return out.strip()
+
+
+def _sacct_state(job_id: str) -> str:
+    out = subprocess.run(
+        ["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State"], capture_output=True, text=True
+    ).stdout
+    return out.strip()
+
+
+def _poll(predicate, timeout: float, interval: float = 0.5) -> bool:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def test_submit_returns_result_from_a_slurm_job(slurm_cluster: str, tmp_path: Path) -> None:
+    job = _executor(tmp_path).submit(_add_in_job, 2, 3)
+    total, job_id_inside = job.result()
+    assert total == 5
+    # The function really ran as that SLURM job, not in-process.
+    assert job_id_inside == job.job_id
+
+
+def test_job_array_of_four_runs_concurrently(slurm_cluster: str, tmp_path: Path) -> None:
+    executor = _executor(tmp_path, slurm_array_parallelism=4)
+    # 4 s of sleep leaves room for the ~1 s staggered start of 4 pythons on 2 cores.
+    jobs = executor.map_array(_sleep_span, [4.0] * 4)
+    assert len({job.job_id.split("_")[0] for job in jobs}) == 1, "expected one job array"
+    spans = [job.result() for job in jobs]
+    latest_start = max(start for start, _ in spans)
+    earliest_end = min(end for _, end in spans)
+    assert latest_start < earliest_end, f"array tasks did not overlap: {spans}"
+
+
+def test_scancel_makes_result_raise_uncompleted(slurm_cluster: str, tmp_path: Path) -> None:
+    job = _executor(tmp_path).submit(time.sleep, 300)
+    try:
+        assert _poll(lambda: _squeue_state(job.job_id) == "RUNNING", timeout=30)
+        subprocess.run(["scancel", job.job_id], check=True)
+        # job.result() has no deadline of its own: run it in a daemon thread and give up
+        # after 60 s (it took ~16 s on this setup: submitit polls sacct every few seconds).
+        outcome: list[BaseException | object] = []
+
+        def wait() -> None:
+            try:
+                outcome.append(job.result())
+            except BaseException as error:  # noqa: BLE001
+                outcome.append(error)
+
+        waiter = threading.Thread(target=wait, daemon=True)
+        waiter.start()
+        waiter.join(timeout=60)
+        assert outcome, "job.result() still waiting 60 s after scancel"
+        assert isinstance(outcome[0], UncompletedJobError), outcome[0]
+    finally:
+        subprocess.run(["scancel", job.job_id], capture_output=True)
+
+
+def test_sacct_lists_a_finished_job(slurm_cluster: str, tmp_path: Path) -> None:
+    job = _executor(tmp_path).submit(_add_in_job, 1, 1)
+    assert job.result()[0] == 2
+    # slurmctld forwards job records to slurmdbd asynchronously; allow it a few seconds.
+    assert _poll(lambda: _sacct_state(job.job_id) == "COMPLETED", timeout=20), _sacct_state(
+        job.job_id
+    )
