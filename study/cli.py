@@ -67,8 +67,27 @@ def cmd_run(args: argparse.Namespace) -> int:
                 steps = sorted(set(part.level_step))
                 note = "every level" if steps == [1] else f"every {steps[0]}th level"
                 print(f"\n{split} accuracy (%), mean over levels ({note}):")
-                print(evaluation.table(part).to_string())
+                print(evaluation.table(part, sf.pipeline.methods).to_string())
     print(f"\nwall time {wall:.1f}s")
+    return 0
+
+
+def cmd_data_download(args: argparse.Namespace) -> int:
+    """For a machine with internet (a login node): compute nodes never download."""
+    from torchvision import datasets
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    from study.data import TINYIMAGENET_URL
+
+    root = Path(args.root)
+    root.mkdir(parents=True, exist_ok=True)
+    if args.dataset == "cifar10":
+        datasets.CIFAR10(str(root), download=True)
+    elif args.dataset == "cifar100":
+        datasets.CIFAR100(str(root), download=True)
+    else:
+        download_and_extract_archive(TINYIMAGENET_URL, str(root))
+    print(f"{args.dataset} is under {root}; point pipeline.data.root at it")
     return 0
 
 
@@ -81,6 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "paper-style table for validation and test.")
     _add_space(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("data", help="dataset helpers")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    d = dsub.add_parser("download", help="download a dataset (needs internet: run it on a "
+                        "login node, never on a compute node)")
+    d.add_argument("--dataset", required=True, choices=["cifar10", "cifar100", "tinyimagenet"])
+    d.add_argument("--root", required=True, metavar="DIR")
+    d.set_defaults(func=cmd_data_download)
     return parser
 
 

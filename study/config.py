@@ -1,7 +1,7 @@
 """The validated, frozen config tree of a study file.
 
-A study file has four sections: `study` (name, objectives, sampler...), `executor` (where trials run),
-`pipeline` (the fixed settings: a preset plus overrides) and `space` (the searched parameters).
+A study file has four sections: `study` (name, objectives, sampler...), `executor` (where trials
+run), `pipeline` (the fixed settings: a preset plus overrides) and `space` (what is searched).
 Loading goes: YAML (safe) -> preset merged under `pipeline` -> dotted `--set key=value` overrides ->
 pydantic validation with `extra="forbid"`, every error reported together with the file and the key.
 """
@@ -44,7 +44,7 @@ class DataConfig(Strict):
     seed: int = 0                       # the validation split and the synthetic images
     synthetic_train: int = Field(2500, ge=10)
     synthetic_test: int = Field(500, ge=10)
-    train_subset: int | None = Field(None, ge=10)   # first N of the shuffled train set, for quick runs
+    train_subset: int | None = Field(None, ge=10)   # first N of the shuffled train set
     classes: list[str] | None = None                # imagefolder: class order
 
 
@@ -82,7 +82,7 @@ class FusionConfig(Strict):
     method: Literal["uniform", "weighted", "task_arithmetic", "ties", "dare"] = "uniform"
     bn: Literal["copy_first", "average", "recompute"] = "copy_first"
     experts: list[str] | None = None      # which experts to fuse; None = all of `degradations`
-    weights: dict[str, float] | None = None   # weighted: coefficients on the simplex, by degradation
+    weights: dict[str, float] | None = None   # weighted: simplex coefficients per expert
     lambdas: float | dict[str, float] = 1.0   # task_arithmetic / ties / dare scaling
     density: float = Field(0.2, gt=0, le=1)   # ties: fraction of each task vector kept
     drop_rate: float = Field(0.9, ge=0, lt=1)  # dare: fraction of each task vector dropped
@@ -333,7 +333,10 @@ def resolve_tree(raw: Any, source: str, overrides: Iterable[str] = ()) -> dict[s
     if not isinstance(pipe, dict):
         raise ConfigError(f"{source}: key 'pipeline' must be a mapping")
     preset = pipe.pop("preset", None)
-    tree["pipeline"] = deep_merge(load_preset(preset), pipe) if preset else pipe
+    try:
+        tree["pipeline"] = deep_merge(load_preset(preset), pipe) if preset else pipe
+    except ConfigError as e:
+        raise ConfigError(f"{source}: key 'pipeline.preset': {e}") from None
     for item in overrides:
         path, value = parse_override(item)
         set_path(tree, path, value)

@@ -84,7 +84,8 @@ def evaluate(networks: Mapping[str, nn.Module], methods: Mapping[str, Combiner],
     return rows
 
 
-def table(rows: pd.DataFrame | Sequence[Mapping[str, object]]) -> pd.DataFrame:
+def table(rows: pd.DataFrame | Sequence[Mapping[str, object]],
+          order: Sequence[str] | None = None) -> pd.DataFrame:
     """Methods x JPEG/Blur/AWGN/SAPN/Avg/Clean in percent: mean over levels, Avg of the four."""
     df = pd.DataFrame(rows)
     per = df[df.degradation != "clean"].groupby(["model", "degradation"]).accuracy.mean()
@@ -94,5 +95,5 @@ def table(rows: pd.DataFrame | Sequence[Mapping[str, object]]) -> pd.DataFrame:
     clean = df[df.degradation == "clean"].groupby("model").accuracy.mean()
     out["Clean"] = clean.reindex(out.index)
     out = out.rename(columns=TABLE_COLUMNS) * 100
-    order = list(dict.fromkeys(df.model))
+    order = list(order or dict.fromkeys(df.model))
     return out.reindex([m for m in order if m in out.index])

@@ -94,33 +94,31 @@ class Pipeline:
         return self.cfg.data.model_dump() | {"model": self.cfg.model}
 
     def key(self, stage: str) -> str:
+        """Content key: the config slice this stage reads plus its parents' keys."""
+        return content_key(self._cache_stage(stage), self._slice(stage),
+                           [self.key(p) for p in self._parents(stage)])
+
+    @staticmethod
+    def _cache_stage(stage: str) -> str:
+        return "expert" if stage.startswith("expert_") else {"modelsoups": "fuse"}.get(stage, stage)
+
+    def _slice(self, stage: str) -> dict[str, Any]:
         c = self.cfg
         if stage == "base":
-            return content_key("base", self._stage_slice(c.base, [CLEAN]) | self.data_slice())
+            return self._stage_slice(c.base, [CLEAN]) | self.data_slice()
         if stage.startswith("expert_"):
-            d = stage.removeprefix("expert_")
-            return content_key("expert", self._stage_slice(c.expert, [d]), [self.key("base")])
-        experts = [self.key(f"expert_{d}") for d in c.fused_experts]
+            return self._stage_slice(c.expert, [stage.removeprefix("expert_")])
         if stage == "modelsoups":
             f = c.fusion.model_dump() | {"experts": c.fused_experts}
-            if f["bn"] == "recompute":
+            if f["bn"] == "recompute":   # re-estimated on degraded training batches
                 f |= {"degradations": c.degradations, "seed": c.seed, **self._salt(c.degradations)}
-            needs_base = f["method"] in ("task_arithmetic", "ties", "dare")
-            return content_key("fuse", f, experts + ([self.key("base")] if needs_base else []))
-        if stage == "fusiondistill":
-            teachers = [self.key(f"expert_{d}") for d in c.degradations]
-            return content_key("fusiondistill", self._stage_slice(c.distill, c.degradations),
-                               [self.key("modelsoups"), *teachers])
+            return f
         if stage == "scratch":
-            return content_key("scratch", self._stage_slice(c.scratch, c.degradations)
-                               | self.data_slice())
-        if stage == "vanilla_ft":
-            return content_key("vanilla_ft", self._stage_slice(c.vanilla_ft, c.degradations),
-                               [self.key("base")])
-        if stage == "fusing":
-            return content_key("fusing", self._stage_slice(c.fusing, c.degradations),
-                               [self.key("modelsoups")])
-        raise ValueError(f"unknown stage '{stage}'")
+            return self._stage_slice(c.scratch, c.degradations) | self.data_slice()
+        specs = {"fusiondistill": c.distill, "vanilla_ft": c.vanilla_ft, "fusing": c.fusing}
+        if stage not in specs:
+            raise ValueError(f"unknown stage '{stage}'")
+        return self._stage_slice(specs[stage], c.degradations)
 
     # ------------------------------------------------------------ networks
     def new_model(self) -> nn.Module:
@@ -132,27 +130,45 @@ class Pipeline:
         if stage in self._nets:
             return self._nets[stage]
         key = self.key(stage)
-        cache_stage = stage.split("_")[0] if stage.startswith("expert_") else stage
+        cache_stage = self._cache_stage(stage)
         t0 = time.perf_counter()
         with self.cache.lock(cache_stage, key):
             state = self.cache.load_state(cache_stage, key)
             hit = state is not None
             if hit:
                 build_s = float(self.cache.meta(cache_stage, key).get("build_s", 0.0))
-                self.log(f"  {stage:<14} cache hit  {key}")
+                self.log(f"  {stage:<17} cache hit {key} (saves {build_s:.1f}s)")
             else:
-                self.log(f"  {stage:<14} building   {key}")
+                for parent in self._parents(stage):   # built first, so build_s is this stage's own
+                    self.network(parent)
+                t0 = time.perf_counter()
                 state, meta = self._build(stage, key)
                 build_s = time.perf_counter() - t0
                 self.cache.save_state(cache_stage, key, state,
                                       meta | {"build_s": build_s, "stage_name": stage})
                 (self.cache.root / ".work" / f"{stage}-{key}.pt").unlink(missing_ok=True)
+                best = meta.get("best_val")
+                self.log(f"  {stage:<17} built     {key} in {build_s:.1f}s"
+                         + (f", val {best:.3f}" if best is not None else ""))
         net = self.new_model()
         net.load_state_dict(state)
         net.eval()
         self._nets[stage] = net
         self.stages.append(StageRecord(stage, key, hit, time.perf_counter() - t0, build_s))
         return net
+
+    def _parents(self, stage: str) -> list[str]:
+        c = self.cfg
+        if stage.startswith("expert_") or stage == "vanilla_ft":
+            return ["base"]
+        if stage == "modelsoups":
+            needs_base = c.fusion.method in ("task_arithmetic", "ties", "dare")
+            return [f"expert_{d}" for d in c.fused_experts] + (["base"] if needs_base else [])
+        if stage == "fusing":
+            return ["modelsoups"]
+        if stage == "fusiondistill":
+            return ["modelsoups"] + [f"expert_{d}" for d in c.degradations]
+        return []
 
     def _build(self, stage: str, key: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         c = self.cfg
