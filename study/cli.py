@@ -72,6 +72,115 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study_paths(args: argparse.Namespace, ld: object) -> tuple[str, str, str]:
+    from study import storage
+
+    sf = ld.sf  # type: ignore[attr-defined]
+    results_dir = str(Path(args.results).resolve())
+    cache_dir = str(Path(args.cache).resolve() if args.cache else Path(results_dir) / "cache")
+    return results_dir, cache_dir, storage.storage_url(sf, results_dir)
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from study import dispatch, objective, storage
+
+    overrides = list(args.overrides)
+    if args.executor:
+        overrides.append(f"executor.backend={args.executor}")
+    if args.parallel:
+        overrides.append(f"executor.parallel={args.parallel}")
+    ld = objective.load(args.space, overrides)
+    sf = ld.sf
+    n_trials = args.n_trials or sf.study.n_trials
+    results_dir, cache_dir, url = _study_paths(args, ld)
+    if args.dry_run:
+        print(f"study '{sf.study.name}' from {ld.source}")
+        print(f"storage {url}; results {storage.study_dir(results_dir, sf.study.name)}; "
+              f"cache {cache_dir}")
+        print(f"executor {sf.executor.backend}, parallel {sf.executor.parallel}; "
+              f"{n_trials} trials; sampler {sf.study.sampler}; pruner {sf.study.pruner}; "
+              f"replicates {sf.study.replicates}")
+        print("objectives: " + ", ".join(f"{o.direction} {o.method} {o.metric}"
+                                         for o in sf.study.objectives))
+        print("\nsearch space:\n" + ld.space.describe())
+        print("\nfixed pipeline (what every trial runs before the searched values):")
+        import yaml
+
+        print(yaml.safe_dump(sf.pipeline.model_dump(), sort_keys=False, width=100))
+        print(f"each trial runs methods {sf.pipeline.methods} on "
+              f"{sf.pipeline.data.dataset} with model {sf.pipeline.model}")
+        return 0
+    max_epochs = max(sf.pipeline.distill.epochs, sf.pipeline.fusing.epochs)
+    st = storage.load_or_create(
+        sf, storage.open_storage(url), storage.make_sampler(sf, ld.space.grid(),
+                                                            sf.executor.parallel),
+        storage.make_pruner(sf, max_epochs), fp=storage.fingerprint(ld.tree,
+                                                                    ld.space.fingerprint()))
+    sdir = storage.study_dir(results_dir, sf.study.name)
+    sdir.mkdir(parents=True, exist_ok=True)
+    print(f"study '{sf.study.name}': {len(st.trials)} trials in storage {url}; "
+          f"topping up to {n_trials} finished ({sf.executor.backend}, parallel "
+          f"{sf.executor.parallel})", flush=True)
+    _threads()
+    launcher = dispatch.Launcher(
+        ld, st, dispatch.make_executor(sf.executor.backend, ld), results_dir=results_dir,
+        cache_dir=cache_dir, storage_url=url, study_file=ld.source, overrides=overrides,
+        parallel=sf.executor.parallel, log=lambda m: print(m, flush=True))
+    counts = launcher.run(n_trials, detach=args.detach)
+    if args.detach:
+        print(f"detached with {counts.running} trials in flight; `study status --space "
+              f"{args.space}` follows them")
+    else:
+        print(f"results: {results_dir}/{sf.study.name}/trials ({counts.done} finished trials)")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from study import dispatch, objective, results, storage
+    from study.cache import StageCache
+
+    ld = objective.load(args.space, args.overrides)
+    results_dir, cache_dir, url = _study_paths(args, ld)
+    st = storage.open_existing(ld.sf, results_dir)
+    trials = st.get_trials(deepcopy=False)
+    c = dispatch.count(st, trials)
+    print(f"study '{ld.sf.study.name}' ({url})")
+    print(c.line(args.n_trials or ld.sf.study.n_trials))
+    if c.best_trial is not None:
+        print(f"best trial {c.best_trial}: value {c.best:.4f}; parameters:")
+        for k, v in st.best_trial.user_attrs.get("values", {}).items():
+            print(f"  {k} = {v}")
+    elif len(st.directions) > 1:
+        print(f"Pareto front: trials {[t.number for t in st.best_trials]}")
+    running = [t for t in trials if t.state.name == "RUNNING"]
+    if running:
+        print("in flight:")
+        for t in running:
+            job = t.user_attrs.get("job", {})
+            where = job.get("job_id") or job.get("pid") or "-"
+            print(f"  trial {t.number} (attempt {t.user_attrs.get('attempt', 1)}): "
+                  f"{job.get('kind', '?')} {where}")
+    df = results.load(storage.study_dir(results_dir, ld.sf.study.name))
+    print(f"Parquet: {df.trial.nunique() if len(df) else 0} trial files")
+    print(f"stage cache {cache_dir}: " + ", ".join(
+        f"{k} {v}" for k, v in StageCache(cache_dir).summary().items()))
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    import optuna_dashboard
+
+    from study import objective, storage
+
+    ld = objective.load(args.space, args.overrides)
+    results_dir, _, url = _study_paths(args, ld)
+    storage.open_existing(ld.sf, results_dir)   # a clear error before the server starts
+    print(f"optuna-dashboard for '{ld.sf.study.name}' at http://{args.host}:{args.port}/ "
+          f"(storage {url}); Ctrl-C stops it", flush=True)
+    optuna_dashboard.run_server(storage.open_storage(url), host=args.host, port=args.port)
+    return 0
+
+
 def cmd_data_download(args: argparse.Namespace) -> int:
     """For a machine with internet (a login node): compute nodes never download."""
     from torchvision import datasets
@@ -100,6 +209,34 @@ def build_parser() -> argparse.ArgumentParser:
                        "paper-style table for validation and test.")
     _add_space(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("launch", help="create or resume the study and run it to N trials",
+                       description="Create or resume the Optuna study of a study file and run "
+                       "trials until N have finished (COMPLETE, PRUNED or FAILED).")
+    _add_space(p)
+    p.add_argument("--n-trials", type=int, default=None, metavar="N",
+                   help="finished trials to reach (default: study.n_trials)")
+    p.add_argument("--executor", choices=["debug", "local", "slurm"], default=None,
+                   help="where trials run (default: executor.backend)")
+    p.add_argument("--parallel", type=int, default=None, metavar="K",
+                   help="trials in flight (default: executor.parallel)")
+    p.add_argument("--detach", action="store_true",
+                   help="submit and return; the study goes on without this process")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved space, the fixed pipeline and what a trial runs")
+    p.set_defaults(func=cmd_launch)
+
+    p = sub.add_parser("status", help="trials by state, best so far, jobs in flight, cache")
+    _add_space(p)
+    p.add_argument("--n-trials", type=int, default=None, metavar="N")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("dashboard", help="serve optuna-dashboard on the study's storage")
+    _add_space(p)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="bind address (default 127.0.0.1: reach it through an SSH tunnel)")
+    p.add_argument("--port", type=int, default=8080)
+    p.set_defaults(func=cmd_dashboard)
 
     p = sub.add_parser("data", help="dataset helpers")
     dsub = p.add_subparsers(dest="data_command", required=True)

@@ -1,0 +1,270 @@
+"""The launcher: keep `parallel` trials in flight, reconcile what the storage says with what is
+really running, retry infrastructure failures, top the study up to n_trials.
+
+Workers tell their own results (see objective.py), so the launcher holds no state that matters:
+killing it loses nothing, and `study launch` again adopts the trials still running, recovers the
+ones that finished while it was away, and retries the ones whose worker vanished.
+A trial counts toward n_trials once it is COMPLETE, PRUNED or FAIL, except a FAIL that was retried.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from study import results, storage
+from study.objective import Job, Loaded, run_job
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+# A worker registers itself in its trial within seconds of starting (imports ~5 s here); one
+# that has not after this long, and whose job is gone, never will.
+REGISTER_GRACE_S = 180.0
+DEFAULT_RETRIES = 2   # infrastructure failures (vanished, preempted, killed) per configuration
+
+
+class Executor(Protocol):
+    kind: str
+
+    def submit(self, job_path: Path, job: Job, log_path: Path) -> dict[str, Any]: ...
+
+    def alive(self, handle: dict[str, Any], trial: FrozenTrial) -> bool: ...
+
+    def poll(self) -> None: ...
+
+
+class DebugExecutor:
+    """Runs each trial in this process, synchronously: for debugging and tests."""
+
+    kind = "debug"
+
+    def submit(self, job_path: Path, job: Job, log_path: Path) -> dict[str, Any]:
+        run_job(job)
+        return {"kind": self.kind}
+
+    def alive(self, handle: dict[str, Any], trial: FrozenTrial) -> bool:
+        return False   # a debug trial still RUNNING belongs to a launcher that died
+
+    def poll(self) -> None:
+        pass
+
+
+def _pid_alive(pid: int, marker: str) -> bool:
+    """Alive and really our worker (not a recycled pid), not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                return False
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return marker.encode() in f.read()
+    except (OSError, IndexError):
+        return False
+
+
+class LocalExecutor:
+    """One subprocess per trial in its own session, so it outlives a killed launcher."""
+
+    kind = "local"
+
+    def __init__(self, threads: int | None = None):
+        self.threads = threads
+        self._children: list[subprocess.Popen[bytes]] = []
+
+    def submit(self, job_path: Path, job: Job, log_path: Path) -> dict[str, Any]:
+        env = dict(os.environ)
+        if self.threads:
+            env["STUDY_THREADS"] = str(self.threads)
+        with open(log_path, "ab") as log:
+            # argv list, no shell: user values never reach a shell string.
+            p = subprocess.Popen([sys.executable, "-m", "study.objective", str(job_path)],
+                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 env=env, start_new_session=True)
+        self._children.append(p)
+        return {"kind": self.kind, "pid": p.pid, "host": platform.node(),
+                "marker": str(job_path), "submitted": time.time()}
+
+    def alive(self, handle: dict[str, Any], trial: FrozenTrial) -> bool:
+        self.poll()
+        worker = trial.user_attrs.get("worker") or {}
+        if worker.get("host", handle.get("host")) != platform.node():
+            return True   # another machine's process: cannot look, assume alive
+        pid = worker.get("pid") or handle.get("pid")
+        return bool(pid) and _pid_alive(int(pid), handle.get("marker", "study.objective"))
+
+    def poll(self) -> None:
+        self._children = [p for p in self._children if p.poll() is None]   # reap zombies
+
+
+def make_executor(backend: str, ld: Loaded) -> Executor:
+    if backend == "debug":
+        return DebugExecutor()
+    if backend == "local":
+        n_threads = max(1, (os.cpu_count() or 1) // max(ld.sf.executor.parallel, 1))
+        return LocalExecutor(threads=n_threads)
+    from study.slurm import SlurmExecutor
+
+    return SlurmExecutor(ld.sf.executor.slurm)
+
+
+@dataclass
+class Counts:
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+    running: int = 0
+    retried: int = 0
+    best: float | None = None
+    best_trial: int | None = None
+    by_state: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def done(self) -> int:
+        return self.complete + self.pruned + self.failed
+
+    def line(self, n_trials: int) -> str:
+        best = (f", best {self.best:.4f} (trial {self.best_trial})" if self.best is not None
+                else "")
+        retried = f", {self.retried} retried" if self.retried else ""
+        return (f"[{time.strftime('%H:%M:%S')}] {self.done}/{n_trials} done (complete "
+                f"{self.complete}, pruned {self.pruned}, failed {self.failed}{retried}), "
+                f"running {self.running}{best}")
+
+
+def count(study: optuna.Study, trials: list[FrozenTrial]) -> Counts:
+    c = Counts()
+    for t in trials:
+        if t.state == TrialState.FAIL and t.user_attrs.get("retried"):
+            c.retried += 1
+        elif t.state == TrialState.COMPLETE:
+            c.complete += 1
+        elif t.state == TrialState.PRUNED:
+            c.pruned += 1
+        elif t.state == TrialState.FAIL:
+            c.failed += 1
+        elif t.state in (TrialState.RUNNING, TrialState.WAITING):
+            c.running += 1
+    if len(study.directions) == 1 and c.complete:
+        best = study.best_trial
+        c.best, c.best_trial = best.value, best.number
+    return c
+
+
+class Launcher:
+    def __init__(self, ld: Loaded, study: optuna.Study, executor: Executor, *, results_dir: str,
+                 cache_dir: str, storage_url: str, study_file: str, overrides: list[str],
+                 parallel: int, retries: int = DEFAULT_RETRIES, poll_s: float = 1.0,
+                 log: Callable[[str], None] = print):
+        self.ld, self.study, self.executor = ld, study, executor
+        self.results_dir, self.cache_dir, self.storage_url = results_dir, cache_dir, storage_url
+        self.study_file, self.overrides = study_file, overrides
+        self.parallel, self.retries, self.poll_s, self.log = parallel, retries, poll_s, log
+        self.sdir = storage.study_dir(results_dir, ld.sf.study.name)
+
+    # ------------------------------------------------------------ reconciliation
+    def _vanished(self, t: FrozenTrial) -> bool:
+        handle = t.user_attrs.get("job")
+        if handle is None and "worker" not in t.user_attrs:
+            # asked but never submitted (launcher killed in between) or not registered yet
+            start = t.datetime_start.timestamp() if t.datetime_start else 0.0
+            return time.time() - start > REGISTER_GRACE_S or self.executor.kind == "debug"
+        return not self.executor.alive(handle or {}, t)
+
+    def reconcile(self) -> None:
+        """Trials the storage calls RUNNING whose worker is gone: recover or retry them."""
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if not self._vanished(t):
+                continue
+            if results.has_trial(self.sdir, t.number):
+                self._recover(t)
+            else:
+                self._infrastructure_failure(t, "the worker vanished without a result "
+                                             "(killed, preempted, node failure or timeout)")
+
+    def _recover(self, t: FrozenTrial) -> None:
+        """The worker wrote its Parquet file but died before telling: tell from the file."""
+        df = results.read_trial(self.sdir, t.number)
+        state = str(df.state.iloc[0])
+        values = [float(df[c].iloc[0]) for c in sorted(df.columns) if c.startswith("value_")]
+        if state == "COMPLETE":
+            self.study.tell(t.number, values)
+        else:
+            self.study.tell(t.number, state=TrialState[state])
+        self.log(f"  trial {t.number}: recovered {state} from its Parquet file")
+
+    def _infrastructure_failure(self, t: FrozenTrial, reason: str) -> None:
+        attempt = int(t.user_attrs.get("attempt", 1))
+        retry = attempt <= self.retries
+        self.study._storage.set_trial_user_attr(t._trial_id, "error", reason)
+        self.study._storage.set_trial_user_attr(t._trial_id, "fail_kind", "infrastructure")
+        if retry:
+            self.study._storage.set_trial_user_attr(t._trial_id, "retried", True)
+        n_obj = len(self.study.directions)
+        results.write_trial(self.sdir, t.number, results.trial_frame(
+            study_name=self.ld.sf.study.name, trial=t.number, attempt=attempt, state="FAIL",
+            seed_rows=[], params=t.user_attrs.get("values", {}),
+            param_kinds={p.name: p.kind for p in self.ld.space.params}, stages={},
+            values=[None] * n_obj, extra={"error": reason, "fail_kind": "infrastructure",
+                                          **results.provenance()}))
+        self.study.tell(t.number, state=TrialState.FAIL)
+        if retry:
+            self.study.enqueue_trial(t.params, user_attrs={"attempt": attempt + 1,
+                                                           "retry_of": t.number})
+        self.log(f"  trial {t.number}: {reason}; "
+                 + (f"retrying (attempt {attempt + 1})" if retry else "no retries left"))
+
+    # ------------------------------------------------------------ submission
+    def start_trial(self) -> int:
+        trial = self.study.ask()
+        # A retry was enqueued with its raw params fixed, so sampling reproduces its values.
+        values = self.ld.space.sample(trial)
+        trial.set_user_attr("values", values)
+        attempt = trial.user_attrs.get("attempt")
+        if attempt is None:
+            trial.set_user_attr("attempt", 1)
+        job = Job(study_file=self.study_file, overrides=list(self.overrides),
+                  results=self.results_dir, cache=self.cache_dir, storage=self.storage_url,
+                  study_name=self.ld.sf.study.name, trial=trial.number)
+        self.log(f"  trial {trial.number}: starting ({self.executor.kind}) {values}")
+        jobs = self.sdir / "jobs"
+        job_path = job.write(jobs / f"trial-{trial.number:06d}.json")
+        log_path = jobs / f"trial-{trial.number:06d}.log"
+        if self.executor.kind == "debug":
+            trial.set_user_attr("job", {"kind": "debug"})
+        handle = self.executor.submit(job_path, job, log_path)
+        if self.executor.kind != "debug":
+            trial.set_user_attr("job", handle)
+        return trial.number
+
+    def run(self, n_trials: int, detach: bool = False) -> Counts:
+        last = ""
+        while True:
+            self.reconcile()
+            trials = self.study.get_trials(deepcopy=False)
+            c = count(self.study, trials)
+            if c.done >= n_trials and c.running == 0:
+                break
+            free = min(self.parallel - c.running, n_trials - c.done - c.running)
+            for _ in range(max(free, 0)):
+                self.start_trial()
+            if detach:
+                return count(self.study, self.study.get_trials(deepcopy=False))
+            line = count(self.study, self.study.get_trials(deepcopy=False)).line(n_trials)
+            if line.split("] ", 1)[1] != last:
+                self.log(line)
+                last = line.split("] ", 1)[1]
+            if self.executor.kind != "debug":
+                time.sleep(self.poll_s)
+            self.executor.poll()
+        final = count(self.study, self.study.get_trials(deepcopy=False))
+        if final.line(n_trials).split("] ", 1)[1] != last:
+            self.log(final.line(n_trials))
+        return final

@@ -1,0 +1,186 @@
+"""One trial, as a worker runs it: read the trial's parameters from the study storage, run the
+pipeline (once per replicate seed), report each epoch of the final stage to the pruner, write the
+trial's Parquet file, then tell the storage. Run as `python -m study.objective JOB.json`.
+
+Order matters for "nothing lost": the Parquet file is written before the tell, so a worker killed
+in between leaves a result the launcher recovers instead of recomputing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from study import evaluation, results, space, storage
+from study.cache import StageCache
+from study.config import StudyFile, read_yaml, resolve_space_path, resolve_tree, validate
+from study.pipeline import Pipeline, PipelineResult
+
+AGG_COLUMN = {"avg": "Avg", "clean": "Clean", "jpeg": "JPEG", "blur": "Blur", "awgn": "AWGN",
+              "saltpepper": "SAPN"}
+# A stage name per method: the stage whose epochs the pruner watches.
+FINAL_STAGE = {"fusiondistill": "fusiondistill", "fusing": "fusing", "scratch": "scratch",
+               "vanilla_ft": "vanilla_ft"}
+
+
+@dataclass(frozen=True)
+class Job:
+    """What the launcher hands to a worker; written as JSON next to the study."""
+
+    study_file: str
+    overrides: list[str]
+    results: str
+    cache: str
+    storage: str
+    study_name: str
+    trial: int
+
+    def write(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=1))
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def read(cls, path: str | Path) -> Job:
+        return cls(**json.loads(Path(path).read_text()))
+
+
+@dataclass(frozen=True)
+class Loaded:
+    sf: StudyFile
+    tree: dict[str, Any]
+    space: space.SearchSpace
+    source: str
+
+
+def load(study_file: str, overrides: list[str]) -> Loaded:
+    path = resolve_space_path(study_file)
+    tree = resolve_tree(read_yaml(path), str(path), overrides)
+    sf = validate(tree, str(path))
+    sp = space.parse_space(tree.get("space") or {}, tree, str(path))
+    return Loaded(sf, tree, sp, str(path))
+
+
+def trial_config(ld: Loaded, values: dict[str, Any]) -> StudyFile:
+    return validate(ld.space.apply(ld.tree, values), ld.source)
+
+
+def objective_values(rows: list[dict[str, Any]], sf: StudyFile) -> list[float]:
+    out = []
+    for o in sf.study.objectives:
+        split, agg = o.metric.split(".")
+        part = [r for r in rows if r["model"] == o.method and r["split"] == split]
+        if not part:
+            raise RuntimeError(f"objective {o.metric} of {o.method}: no {split} rows")
+        out.append(float(evaluation.table(part).iloc[0][AGG_COLUMN[agg]]) / 100)
+    return out
+
+
+def _frozen(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
+    trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+    return study._storage.get_trial(trial_id)
+
+
+def run_job(job: Job, log: Any = print) -> str:
+    """Run one trial to a final state; returns the state name. Never raises for a trial's own
+    error: that is a FAIL with its traceback, stored with the trial and in its Parquet row."""
+    ld = load(job.study_file, job.overrides)
+    st = optuna.load_study(study_name=job.study_name, storage=storage.open_storage(job.storage))
+    frozen = _frozen(st, job.trial)
+    if frozen.state != TrialState.RUNNING:
+        log(f"trial {job.trial} is already {frozen.state.name}; nothing to do")
+        return frozen.state.name
+    trial = optuna.trial.Trial(st, frozen._trial_id)
+    trial.set_user_attr("worker", {"host": platform.node(), "pid": os.getpid(),
+                                   "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+                                   "started": time.time()})
+    values = frozen.user_attrs.get("values", {})
+    attempt = int(frozen.user_attrs.get("attempt", 1))
+    sdir = storage.study_dir(job.results, job.study_name)
+    t0 = time.perf_counter()
+    seeds: list[tuple[int, list[dict[str, Any]]]] = []
+    first: PipelineResult | None = None
+    state, error, fail_kind, objs = "COMPLETE", None, None, []
+    sf: StudyFile | None = None
+    try:
+        sf = trial_config(ld, values)
+        obj = sf.study.objectives[0]
+        final = FINAL_STAGE.get(obj.method) if len(sf.study.objectives) == 1 else None
+
+        def on_epoch(epoch: int, val: float | None) -> None:
+            if val is None:
+                return
+            trial.report(val, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {epoch} (val {val:.4f})")
+
+        for r in range(sf.study.replicates):
+            seed = sf.pipeline.seed + r
+            cfg = sf.pipeline.model_copy(update={"seed": seed})
+            pipe = Pipeline(cfg, StageCache(job.cache), log=log,
+                            on_epoch=on_epoch if r == 0 else None, final_stage=final)
+            res = pipe.run()
+            first = first or res
+            seeds.append((seed, [dict(row) for row in res.rows]))
+        objs = objective_values([row for _, rows in seeds for row in rows], sf)
+    except optuna.TrialPruned as e:
+        state, error = "PRUNED", str(e)
+    except Exception as e:  # noqa: BLE001 - a trial's own error fails that trial, once
+        state, error, fail_kind = "FAIL", "".join(traceback.format_exception(e)), "code"
+    stage_info = {s.stage: {"key": s.key, "hit": s.hit, "build_s": s.build_s}
+                  for s in (first.stages if first else [])}
+    prov = results.provenance()
+    extra = {"wall_s": time.perf_counter() - t0, "error": error, "fail_kind": fail_kind,
+             "device": first.device if first else None,
+             "config_json": sf.pipeline.model_dump() if sf else None, **prov}
+    n_obj = len(ld.sf.study.objectives)
+    df = results.trial_frame(
+        study_name=job.study_name, trial=job.trial, attempt=attempt, state=state,
+        seed_rows=seeds, params=values,
+        param_kinds={p.name: p.kind for p in ld.space.params},
+        stages=stage_info, values=objs or [None] * n_obj, extra=extra)
+    if _frozen(st, job.trial).state != TrialState.RUNNING:   # retried elsewhere meanwhile
+        log(f"trial {job.trial} was finished by someone else; result not written")
+        return "STALE"
+    results.write_trial(sdir, job.trial, df)
+    trial.set_user_attr("provenance", prov)
+    trial.set_user_attr("stages", stage_info)
+    trial.set_user_attr("wall_s", extra["wall_s"])
+    if error:
+        trial.set_user_attr("error", error[-4000:])
+    if fail_kind:
+        trial.set_user_attr("fail_kind", fail_kind)
+    if state == "COMPLETE":
+        st.tell(job.trial, objs)
+    else:
+        st.tell(job.trial, state=TrialState[state])
+    log(f"trial {job.trial}: {state}" + (f" {objs}" if objs else "") +
+        (f"\n{error}" if state == "FAIL" else ""))
+    return state
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    n = os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("STUDY_THREADS")
+    if n and n.isdigit():
+        import torch
+
+        torch.set_num_threads(int(n))
+    run_job(Job.read(argv[0]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

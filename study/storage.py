@@ -1,0 +1,114 @@
+"""Where a study lives: Optuna storage, results directory, sampler and pruner from the study file.
+
+Default storage: JournalStorage with a file backend at results/<study>/optuna.journal (safe on NFS,
+no server, optuna-dashboard opens it directly). Any Optuna storage URL (sqlite:///, postgresql://,
+mysql://) is accepted in `study.storage`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from study.config import ConfigError, StudyFile
+
+RDB_SCHEMES = ("sqlite:", "postgresql", "mysql")
+FINGERPRINT_ATTR = "study_fingerprint"
+
+
+def study_dir(results: str | Path, name: str) -> Path:
+    return Path(results) / name
+
+
+def storage_url(sf: StudyFile, results: str | Path) -> str:
+    """The storage as a string a worker can reopen (journal file path or RDB URL)."""
+    if sf.study.storage:
+        return sf.study.storage
+    return str((study_dir(results, sf.study.name) / "optuna.journal").resolve())
+
+
+def open_storage(url: str, source: str = "study.storage") -> optuna.storages.BaseStorage:
+    try:
+        if url.startswith(RDB_SCHEMES):
+            # pool_pre_ping: long studies outlive idle database connections.
+            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        Path(url).parent.mkdir(parents=True, exist_ok=True)
+        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+        # The open-lock works on NFS, where symlink locks may not.
+        backend = JournalFileBackend(url, lock_obj=JournalFileOpenLock(url))
+        return optuna.storages.JournalStorage(backend)
+    except Exception as e:  # noqa: BLE001 - any connection/driver error is a user error here
+        raise ConfigError(f"key '{source}': cannot open storage {url!r}: "
+                          f"{type(e).__name__}: {e}") from None
+
+
+def make_sampler(sf: StudyFile, grid: dict[str, list[Any]] | None,
+                 parallel: int) -> optuna.samplers.BaseSampler:
+    s, seed = sf.study.sampler, sf.study.seed
+    if s == "tpe":
+        # constant_liar: trials in flight count as bad guesses, so parallel workers spread out.
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=parallel > 1,
+                                          n_startup_trials=5)
+    if s == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if s == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed)
+    if s == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    if s == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if grid is None:
+        raise ConfigError("key 'study.sampler': bruteforce needs a finite space (every float "
+                          "with a step, or categorical/int/subset parameters)")
+    return optuna.samplers.BruteForceSampler(seed=seed)
+
+
+def make_pruner(sf: StudyFile, max_epochs: int) -> optuna.pruners.BasePruner:
+    if len(sf.study.objectives) > 1 or sf.study.pruner == "none":
+        return optuna.pruners.NopPruner()   # Optuna prunes single-objective studies only
+    if sf.study.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(max_epochs, 1))
+
+
+def fingerprint(tree: dict[str, Any], space_fingerprint: str) -> str:
+    """What makes two runs the same study: the fixed pipeline, the space, the objectives."""
+    blob = json.dumps({"pipeline": tree["pipeline"], "space": space_fingerprint,
+                       "objectives": tree.get("study", {}).get("objectives"),
+                       "replicates": tree.get("study", {}).get("replicates")},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def load_or_create(sf: StudyFile, storage: optuna.storages.BaseStorage, sampler:
+                   optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner,
+                   print_: bool = True, fp: str | None = None) -> optuna.Study:
+    directions = [o.direction for o in sf.study.objectives]
+    study = optuna.create_study(study_name=sf.study.name, storage=storage, sampler=sampler,
+                                pruner=pruner, directions=directions, load_if_exists=True)
+    if fp is not None:
+        old = study.user_attrs.get(FINGERPRINT_ATTR)
+        if old is None:
+            study.set_user_attr(FINGERPRINT_ATTR, fp)
+        elif old != fp:
+            raise ConfigError(
+                f"study '{sf.study.name}' already exists in its storage with a different pipeline, "
+                f"space or objectives (fingerprint {old}, now {fp}); its trials would not be "
+                "comparable. Start a new study with --set study.name=<new name>, or restore the "
+                "file as it was to resume.")
+    return study
+
+
+def open_existing(sf: StudyFile, results: str | Path) -> optuna.Study:
+    url = storage_url(sf, results)
+    if not url.startswith(RDB_SCHEMES) and not Path(url).exists():
+        raise ConfigError(f"study '{sf.study.name}' has not been launched yet (no {url})")
+    try:
+        return optuna.load_study(study_name=sf.study.name, storage=open_storage(url))
+    except KeyError:
+        raise ConfigError(f"study '{sf.study.name}' not found in storage {url}") from None

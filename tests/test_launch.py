@@ -1,0 +1,255 @@
+"""`study launch`: Optuna studies over the pipeline, resume, retries, Parquet, dashboard."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+from optuna.trial import TrialState
+
+from study import cli, dispatch, objective, results, storage
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDY = [sys.executable, "-m", "study.cli"]
+SHIPPED = sorted((ROOT / "search_spaces").glob("*.yaml"))
+# A pipeline of a few seconds: one degradation, one epoch per stage, few levels.
+QUICK = ["data.synthetic_train=500", "data.val_size=100", "data.synthetic_test=100",
+         "degradations=[jpeg, awgn]", "base.epochs=1", "expert.epochs=1", "distill.epochs=2",
+         "distill.milestones=[1]", "fusing.epochs=1", "fusing.milestones=[1]",
+         "eval.test_level_step=50", "eval.val_level_step=50", "study.pruner=none"]
+SCHEMA = ["study", "trial", "attempt", "state", "seed", "model", "split", "degradation",
+          "level", "accuracy", "n_images", "wall_s", "git_commit", "host", "device",
+          "key_base", "hit_base", "param_distill.loss", "param_fusion.method"]
+
+
+def _journal(results_dir: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=storage.open_storage(
+        str(results_dir / name / "optuna.journal")))
+
+
+def _finished(st: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in st.get_trials() if t.state in dispatch.FINISHED
+            and not t.user_attrs.get("retried")]
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_space_dry_runs(path: Path, capsys: pytest.CaptureFixture[str],
+                                      tmp_path: Path) -> None:
+    assert cli.main(["launch", "--space", str(path), "--dry-run", "--results",
+                     str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "search space" in out and "fixed pipeline" in out and "each trial runs" in out
+    assert not (tmp_path / path.stem).exists()   # a dry run writes nothing
+
+
+def test_debug_study_runs_resumes_and_tops_up(tmp_path: Path) -> None:
+    args = ["launch", "--space", "smoke.yaml", "--executor", "debug", "--results", str(tmp_path),
+            *[x for s in QUICK for x in ("--set", s)], "--set", "study.name=dbg"]
+    assert cli.main([*args, "--n-trials", "3"]) == 0
+    st = _journal(tmp_path, "dbg")
+    assert len(_finished(st)) == 3
+    df = pd.read_parquet(tmp_path / "dbg" / "trials")
+    assert sorted(df.trial.unique()) == [0, 1, 2]
+    assert set(SCHEMA) <= set(df.columns)
+    first_trial_rows = df[df.trial == 0]
+    assert not first_trial_rows.hit_base.dropna().any()              # built in trial 0
+    assert df[df.trial > 0].hit_expert_jpeg.dropna().all()           # reused afterwards
+    assert cli.main([*args, "--n-trials", "5"]) == 0
+    st = _journal(tmp_path, "dbg")
+    assert len(_finished(st)) == 5 and len(st.trials) == 5
+    assert cli.main([*args, "--n-trials", "5"]) == 0                # nothing to do
+    assert len(_journal(tmp_path, "dbg").trials) == 5
+    # the stored values reproduce a trial's configuration
+    t = st.trials[3]
+    values = t.user_attrs["values"]
+    ld = objective.load("smoke.yaml", [*QUICK, "study.name=dbg"])
+    cfg = objective.trial_config(ld, values).pipeline
+    assert cfg.distill.loss == values["distill.loss"]
+    assert cfg.fusion.method == values["fusion.method"]
+
+
+def test_incompatible_change_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                        ) -> None:
+    args = ["launch", "--space", "smoke.yaml", "--executor", "debug", "--results", str(tmp_path),
+            *[x for s in QUICK for x in ("--set", s)], "--set", "study.name=fp"]
+    assert cli.main([*args, "--n-trials", "1"]) == 0
+    capsys.readouterr()
+    assert cli.main([*args, "--n-trials", "2", "--set", "distill.epochs=3"]) == 2
+    err = capsys.readouterr().err
+    assert "different pipeline" in err and "study.name" in err
+
+
+def test_code_error_fails_once_with_traceback(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from study import pipeline
+
+    def boom(self: pipeline.Pipeline) -> None:
+        raise ZeroDivisionError("injected bug")
+
+    monkeypatch.setattr(pipeline.Pipeline, "run", boom)
+    args = ["launch", "--space", "smoke.yaml", "--executor", "debug", "--results", str(tmp_path),
+            *[x for s in QUICK for x in ("--set", s)], "--set", "study.name=err"]
+    assert cli.main([*args, "--n-trials", "2"]) == 0
+    st = _journal(tmp_path, "err")
+    assert [t.state for t in st.trials] == [TrialState.FAIL, TrialState.FAIL]   # no retries
+    assert all(t.user_attrs["fail_kind"] == "code" for t in st.trials)
+    df = pd.read_parquet(tmp_path / "err" / "trials")
+    assert (df.state == "FAIL").all() and df.error.str.contains("ZeroDivisionError").all()
+
+
+def _ld(tmp_path: Path, name: str) -> tuple[objective.Loaded, optuna.Study, str]:
+    ld = objective.load("smoke.yaml", [*QUICK, f"study.name={name}"])
+    url = storage.storage_url(ld.sf, tmp_path)
+    st = storage.load_or_create(ld.sf, storage.open_storage(url),
+                                optuna.samplers.RandomSampler(seed=0),
+                                optuna.pruners.NopPruner())
+    return ld, st, url
+
+
+def _launcher(tmp_path: Path, ld: objective.Loaded, st: optuna.Study, url: str
+              ) -> dispatch.Launcher:
+    return dispatch.Launcher(ld, st, dispatch.LocalExecutor(), results_dir=str(tmp_path),
+                             cache_dir=str(tmp_path / "cache"), storage_url=url,
+                             study_file=ld.source, overrides=[], parallel=1,
+                             log=lambda m: None)
+
+
+def test_vanished_worker_is_retried_with_the_same_params(tmp_path: Path) -> None:
+    ld, st, url = _ld(tmp_path, "van")
+    trial = st.ask()
+    values = ld.space.sample(trial)
+    trial.set_user_attr("values", values)
+    trial.set_user_attr("attempt", 1)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    trial.set_user_attr("job", {"kind": "local", "pid": dead.pid, "host": os.uname().nodename,
+                                "marker": "x"})
+    _launcher(tmp_path, ld, st, url).reconcile()
+    t0 = st.trials[0]
+    assert t0.state == TrialState.FAIL and t0.user_attrs["retried"]
+    assert t0.user_attrs["fail_kind"] == "infrastructure"
+    df = results.read_trial(tmp_path / "van", 0)
+    assert df.state.iloc[0] == "FAIL" and "vanished" in df.error.iloc[0]
+    retry = st.ask()                                 # the enqueued retry comes next
+    assert ld.space.sample(retry) == values and retry.user_attrs["attempt"] == 2
+
+
+def test_result_written_before_a_kill_is_recovered_not_rerun(tmp_path: Path) -> None:
+    ld, st, url = _ld(tmp_path, "rec")
+    trial = st.ask()
+    trial.set_user_attr("values", ld.space.sample(trial))
+    trial.set_user_attr("job", {"kind": "local", "pid": 999999, "host": os.uname().nodename,
+                                "marker": "x"})
+    df = results.trial_frame(study_name="rec", trial=0, attempt=1, state="COMPLETE",
+                             seed_rows=[(0, [{"model": "fusiondistill", "split": "val",
+                                              "degradation": "jpeg", "level": 1,
+                                              "level_step": 1, "accuracy": 0.5,
+                                              "n_images": 10}])],
+                             params={}, param_kinds={}, stages={}, values=[0.5], extra={})
+    results.write_trial(tmp_path / "rec", 0, df)
+    _launcher(tmp_path, ld, st, url).reconcile()
+    assert st.trials[0].state == TrialState.COMPLETE and st.trials[0].value == 0.5
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_local_study_of_8_then_10_then_dashboard(tmp_path: Path) -> None:
+    """The issue's acceptance run on the shipped smoke study, local executor, parallel 2."""
+    base = [*STUDY, "launch", "--space", "search_spaces/smoke.yaml", "--executor", "local",
+            "--parallel", "2", "--results", str(tmp_path)]
+    r = subprocess.run([*base, "--n-trials", "8"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=1200)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    st = _journal(tmp_path, "smoke")
+    assert len(_finished(st)) == 8
+    df = pd.read_parquet(tmp_path / "smoke" / "trials")
+    assert df.trial.nunique() == 8 and set(SCHEMA) <= set(df.columns)
+    # base and experts were trained once for the whole study: one miss, hits afterwards
+    per_trial = df.groupby("trial").first()
+    for stage in ["base", "expert_jpeg", "expert_blur", "expert_awgn", "expert_saltpepper"]:
+        assert (per_trial[f"hit_{stage}"] == False).sum() == 1, stage  # noqa: E712
+    assert len(list((tmp_path / "cache" / "base").iterdir())) == 1
+    assert len(list((tmp_path / "cache" / "expert").iterdir())) == 4
+    r = subprocess.run([*base, "--n-trials", "10"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=1200)
+    assert r.returncode == 0, r.stderr[-3000:]
+    st = _journal(tmp_path, "smoke")
+    assert len(_finished(st)) == 10 and len(st.trials) == 10
+    assert pd.read_parquet(tmp_path / "smoke" / "trials").trial.nunique() == 10
+    status = subprocess.run([*STUDY, "status", "--space", "smoke.yaml", "--results",
+                             str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0 and "10/8 done" not in status.stdout
+    assert "best trial" in status.stdout and "expert 4" in status.stdout
+
+    port = _free_port()
+    dash = subprocess.Popen(["optuna-dashboard", str(tmp_path / "smoke" / "optuna.journal"),
+                             "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PATH": f"{Path(sys.executable).parent}:"
+                                 f"{os.environ['PATH']}"})
+    try:
+        studies = None
+        for _ in range(60):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies",
+                                            timeout=2) as resp:
+                    studies = json.loads(resp.read())
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert studies is not None, "optuna-dashboard did not answer"
+        names = [s["study_name"] for s in studies["studies"]]
+        assert "smoke" in names
+        sid = studies["studies"][names.index("smoke")]["study_id"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{sid}",
+                                    timeout=10) as resp:
+            detail = json.loads(resp.read())
+        assert len(detail["trials"]) == 10
+    finally:
+        dash.terminate()
+        dash.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_killed_launcher_resumes_without_loss_or_duplicates(tmp_path: Path) -> None:
+    sets = [x for s in [*QUICK, "study.name=kill", "methods=[fusiondistill]"]
+            for x in ("--set", s)]
+    cmd = [*STUDY, "launch", "--space", "search_spaces/smoke.yaml", "--executor", "local",
+           "--parallel", "2", "--results", str(tmp_path), "--n-trials", "5", *sets]
+    journal = tmp_path / "kill" / "optuna.journal"
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        if journal.exists() and len(_finished(_journal(tmp_path, "kill"))) >= 1:
+            break
+        time.sleep(0.5)
+    p.send_signal(signal.SIGKILL)   # the launcher dies; its workers run on in their sessions
+    p.wait()
+    assert len(_finished(_journal(tmp_path, "kill"))) < 5
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    st = _journal(tmp_path, "kill")
+    finished = _finished(st)
+    assert len(finished) == 5
+    df = pd.read_parquet(tmp_path / "kill" / "trials")
+    stored = {t.number for t in st.trials if t.state in dispatch.FINISHED}
+    assert set(df.trial.unique()) == stored                     # storage and Parquet agree
+    assert not [t for t in st.trials if t.state == TrialState.RUNNING]
+    values = [json.dumps(t.user_attrs["values"], sort_keys=True) for t in finished]
+    retried_from = {t.user_attrs.get("retry_of") for t in st.trials} - {None}
+    assert len(set(values)) + len(retried_from) >= len(values)  # no configuration ran twice
