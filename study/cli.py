@@ -4,11 +4,16 @@ an internal error."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import os
+import platform
+import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from study.config import ConfigError, load_study_file
 
@@ -118,20 +123,65 @@ def cmd_launch(args: argparse.Namespace) -> int:
                                                                     ld.space.fingerprint()))
     sdir = storage.study_dir(results_dir, sf.study.name)
     sdir.mkdir(parents=True, exist_ok=True)
-    print(f"study '{sf.study.name}': {len(st.trials)} trials in storage {url}; "
-          f"topping up to {n_trials} finished ({sf.executor.backend}, parallel "
-          f"{sf.executor.parallel})", flush=True)
-    _threads()
-    launcher = dispatch.Launcher(
-        ld, st, dispatch.make_executor(sf.executor.backend, ld), results_dir=results_dir,
-        cache_dir=cache_dir, storage_url=url, study_file=ld.source, overrides=overrides,
-        parallel=sf.executor.parallel, log=lambda m: print(m, flush=True))
-    counts = launcher.run(n_trials, detach=args.detach)
-    if args.detach:
-        print(f"detached with {counts.running} trials in flight; `study status --space "
-              f"{args.space}` follows them")
+    with _launcher_lock(sdir) as held:
+        if not held:
+            raise UserError(f"another launcher is running study '{sf.study.name}' (lock "
+                            f"{sdir / 'launcher.lock'}: {(sdir / 'launcher.lock').read_text()})"
+                            "; `study status` follows it, `study cancel` stops it")
+        if args.detach:
+            return _detach(args, ld, st, sdir, results_dir, cache_dir, overrides, n_trials)
+        (sdir / "launcher.lock").write_text(f"pid {os.getpid()} on {platform.node()}")
+        print(f"study '{sf.study.name}': {len(st.trials)} trials in storage {url}; "
+              f"topping up to {n_trials} finished ({sf.executor.backend}, parallel "
+              f"{sf.executor.parallel})", flush=True)
+        _threads()
+        launcher = dispatch.Launcher(
+            ld, st, dispatch.make_executor(sf.executor.backend, ld, sdir),
+            results_dir=results_dir, cache_dir=cache_dir, storage_url=url,
+            study_file=ld.source, overrides=overrides, parallel=sf.executor.parallel,
+            retries=sf.executor.retries, log=lambda m: print(m, flush=True))
+        counts = launcher.run(n_trials)
+    print(f"results: {sdir}/trials ({counts.done} finished trials)")
+    return 0
+
+
+@contextlib.contextmanager
+def _launcher_lock(sdir: Path) -> Iterator[bool]:
+    """One launcher per study: two would both top the study up and overshoot n_trials."""
+    with open(sdir / "launcher.lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _detach(args: argparse.Namespace, ld: Any, st: Any, sdir: Path, results_dir: str,
+            cache_dir: str, overrides: list[str], n_trials: int) -> int:
+    """Hand the launcher loop to a process that does not need this one: a driver job on
+    SLURM, a new session on a laptop. The launcher is resumable, so either may be killed."""
+    argv = ["launch", "--space", ld.source, "--results", results_dir, "--cache", cache_dir,
+            "--n-trials", str(n_trials), *[x for o in overrides for x in ("--set", o)]]
+    if ld.sf.executor.backend == "slurm":
+        from study.slurm import SlurmExecutor
+
+        ex = SlurmExecutor(ld.sf.executor.slurm, sdir / "jobs" / "slurm", ld.sf.study.name)
+        jid = ex.submit_driver(argv, os.getcwd())
+        st.set_user_attr("driver", {"kind": "slurm", "job_id": jid})
+        where = f"SLURM job {jid}"
     else:
-        print(f"results: {results_dir}/{sf.study.name}/trials ({counts.done} finished trials)")
+        log = open(sdir / "launcher.log", "ab")  # noqa: SIM115 - handed to the child
+        p = subprocess.Popen([sys.executable, "-m", "study.cli", *argv], stdout=log,
+                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             start_new_session=True)
+        st.set_user_attr("driver", {"kind": "local", "pid": p.pid, "host": platform.node()})
+        where = f"process {p.pid} (log {sdir / 'launcher.log'})"
+    print(f"study '{ld.sf.study.name}' detached: the launcher runs as {where}; "
+          f"`study status --space {args.space}` follows it, `study cancel` stops it")
     return 0
 
 
@@ -152,18 +202,59 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"  {k} = {v}")
     elif len(st.directions) > 1:
         print(f"Pareto front: trials {[t.number for t in st.best_trials]}")
+    driver = st.user_attrs.get("driver")
+    if driver:
+        print(f"launcher: {driver.get('kind')} {driver.get('job_id') or driver.get('pid')}")
     running = [t for t in trials if t.state.name == "RUNNING"]
     if running:
+        from study.slurm import sacct_states
+
+        # one sacct call for every job in flight, never one per job
+        ids = [t.user_attrs.get("job", {}).get("job_id") for t in running]
+        states = sacct_states([i for i in ids if i]) if any(ids) else {}
         print("in flight:")
         for t in running:
             job = t.user_attrs.get("job", {})
             where = job.get("job_id") or job.get("pid") or "-"
+            state = states.get(str(job.get("job_id")), "")
             print(f"  trial {t.number} (attempt {t.user_attrs.get('attempt', 1)}): "
-                  f"{job.get('kind', '?')} {where}")
+                  f"{job.get('kind', '?')} {where} {state}".rstrip())
     df = results.load(storage.study_dir(results_dir, ld.sf.study.name))
     print(f"Parquet: {df.trial.nunique() if len(df) else 0} trial files")
     print(f"stage cache {cache_dir}: " + ", ".join(
         f"{k} {v}" for k, v in StageCache(cache_dir).summary().items()))
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    """Stop a study: its driver first (so nothing is resubmitted), then its jobs; the trials
+    in flight FAIL as cancelled (not retried) and `study launch` later resumes the study."""
+    import signal
+
+    from study import dispatch, objective, slurm, storage
+
+    ld = objective.load(args.space, args.overrides)
+    results_dir, cache_dir, url = _study_paths(args, ld)
+    st = storage.open_existing(ld.sf, results_dir)
+    running = [t for t in st.get_trials(deepcopy=False) if t.state.name == "RUNNING"]
+    handles = [st.user_attrs.get("driver") or {}] + [t.user_attrs.get("job") or {}
+                                                     for t in running]
+    handles += [{"kind": "slurm", "job_id": j} for j in
+                (st.user_attrs.get("stage_jobs") or {}).values()]
+    slurm.cancel([h["job_id"] for h in handles if h.get("kind") == "slurm" and h.get("job_id")])
+    for h in [*handles, *[t.user_attrs.get("worker") or {} for t in running]]:
+        if h.get("pid") and h.get("host", platform.node()) == platform.node():
+            with contextlib.suppress(OSError):
+                os.killpg(int(h["pid"]), signal.SIGTERM)   # workers lead their own session
+    sdir = storage.study_dir(results_dir, ld.sf.study.name)
+    launcher = dispatch.Launcher(
+        ld, st, dispatch.DebugExecutor(), results_dir=results_dir, cache_dir=cache_dir,
+        storage_url=url, study_file=ld.source, overrides=args.overrides, parallel=1,
+        log=lambda m: print(m, flush=True))
+    for t in running:
+        launcher.fail(t, "cancelled by `study cancel`", "cancelled", retry=False)
+    print(f"study '{ld.sf.study.name}': cancelled {len(running)} trials in flight "
+          f"and its launcher; results so far stay in {sdir}")
     return 0
 
 
@@ -230,6 +321,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_space(p)
     p.add_argument("--n-trials", type=int, default=None, metavar="N")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("cancel", help="stop a study's launcher and jobs (resumable later)")
+    _add_space(p)
+    p.set_defaults(func=cmd_cancel)
 
     p = sub.add_parser("dashboard", help="serve optuna-dashboard on the study's storage")
     _add_space(p)

@@ -211,10 +211,31 @@ class StudySection(Strict):
     storage: str | None = None      # None = JournalStorage at results/<study>/optuna.journal
 
 
+class SlurmSettings(Strict):
+    """Site settings for SLURM jobs; `preset` names slurm/presets/<name>.yaml, merged under."""
+
+    preset: str | None = None
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    gres: str | None = None                  # e.g. gpu:1
+    gpus_per_node: int | None = Field(None, ge=0)
+    cpus_per_task: int = Field(1, ge=1)
+    mem_gb: float | None = Field(None, gt=0)
+    time_min: int = Field(60, ge=1)          # per trial job; a timeout requeues and resumes
+    stage_time_min: int | None = Field(None, ge=1)   # base/expert jobs; None = time_min
+    driver_time_min: int = Field(7 * 24 * 60, ge=1)  # the --detach driver job
+    constraint: str | None = None
+    setup: list[str] = []                    # lines before the job, e.g. `module load cuda`
+    additional: dict[str, str | int] = {}    # any other sbatch option, e.g. {reservation: x}
+    signal_delay_s: int = Field(90, ge=10)   # USR2 this long before the limit: checkpoint
+
+
 class ExecutorSection(Strict):
     backend: Literal["debug", "local", "slurm"] = "debug"
     parallel: int = Field(1, ge=1)
-    slurm: dict[str, Any] = {}      # site preset and overrides (see slurm/)
+    retries: int = Field(2, ge=0)    # infrastructure failures retried per configuration
+    slurm: SlurmSettings = SlurmSettings()
 
 
 class StudyFile(Strict):
@@ -340,7 +361,29 @@ def resolve_tree(raw: Any, source: str, overrides: Iterable[str] = ()) -> dict[s
     for item in overrides:
         path, value = parse_override(item)
         set_path(tree, path, value)
+    slurm = (tree.get("executor") or {}).get("slurm") if isinstance(tree.get("executor"),
+                                                                      dict) else None
+    if isinstance(slurm, dict) and slurm.get("preset"):
+        name = slurm["preset"]
+        path = slurm_preset_path(name)
+        if path is None:
+            valid = sorted(p.stem for d in SLURM_PRESET_DIRS if d.exists()
+                           for p in d.glob("*.yaml"))
+            raise ConfigError(f"{source}: key 'executor.slurm.preset': unknown preset '{name}'; "
+                              f"allowed: {valid}")
+        tree["executor"]["slurm"] = deep_merge(read_yaml(path) or {}, slurm)
     return tree
+
+
+SLURM_PRESET_DIRS = (SEARCH_SPACE_DIR.parent / "slurm" / "presets",
+                     Path.cwd() / "slurm" / "presets")
+
+
+def slurm_preset_path(name: str) -> Path | None:
+    for d in SLURM_PRESET_DIRS:
+        if (d / f"{name}.yaml").exists() and "/" not in name:
+            return d / f"{name}.yaml"
+    return None
 
 
 def validate(tree: dict[str, Any], source: str) -> StudyFile:

@@ -39,6 +39,8 @@ class Executor(Protocol):
 
     def alive(self, handle: dict[str, Any], trial: FrozenTrial) -> bool: ...
 
+    def refresh(self, handles: list[dict[str, Any]]) -> None: ...
+
     def poll(self) -> None: ...
 
 
@@ -53,6 +55,9 @@ class DebugExecutor:
 
     def alive(self, handle: dict[str, Any], trial: FrozenTrial) -> bool:
         return False   # a debug trial still RUNNING belongs to a launcher that died
+
+    def refresh(self, handles: list[dict[str, Any]]) -> None:
+        pass
 
     def poll(self) -> None:
         pass
@@ -100,11 +105,14 @@ class LocalExecutor:
         pid = worker.get("pid") or handle.get("pid")
         return bool(pid) and _pid_alive(int(pid), handle.get("marker", "study.objective"))
 
+    def refresh(self, handles: list[dict[str, Any]]) -> None:
+        self.poll()
+
     def poll(self) -> None:
         self._children = [p for p in self._children if p.poll() is None]   # reap zombies
 
 
-def make_executor(backend: str, ld: Loaded) -> Executor:
+def make_executor(backend: str, ld: Loaded, sdir: Path) -> Executor:
     if backend == "debug":
         return DebugExecutor()
     if backend == "local":
@@ -112,7 +120,32 @@ def make_executor(backend: str, ld: Loaded) -> Executor:
         return LocalExecutor(threads=n_threads)
     from study.slurm import SlurmExecutor
 
-    return SlurmExecutor(ld.sf.executor.slurm)
+    return SlurmExecutor(ld.sf.executor.slurm, sdir / "jobs" / "slurm", ld.sf.study.name)
+
+
+def shared_stage_plan(ld: Loaded, cache_dir: str) -> list[tuple[str, int]]:
+    """The base and experts every trial will need, not yet cached: (stage, seed) in build order.
+    Empty when the space varies what they read (then each trial builds its own)."""
+    from study.cache import StageCache
+    from study.config import DEGRADATION_NAMES
+    from study.pipeline import Pipeline
+    from study.slurm import SHARED_STAGE_INPUTS
+
+    if any(".".join(p.path).startswith(SHARED_STAGE_INPUTS) for p in ld.space.params):
+        return []
+    degs = set(ld.sf.pipeline.degradations)
+    for p in ld.space.params:
+        if p.path == ("pipeline", "degradations") and p.kind == "subset":
+            degs |= set(p.spec["of"])
+    cache = StageCache(cache_dir)
+    plan = []
+    for r in range(ld.sf.study.replicates):
+        seed = ld.sf.pipeline.seed + r
+        pipe = Pipeline(ld.sf.pipeline.model_copy(update={"seed": seed}), cache)
+        for stage in ["base"] + [f"expert_{d}" for d in DEGRADATION_NAMES if d in degs]:
+            if not pipe.cached(stage):
+                plan.append((stage, seed))
+    return plan
 
 
 @dataclass
@@ -180,7 +213,9 @@ class Launcher:
 
     def reconcile(self) -> None:
         """Trials the storage calls RUNNING whose worker is gone: recover or retry them."""
-        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        self.executor.refresh([t.user_attrs.get("job") or {} for t in running])
+        for t in running:
             if not self._vanished(t):
                 continue
             if results.has_trial(self.sdir, t.number):
@@ -202,9 +237,14 @@ class Launcher:
 
     def _infrastructure_failure(self, t: FrozenTrial, reason: str) -> None:
         attempt = int(t.user_attrs.get("attempt", 1))
-        retry = attempt <= self.retries
+        self.fail(t, reason, "infrastructure", retry=attempt <= self.retries)
+
+    def fail(self, t: FrozenTrial, reason: str, fail_kind: str, retry: bool) -> None:
+        """FAIL a RUNNING trial with a reason, in storage and Parquet; optionally enqueue a
+        retry with the same parameters."""
+        attempt = int(t.user_attrs.get("attempt", 1))
         self.study._storage.set_trial_user_attr(t._trial_id, "error", reason)
-        self.study._storage.set_trial_user_attr(t._trial_id, "fail_kind", "infrastructure")
+        self.study._storage.set_trial_user_attr(t._trial_id, "fail_kind", fail_kind)
         if retry:
             self.study._storage.set_trial_user_attr(t._trial_id, "retried", True)
         n_obj = len(self.study.directions)
@@ -212,14 +252,14 @@ class Launcher:
             study_name=self.ld.sf.study.name, trial=t.number, attempt=attempt, state="FAIL",
             seed_rows=[], params=t.user_attrs.get("values", {}),
             param_kinds={p.name: p.kind for p in self.ld.space.params}, stages={},
-            values=[None] * n_obj, extra={"error": reason, "fail_kind": "infrastructure",
+            values=[None] * n_obj, extra={"error": reason, "fail_kind": fail_kind,
                                           **results.provenance()}))
         self.study.tell(t.number, state=TrialState.FAIL)
         if retry:
             self.study.enqueue_trial(t.params, user_attrs={"attempt": attempt + 1,
                                                            "retry_of": t.number})
         self.log(f"  trial {t.number}: {reason}; "
-                 + (f"retrying (attempt {attempt + 1})" if retry else "no retries left"))
+                 + (f"retrying (attempt {attempt + 1})" if retry else "not retried"))
 
     # ------------------------------------------------------------ submission
     def start_trial(self) -> int:
@@ -244,8 +284,25 @@ class Launcher:
             trial.set_user_attr("job", handle)
         return trial.number
 
-    def run(self, n_trials: int, detach: bool = False) -> Counts:
+    def prebuild_shared_stages(self) -> None:
+        """SLURM: base, then the experts in parallel, as their own jobs; the trials submitted
+        next depend on them, so no GPU waits on a cache entry."""
+        from study.slurm import SlurmExecutor
+
+        if not isinstance(self.executor, SlurmExecutor):
+            return
+        plan = shared_stage_plan(self.ld, self.cache_dir)
+        if plan:
+            ids = self.executor.submit_stages(plan, self.study_file, self.overrides,
+                                              self.cache_dir)
+            self.study.set_user_attr("stage_jobs", ids)
+            self.log("  shared stages as jobs: " + ", ".join(f"{k} {v}" for k, v in ids.items()))
+
+    def run(self, n_trials: int) -> Counts:
         last = ""
+        c = count(self.study, self.study.get_trials(deepcopy=False))
+        if c.done < n_trials:
+            self.prebuild_shared_stages()
         while True:
             self.reconcile()
             trials = self.study.get_trials(deepcopy=False)
@@ -255,8 +312,6 @@ class Launcher:
             free = min(self.parallel - c.running, n_trials - c.done - c.running)
             for _ in range(max(free, 0)):
                 self.start_trial()
-            if detach:
-                return count(self.study, self.study.get_trials(deepcopy=False))
             line = count(self.study, self.study.get_trials(deepcopy=False)).line(n_trials)
             if line.split("] ", 1)[1] != last:
                 self.log(line)

@@ -66,7 +66,7 @@ class Loaded:
 
 
 def load(study_file: str, overrides: list[str]) -> Loaded:
-    path = resolve_space_path(study_file)
+    path = resolve_space_path(study_file).resolve()   # workers may run in another cwd
     tree = resolve_tree(read_yaml(path), str(path), overrides)
     sf = validate(tree, str(path))
     sp = space.parse_space(tree.get("space") or {}, tree, str(path))

@@ -10,6 +10,7 @@ and distillation trains the base and the experts once.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -68,19 +69,41 @@ class Pipeline:
         self.cfg, self.cache, self.log = cfg, cache, log
         self.on_epoch, self.final_stage = on_epoch, final_stage
         self.device = resolve_device(cfg.device)
-        d = cfg.data
-        ds = data.load_dataset(d.dataset, d.root, seed=d.seed, synthetic_train=d.synthetic_train,
-                               synthetic_test=d.synthetic_test, classes=d.classes)
-        tr = ds.train
-        if d.train_subset is not None and d.train_subset < len(tr):
-            tr = tr.subset(np.random.default_rng(d.seed).permutation(len(tr))[:d.train_subset])
-        self.dataset = ds
-        self.train, self.val = data.split_validation(tr, d.val_size, d.seed)
-        self.test = ds.test
         self.stages: list[StageRecord] = []
         self.histories: dict[str, list[dict[str, float]]] = {}
         self._nets: dict[str, nn.Module] = {}
         self._val_views: dict[str, torch.Tensor] = {}
+
+    # ------------------------------------------------------------ data (loaded on first use:
+    # computing keys, e.g. on a login node, needs none)
+    @functools.cached_property
+    def dataset(self) -> data.Dataset:
+        d = self.cfg.data
+        return data.load_dataset(d.dataset, d.root, seed=d.seed,
+                                 synthetic_train=d.synthetic_train,
+                                 synthetic_test=d.synthetic_test, classes=d.classes)
+
+    @functools.cached_property
+    def _splits(self) -> tuple[data.Split, data.Split]:
+        d, tr = self.cfg.data, self.dataset.train
+        if d.train_subset is not None and d.train_subset < len(tr):
+            tr = tr.subset(np.random.default_rng(d.seed).permutation(len(tr))[:d.train_subset])
+        return data.split_validation(tr, d.val_size, d.seed)
+
+    @property
+    def train(self) -> data.Split:
+        return self._splits[0]
+
+    @property
+    def val(self) -> data.Split:
+        return self._splits[1]
+
+    @property
+    def test(self) -> data.Split:
+        return self.dataset.test
+
+    def cached(self, stage: str) -> bool:
+        return (self.cache.entry(self._cache_stage(stage), self.key(stage)) / "meta.json").exists()
 
     # ------------------------------------------------------------ keys
     def _salt(self, names: list[str]) -> dict[str, int]:

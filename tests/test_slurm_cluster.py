@@ -21,53 +21,13 @@ from submitit.core.utils import UncompletedJobError
 
 pytestmark = pytest.mark.slurm
 
-SCRIPT = Path(__file__).resolve().parents[1] / "slurm" / "local_cluster.sh"
-STATE_DIR = os.environ.get("STUDY_SLURM_DIR", "/tmp/study-slurm")
-# rc 2 from the script: this machine cannot host the cluster (not root, no apt, no packages).
-RC_UNSUPPORTED = 2
-
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI=true but the SLURM cluster cannot start: {reason}")
-    print(f"skipping SLURM tests: {reason}")
-    pytest.skip(reason)
-
-
-def _script(command: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["bash", str(SCRIPT), command, STATE_DIR],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-@pytest.fixture(scope="session")
-def slurm_cluster() -> Iterator[str]:
-    """Starts the cluster (or reuses a running one) and exports SLURM_CONF; yields its path."""
-    if not sys.platform.startswith("linux") or os.geteuid() != 0:
-        _unavailable("the local SLURM cluster needs root on Linux (Debian)")
-    was_running = _script("status").returncode == 0
-    started = _script("start")
-    if started.returncode == RC_UNSUPPORTED:
-        _unavailable(started.stderr.strip().splitlines()[-1])
-    if started.returncode != 0:
-        pytest.fail(f"{SCRIPT} start failed:\n{started.stderr[-3000:]}")
-    conf = started.stdout.strip().splitlines()[-1].removeprefix("export SLURM_CONF=")
-    previous = os.environ.get("SLURM_CONF")
-    os.environ["SLURM_CONF"] = conf
+@pytest.fixture(autouse=True)
+def _by_value(slurm_cluster: str) -> Iterator[None]:
     # The jobs cannot import this test module (tests/ is not on their sys.path), so its
     # functions travel by value instead of by reference.
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    yield conf
+    yield
     cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
-    if previous is None:
-        os.environ.pop("SLURM_CONF", None)
-    else:
-        os.environ["SLURM_CONF"] = previous
-    if not was_running:
-        _script("stop", timeout=120)
 
 
 def _executor(folder: Path, **params: object) -> submitit.AutoExecutor:

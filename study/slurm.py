@@ -1,0 +1,247 @@
+"""SLURM through submitit: one job per trial, shared stages as a job graph, a driver job for
+--detach, one sacct call per refresh for every job in flight.
+
+Jobs are Checkpointable: on preemption or the pre-timeout signal submitit requeues them, and the
+rerun resumes from the stage cache (finished stages) and the epoch checkpoint (the stage in
+progress). A code error inside a trial is caught by the worker (objective.run_job) and fails the
+trial once; a job that vanishes (scancel, OOM kill, node failure) leaves its trial RUNNING with no
+result, which the launcher sees in sacct and retries with the same parameters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import submitit
+from optuna.trial import FrozenTrial
+
+from study.config import SlurmSettings
+
+# sacct states in which a job may still run (or run again after a requeue).
+ALIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING",
+         "COMPLETING", "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD"}
+# sacct may not know a job for a moment after sbatch returns.
+UNKNOWN_GRACE_S = 60.0
+# Space parameters under these paths change the base or the experts: then they are not shared.
+SHARED_STAGE_INPUTS = ("pipeline.data", "pipeline.model", "pipeline.base", "pipeline.expert",
+                       "pipeline.seed", "pipeline.salt_value", "pipeline.selection")
+
+
+@contextlib.contextmanager
+def submission_env() -> Iterator[None]:
+    """A job submitted from a job (the --detach driver) must not inherit its SLURM_* variables
+    (they clash with the new job's resources), but every process needs SLURM_CONF."""
+    conf = os.environ.get("SLURM_CONF")
+    with submitit.helpers.clean_env():
+        if conf:
+            os.environ["SLURM_CONF"] = conf
+        yield
+
+
+def _threads_from_slurm() -> None:
+    # No cgroups on many sites (and on the test cluster): take the CPUs the job was given.
+    n = os.environ.get("SLURM_CPUS_PER_TASK")
+    if n and n.isdigit():
+        import torch
+
+        torch.set_num_threads(int(n))
+
+
+class TrialJob(submitit.helpers.Checkpointable):
+    """A trial's worker; checkpoint() (inherited) requeues the same call on preemption."""
+
+    def __init__(self, job_path: str):
+        self.job_path = job_path
+
+    def __call__(self) -> str:
+        from study.objective import Job, run_job
+
+        _threads_from_slurm()
+        return run_job(Job.read(self.job_path))
+
+
+class StageJob(submitit.helpers.Checkpointable):
+    """Builds one shared stage (base or an expert) into the cache; trials depend on it."""
+
+    def __init__(self, study_file: str, overrides: list[str], cache: str, stage: str, seed: int):
+        self.study_file, self.overrides, self.cache = study_file, overrides, cache
+        self.stage, self.seed = stage, seed
+
+    def __call__(self) -> str:
+        from study.cache import StageCache
+        from study.objective import load
+        from study.pipeline import Pipeline
+
+        _threads_from_slurm()
+        ld = load(self.study_file, self.overrides)
+        cfg = ld.sf.pipeline.model_copy(update={"seed": self.seed})
+        pipe = Pipeline(cfg, StageCache(self.cache))
+        pipe.network(self.stage)
+        return pipe.key(self.stage)
+
+
+class DriverJob(submitit.helpers.Checkpointable):
+    """`study launch` itself, as a small job: what keeps a --detach study going."""
+
+    def __init__(self, argv: list[str], cwd: str):
+        self.argv, self.cwd = argv, cwd
+
+    def __call__(self) -> int:
+        from study import cli
+
+        os.chdir(self.cwd)
+        code = cli.main(self.argv)
+        if code not in (0, None):
+            raise RuntimeError(f"study launch exited with {code}")
+        return 0
+
+
+def sacct_states(job_ids: Iterable[str]) -> dict[str, str]:
+    """One sacct call for every job; falls back to squeue where accounting is missing."""
+    ids = sorted({str(j) for j in job_ids if j})
+    if not ids:
+        return {}
+    try:
+        out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobIDRaw,State", "-j",
+                              ",".join(ids)], capture_output=True, text=True, timeout=60)
+        if out.returncode == 0:
+            states = {}
+            for line in out.stdout.splitlines():
+                jid, _, state = line.partition("|")
+                if jid:
+                    states[jid.strip()] = state.split()[0] if state.split() else "UNKNOWN"
+            return states
+    except (OSError, subprocess.SubprocessError):
+        pass
+    out = subprocess.run(["squeue", "-h", "-o", "%i %T", "-j", ",".join(ids)],
+                         capture_output=True, text=True, timeout=60)
+    return dict(line.split(None, 1) for line in out.stdout.splitlines() if " " in line)
+
+
+class SlurmExecutor:
+    kind = "slurm"
+
+    def __init__(self, settings: SlurmSettings, folder: Path, study_name: str):
+        self.settings, self.folder, self.study_name = settings, Path(folder), study_name
+        self.states: dict[str, str] = {}
+        self.submitted_at: dict[str, float] = {}
+        self.dependency: list[str] = []     # shared-stage jobs the next trials wait for
+
+    def _executor(self, name: str, time_min: int, cpus: int | None = None,
+                  dependency: list[str] | None = None) -> submitit.AutoExecutor:
+        s = self.settings
+        # a requeue per preemption or timeout, up to 10, each resuming from checkpoints
+        ex = submitit.AutoExecutor(folder=self.folder / "%j", cluster="slurm",
+                                   slurm_max_num_timeout=10)
+        extra: dict[str, Any] = dict(s.additional)
+        params: dict[str, Any] = {
+            "name": name, "timeout_min": time_min, "cpus_per_task": cpus or s.cpus_per_task,
+            "slurm_signal_delay_s": s.signal_delay_s, "slurm_setup": list(s.setup),
+        }
+        if dependency:
+            # afterany, not afterok: a failed stage job must not strand its trials, which
+            # then build the stage themselves (the cache lock makes racers wait, not retrain).
+            params["slurm_dependency"] = "afterany:" + ":".join(dependency)
+            extra["kill-on-invalid-dep"] = "yes"
+        if extra:
+            params["slurm_additional_parameters"] = extra
+        if s.account:
+            params["slurm_account"] = s.account
+        if s.qos:
+            params["slurm_qos"] = s.qos
+        if s.partition:
+            params["slurm_partition"] = s.partition
+        if s.gres:
+            params["slurm_gres"] = s.gres
+        if s.gpus_per_node is not None:
+            params["gpus_per_node"] = s.gpus_per_node
+        if s.mem_gb:
+            params["mem_gb"] = s.mem_gb
+        if s.constraint:
+            params["slurm_constraint"] = s.constraint
+        ex.update_parameters(**params)
+        return ex
+
+    def _live_dependencies(self) -> list[str]:
+        if not self.dependency:
+            return []
+        states = sacct_states(self.dependency)
+        self.dependency = [j for j in self.dependency if states.get(j, "PENDING") in ALIVE]
+        return self.dependency
+
+    def _track(self, job: submitit.Job[Any]) -> str:
+        jid = str(job.job_id)
+        self.submitted_at[jid] = time.time()
+        self.states[jid] = "PENDING"
+        return jid
+
+    def submit(self, job_path: Path, job: Any, log_path: Path) -> dict[str, Any]:
+        ex = self._executor(f"study-{self.study_name}", self.settings.time_min,
+                            dependency=self._live_dependencies())
+        with submission_env():
+            j = ex.submit(TrialJob(str(job_path)))
+        jid = self._track(j)
+        return {"kind": self.kind, "job_id": jid, "submitted": time.time(),
+                "log": str(self.folder / jid / f"{jid}_0_log.out")}
+
+    def submit_stages(self, plan: list[tuple[str, int]], study_file: str, overrides: list[str],
+                      cache: str) -> dict[str, str]:
+        """base first, then each expert depending on it; trials then depend on all of them."""
+        time_min = self.settings.stage_time_min or self.settings.time_min
+        ids: dict[str, str] = {}
+        for stage, seed in plan:
+            dep = [ids[f"base@{seed}"]] if stage != "base" and f"base@{seed}" in ids else None
+            ex = self._executor(f"study-{self.study_name}-{stage}", time_min, dependency=dep)
+            with submission_env():
+                j = ex.submit(StageJob(study_file, overrides, cache, stage, seed))
+            ids[f"{stage}@{seed}"] = self._track(j)
+        self.dependency = list(ids.values())
+        return ids
+
+    def submit_driver(self, argv: list[str], cwd: str) -> str:
+        ex = self._executor(f"study-{self.study_name}-driver", self.settings.driver_time_min,
+                            cpus=1)
+        # The driver only asks, submits and tells: no GPU, whatever the trials need.
+        ex.update_parameters(slurm_gres=None, gpus_per_node=None, mem_gb=2)
+        with submission_env():
+            j = ex.submit(DriverJob(argv, cwd))
+        return self._track(j)
+
+    def refresh(self, handles: Iterable[dict[str, Any]]) -> None:
+        ids = [h["job_id"] for h in handles if h.get("job_id")]
+        self.states.update(sacct_states(ids))
+
+    def alive(self, handle: dict[str, Any], trial: FrozenTrial) -> bool:
+        jid = handle.get("job_id")
+        if not jid:
+            return False
+        state = self.states.get(str(jid))
+        if state is None:
+            return time.time() - float(handle.get("submitted", 0)) < UNKNOWN_GRACE_S
+        if state in ALIVE:
+            return True
+        # sacct can lag a requeue by a moment: trust a fresh submission for a short while
+        return False
+
+    def poll(self) -> None:
+        pass
+
+
+def cancel(job_ids: Iterable[str]) -> None:
+    ids = [str(j) for j in job_ids if j]
+    if ids:
+        subprocess.run(["scancel", *ids], capture_output=True, timeout=60)
+
+
+def sbatch_script(settings: SlurmSettings, folder: Path, name: str = "study-example") -> str:
+    """The sbatch file submitit would write for a trial job under these settings (for the
+    golden-file test and for users who want to see it)."""
+    ex = SlurmExecutor(settings, folder, name)._executor(name, settings.time_min)
+    inner = ex._executor
+    return inner._make_submission_file_text("python -u -m submitit.core._submit '%j'", "UID")

@@ -1,0 +1,61 @@
+"""Shared fixtures: the real single-node SLURM cluster of slurm/local_cluster.sh.
+
+It needs root on Debian (the script apt-installs slurm-wlm, munge, slurmdbd, mariadb-server);
+elsewhere SLURM tests skip with the reason, except under CI=true, where they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "slurm" / "local_cluster.sh"
+STATE_DIR = os.environ.get("STUDY_SLURM_DIR", "/tmp/study-slurm")
+# rc 2 from the script: this machine cannot host the cluster (not root, no apt, no packages).
+RC_UNSUPPORTED = 2
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true but the SLURM cluster cannot start: {reason}")
+    print(f"skipping SLURM tests: {reason}")
+    pytest.skip(reason)
+
+
+def _script(command: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(SCRIPT), command, STATE_DIR],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[str]:
+    """Starts the cluster (or reuses a running one) and exports SLURM_CONF; yields its path."""
+    if not sys.platform.startswith("linux") or os.geteuid() != 0:
+        _unavailable("the local SLURM cluster needs root on Linux (Debian)")
+    was_running = _script("status").returncode == 0
+    started = _script("start")
+    if started.returncode == RC_UNSUPPORTED:
+        _unavailable(started.stderr.strip().splitlines()[-1])
+    if started.returncode != 0:
+        pytest.fail(f"{SCRIPT} start failed:\n{started.stderr[-3000:]}")
+    conf = started.stdout.strip().splitlines()[-1].removeprefix("export SLURM_CONF=")
+    previous = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = conf
+    yield conf
+    if previous is None:
+        os.environ.pop("SLURM_CONF", None)
+    else:
+        os.environ["SLURM_CONF"] = previous
+    if not was_running:
+        _script("stop", timeout=120)
+
+

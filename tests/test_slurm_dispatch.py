@@ -1,0 +1,217 @@
+"""`study launch` against the real local SLURM cluster: a job per trial, shared stages as a job
+graph, requeue, scancel, code errors, --detach, cancel; and the generated sbatch script."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+from optuna.trial import TrialState
+
+from study import dispatch, storage
+from study.config import load_study_file
+from study.slurm import sbatch_script
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDY = [sys.executable, "-m", "study.cli"]
+GOLDEN = Path(__file__).parent / "golden"
+QUICK = ["data.synthetic_train=500", "data.val_size=100", "data.synthetic_test=100",
+         "degradations=[jpeg, awgn]", "base.epochs=1", "expert.epochs=1", "distill.epochs=2",
+         "distill.milestones=[1]", "fusing.epochs=1", "fusing.milestones=[1]",
+         "eval.test_level_step=50", "eval.val_level_step=50", "study.pruner=none",
+         "methods=[fusiondistill]", "executor.slurm.preset=local"]
+
+
+def _sets(*extra: str) -> list[str]:
+    return [x for s in [*QUICK, *extra] for x in ("--set", s)]
+
+
+def _study(results: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=storage.open_storage(
+        str(results / name / "optuna.journal")))
+
+
+def _finished(st: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in st.get_trials() if t.state in dispatch.FINISHED
+            and not t.user_attrs.get("retried")]
+
+
+def _sacct(*fields: str) -> list[dict[str, str]]:
+    out = subprocess.run(["sacct", "-n", "-X", "-P", "-a", "-S", "now-1hours", "-o",
+                          ",".join(fields)], capture_output=True, text=True, timeout=60).stdout
+    return [dict(zip(fields, line.split("|"))) for line in out.splitlines() if line]
+
+
+def _wait(predicate, timeout: float, interval: float = 1.0) -> bool:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
+
+
+@pytest.mark.parametrize("preset", ["local", "gpu"])
+def test_generated_sbatch_script_matches_golden_file(preset: str, tmp_path: Path) -> None:
+    _, sf = load_study_file("smoke.yaml", [f"executor.slurm.preset={preset}",
+                                           "executor.slurm.account=proj42"])
+    text = sbatch_script(sf.executor.slurm, tmp_path / "jobs")
+    text = text.replace(str(tmp_path), "<folder>").replace(sys.executable, "<python>")
+    golden = GOLDEN / f"sbatch_{preset}.sh"
+    if os.environ.get("STUDY_UPDATE_GOLDEN"):
+        golden.write_text(text)
+    assert text == golden.read_text()
+    assert "#SBATCH --account=proj42" in text and "#SBATCH --signal=USR2@" in text
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_slurm_study_with_stage_graph(slurm_cluster: str, tmp_path: Path) -> None:
+    name = f"graph{os.getpid()}"
+    cmd = [*STUDY, "launch", "--space", "smoke.yaml", "--executor", "slurm", "--parallel", "3",
+           "--n-trials", "6", "--results", str(tmp_path), *_sets(f"study.name={name}")]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    st = _study(tmp_path, name)
+    assert len(_finished(st)) == 6 and all(t.state == TrialState.COMPLETE for t in st.trials)
+    jobs = [j for j in _sacct("JobIDRaw", "JobName", "Start", "End", "State")
+            if j["JobName"].startswith(f"study-{name}")]
+    by_name: dict[str, list[dict[str, str]]] = {}
+    for j in jobs:
+        by_name.setdefault(j["JobName"], []).append(j)
+    # base and each expert ran as exactly one job; the trials as six more
+    assert len(by_name[f"study-{name}-base"]) == 1
+    assert len(by_name[f"study-{name}-expert_jpeg"]) == 1
+    assert len(by_name[f"study-{name}-expert_awgn"]) == 1
+    assert len(by_name[f"study-{name}"]) == 6
+    base_end = by_name[f"study-{name}-base"][0]["End"]
+    experts_end = max(by_name[f"study-{name}-expert_{d}"][0]["End"] for d in ("jpeg", "awgn"))
+    assert all(by_name[f"study-{name}-expert_{d}"][0]["Start"] >= base_end
+               for d in ("jpeg", "awgn"))
+    assert all(t["Start"] >= experts_end for t in by_name[f"study-{name}"])
+    df = pd.read_parquet(tmp_path / name / "trials")
+    assert df.trial.nunique() == 6
+    assert df.groupby("trial").first().hit_expert_jpeg.all()     # no trial trained an expert
+    assert df.host.notna().all() and df.device.eq("cpu").all()
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_requeue_resumes_scancel_retries_error_fails_once(slurm_cluster: str,
+                                                          tmp_path: Path) -> None:
+    name = f"faults{os.getpid()}"
+    # long enough a distillation (6 epochs) to requeue it in the middle
+    extra = ["distill.epochs=6", "distill.milestones=[4]", f"study.name={name}",
+             "study.sampler=random"]
+    cmd = [*STUDY, "launch", "--space", "smoke.yaml", "--executor", "slurm", "--parallel", "2",
+           "--n-trials", "3", "--results", str(tmp_path), *_sets(*extra)]
+    launcher = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+    work = tmp_path / "cache" / ".work"
+    journal = tmp_path / name / "optuna.journal"
+
+    def running_with_job() -> list[optuna.trial.FrozenTrial]:
+        if not journal.exists():
+            return []
+        return [t for t in _study(tmp_path, name).trials
+                if t.state == TrialState.RUNNING and "worker" in t.user_attrs
+                and t.user_attrs.get("job", {}).get("job_id")]
+
+    # requeue trial A once its distillation has written an epoch checkpoint
+    assert _wait(lambda: any(work.glob("fusiondistill-*.pt")) and running_with_job(), 600)
+    a = running_with_job()[0]
+    a_job = a.user_attrs["job"]["job_id"]
+    subprocess.run(["scontrol", "requeue", a_job], check=True)
+    # scancel the other running trial's job (B): it must be retried with the same params
+    assert _wait(lambda: [t for t in running_with_job() if t.number != a.number], 300)
+    b = [t for t in running_with_job() if t.number != a.number][0]
+    subprocess.run(["scancel", b.user_attrs["job"]["job_id"]], check=True)
+    out, _ = launcher.communicate(timeout=900)
+    assert launcher.returncode == 0, out[-4000:]
+    st = _study(tmp_path, name)
+    a_final = st.trials[a.number]
+    assert a_final.state == TrialState.COMPLETE
+    assert a_final.user_attrs.get("attempt", 1) == 1          # requeued, not retried
+    log = Path(a_final.user_attrs["job"]["log"]).read_text()
+    assert "fusiondistill     resumed from epoch" in log      # the epoch checkpoint was used
+    assert "modelsoups        cache hit" in log               # finished stages not recomputed
+    b_final = st.trials[b.number]
+    assert b_final.state == TrialState.FAIL and b_final.user_attrs["retried"]
+    retry = [t for t in st.trials if t.user_attrs.get("retry_of") == b.number]
+    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
+    assert retry[0].user_attrs["values"] == b_final.user_attrs["values"]
+    assert len(_finished(st)) == 3
+
+    # a trial whose code raises fails once and is not retried
+    bad = [*STUDY, "launch", "--space", "smoke.yaml", "--executor", "slurm", "--n-trials", "1",
+           "--results", str(tmp_path),
+           *_sets(f"study.name={name}-err", "data.dataset=imagefolder",
+                  f"data.root={tmp_path}/missing")]
+    r = subprocess.run(bad, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    st = _study(tmp_path, f"{name}-err")
+    assert [t.state for t in st.trials] == [TrialState.FAIL]
+    assert st.trials[0].user_attrs["fail_kind"] == "code"
+    df = pd.read_parquet(tmp_path / f"{name}-err" / "trials")
+    assert "DataNotFoundError" in df.error.iloc[0]
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_detach_returns_fast_and_study_completes(slurm_cluster: str, tmp_path: Path) -> None:
+    name = f"detach{os.getpid()}"
+    cmd = [*STUDY, "launch", "--space", "smoke.yaml", "--executor", "slurm", "--parallel", "2",
+           "--n-trials", "3", "--detach", "--results", str(tmp_path),
+           *_sets(f"study.name={name}")]
+    t0 = time.monotonic()
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    took = time.monotonic() - t0
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert took < 10, f"--detach took {took:.1f}s"
+    assert "detached" in r.stdout
+    driver = _study(tmp_path, name).user_attrs["driver"]
+    assert driver["kind"] == "slurm"
+    status = [*STUDY, "status", "--space", "smoke.yaml", "--results", str(tmp_path),
+              *_sets(f"study.name={name}")]
+    s = subprocess.run(status, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert s.returncode == 0 and f"launcher: slurm {driver['job_id']}" in s.stdout
+    assert _wait(lambda: len(_finished(_study(tmp_path, name))) == 3, 900, 3)
+    # no launcher process anywhere: the driver job ends by itself
+    assert _wait(lambda: not [j for j in _sacct("JobIDRaw", "State")
+                              if j["JobIDRaw"] == driver["job_id"]
+                              and j["State"] in ("RUNNING", "PENDING")], 120)
+    s = subprocess.run(status, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert re.search(r"3/3 done \(complete 3", s.stdout), s.stdout
+    assert not [p for p in subprocess.run(["pgrep", "-af", f"study.name={name}"],
+                                          capture_output=True, text=True).stdout.splitlines()
+                if "pgrep" not in p]
+    json.dumps(driver)
+
+
+@pytest.mark.slurm
+def test_cancel_stops_a_detached_study(slurm_cluster: str, tmp_path: Path) -> None:
+    name = f"cancel{os.getpid()}"
+    sets = _sets(f"study.name={name}", "distill.epochs=20", "distill.milestones=[10]")
+    cmd = [*STUDY, "launch", "--space", "smoke.yaml", "--executor", "slurm", "--parallel", "2",
+           "--n-trials", "4", "--detach", "--results", str(tmp_path), *sets]
+    assert subprocess.run(cmd, cwd=ROOT, capture_output=True, timeout=120).returncode == 0
+    assert _wait(lambda: any(t.state == TrialState.RUNNING and "job" in t.user_attrs
+                             for t in _study(tmp_path, name).trials), 300)
+    r = subprocess.run([*STUDY, "cancel", "--space", "smoke.yaml", "--results", str(tmp_path),
+                        *sets], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    st = _study(tmp_path, name)
+    assert not [t for t in st.trials if t.state == TrialState.RUNNING]
+    assert any(t.user_attrs.get("fail_kind") == "cancelled" for t in st.trials)
+    ids = [t.user_attrs["job"]["job_id"] for t in st.trials if "job" in t.user_attrs]
+    ids.append(st.user_attrs["driver"]["job_id"])
+    assert _wait(lambda: not [j for j in _sacct("JobIDRaw", "State") if j["JobIDRaw"] in ids
+                              and j["State"] in ("RUNNING", "PENDING")], 60)
