@@ -272,6 +272,14 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from study import report
+
+    report.build_report(args.space, args.overrides, Path(args.results).resolve(), png=args.png,
+                        push=not args.no_push)
+    return 0
+
+
 def cmd_data_download(args: argparse.Namespace) -> int:
     """For a machine with internet (a login node): compute nodes never download."""
     from torchvision import datasets
@@ -332,6 +340,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bind address (default 127.0.0.1: reach it through an SSH tunnel)")
     p.add_argument("--port", type=int, default=8080)
     p.set_defaults(func=cmd_dashboard)
+
+    p = sub.add_parser("report", help="write results/<study>/report.html and push its figures "
+                       "to the dashboard", description="The ablation report of a study: "
+                       "paper-style tables, accuracy against level, ablations, parameter "
+                       "effects, budget, paired differences; one self-contained HTML file.")
+    _add_space(p)
+    p.add_argument("--png", action="store_true",
+                   help="also write PNG files of the figures (needs kaleido and chromium)")
+    p.add_argument("--no-push", action="store_true",
+                   help="do not push figures and the summary note to optuna-dashboard")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("data", help="dataset helpers")
     dsub = p.add_subparsers(dest="data_command", required=True)

@@ -167,7 +167,8 @@ class Counts:
         best = (f", best {self.best:.4f} (trial {self.best_trial})" if self.best is not None
                 else "")
         retried = f", {self.retried} retried" if self.retried else ""
-        return (f"[{time.strftime('%H:%M:%S')}] {self.done}/{n_trials} done (complete "
+        target = max(n_trials, self.done)   # a study topped up past its file's n_trials
+        return (f"[{time.strftime('%H:%M:%S')}] {self.done}/{target} done (complete "
                 f"{self.complete}, pruned {self.pruned}, failed {self.failed}{retried}), "
                 f"running {self.running}{best}")
 

@@ -269,7 +269,7 @@ class Pipeline:
                            select=self.cfg.selection, checkpoint=work / f"{stage}-{key}.pt",
                            on_epoch=hook)
         if result.resumed_from:
-            self.log(f"  {stage:<14} resumed from epoch {result.resumed_from}")
+            self.log(f"  {stage:<17} resumed   from epoch {result.resumed_from}")
         self.histories[stage] = result.history
         return result.state, {"best_val": result.best_val, "history": result.history}
 

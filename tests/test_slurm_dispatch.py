@@ -108,10 +108,11 @@ def test_slurm_study_with_stage_graph(slurm_cluster: str, tmp_path: Path) -> Non
 def test_requeue_resumes_scancel_retries_error_fails_once(slurm_cluster: str,
                                                           tmp_path: Path) -> None:
     name = f"faults{os.getpid()}"
-    # long enough a distillation (6 epochs) to requeue it in the middle
-    extra = ["distill.epochs=6", "distill.milestones=[4]", f"study.name={name}",
-             "study.sampler=random"]
-    cmd = [*STUDY, "launch", "--space", "smoke.yaml", "--executor", "slurm", "--parallel", "2",
+    # a distillation long enough (12 epochs of 1,400 images, ~3 s each) to requeue it midway;
+    # one trial at a time, so the epoch checkpoint on disk is the running trial's
+    extra = ["data.synthetic_train=1500", "distill.epochs=12", "distill.milestones=[8]",
+             f"study.name={name}", "study.sampler=random"]
+    cmd = [*STUDY, "launch", "--space", "smoke.yaml", "--executor", "slurm", "--parallel", "1",
            "--n-trials", "3", "--results", str(tmp_path), *_sets(*extra)]
     launcher = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True)
@@ -141,7 +142,7 @@ def test_requeue_resumes_scancel_retries_error_fails_once(slurm_cluster: str,
     assert a_final.state == TrialState.COMPLETE
     assert a_final.user_attrs.get("attempt", 1) == 1          # requeued, not retried
     log = Path(a_final.user_attrs["job"]["log"]).read_text()
-    assert "fusiondistill     resumed from epoch" in log      # the epoch checkpoint was used
+    assert "fusiondistill     resumed   from epoch" in log    # the epoch checkpoint was used
     assert "modelsoups        cache hit" in log               # finished stages not recomputed
     b_final = st.trials[b.number]
     assert b_final.state == TrialState.FAIL and b_final.user_attrs["retried"]
