@@ -184,7 +184,7 @@ def count(study: optuna.Study, trials: list[FrozenTrial]) -> Counts:
             c.pruned += 1
         elif t.state == TrialState.FAIL:
             c.failed += 1
-        elif t.state in (TrialState.RUNNING, TrialState.WAITING):
+        elif t.state == TrialState.RUNNING:   # WAITING = an enqueued retry, not yet asked
             c.running += 1
     if len(study.directions) == 1 and c.complete:
         best = study.best_trial

@@ -53,7 +53,7 @@ PALETTE = ["#636EFA", "#EF553B", "#00CC96", "#AB63FA", "#FFA15A", "#19D3F3", "#F
 COLOR = dict(zip(METHOD_NAMES, PALETTE))
 # Figures that optuna-dashboard does not draw itself; pushed into the study under these ids so
 # that a second `study report` overwrites them instead of piling up copies.
-PUSHED = ("levels", "paired", "subsets", "importance", "surface", "fusion_weights", "budget")
+PUSHED = ("levels", "paired", "subsets", "surface", "fusion_weights", "budget")
 CHROMIUM = "/usr/bin/chromium"
 
 
@@ -240,7 +240,9 @@ def subset_ablation(df: pd.DataFrame, pt: pd.DataFrame, param: str, method: str,
     evaluation degradation (mean over seeds). Index: the subset as 'jpeg+awgn'."""
     col = f"param_{param}"
     done = _complete(pt)
-    done = done[done[col].map(lambda v: not _missing(v))] if col in done else done.iloc[:0]
+    if col not in done or done.empty:
+        return pd.DataFrame(columns=["trial", "n_trials", *COLUMNS])
+    done = done[done[col].map(lambda v: not _missing(v)).astype(bool)]
     records = []
     for label, group in done.groupby(done[col].map("+".join), sort=False):
         best = best_trial(group, [direction])
@@ -529,7 +531,7 @@ def fig_surface(sf: pd.DataFrame, x: str, y: str, value_label: str) -> Any:
         hovertext=[f"trial {t}: {v:.4f}" for t, v in zip(sf.trial, sf.value)]))
     fig.update_xaxes(title_text=x, type="log")
     fig.update_yaxes(title_text=y)
-    return _layout(fig, f"{x} x {y} (colour: {value_label}; labels: trial)", 460)
+    return _layout(fig, f"{x} x {y} (colour: objective, label: trial)", 460)
 
 
 def fig_weights(w: pd.DataFrame, value_label: str) -> Any:
@@ -542,7 +544,7 @@ def fig_weights(w: pd.DataFrame, value_label: str) -> Any:
             marker={"color": w.value, "colorscale": "Viridis", "size": 12, "showscale": True,
                     "colorbar": {"title": "objective"}}))
         fig.update_layout(ternary={"aaxis_title": a, "baxis_title": b, "caxis_title": c})
-        return _layout(fig, f"Fusion coefficients on the simplex (colour: {value_label})", 520)
+        return _layout(fig, "Fusion coefficients on the simplex (colour: objective)", 520)
     # Parallel coordinates drawn as SVG lines: plotly's parcoords needs WebGL, which headless
     # browsers and some remote desktops lack.
     from plotly.colors import sample_colorscale
@@ -555,7 +557,7 @@ def fig_weights(w: pd.DataFrame, value_label: str) -> Any:
                                  name=f"trial {int(r.trial)} ({r.value:.4f})",
                                  line={"color": sample_colorscale("Viridis", [t])[0]}))
     fig.update_yaxes(title_text="fusion weight", range=[0, 1])
-    return _layout(fig, f"Fusion coefficients per trial (colour: {value_label}, yellow = best)",
+    return _layout(fig, "Fusion coefficients per trial (colour: objective, yellow = best)",
                    440)
 
 
@@ -568,7 +570,8 @@ def fig_history(pt: pd.DataFrame, direction: str, value_label: str) -> Any:
                                 marker={"size": 9, "color": PALETTE[0]}),
                      go.Scatter(x=done.trial, y=best, mode="lines", name="best so far",
                                 line={"shape": "hv", "color": PALETTE[1]})])
-    fig.update_xaxes(title_text="trial")
+    n = int(pt.trial.max()) + 1 if len(pt) else 1
+    fig.update_xaxes(title_text="trial", dtick=max(1, math.ceil(n / 10)))   # whole trials only
     fig.update_yaxes(title_text=value_label)
     return _layout(fig, "Optimization history (completed trials)", 400)
 
@@ -581,7 +584,7 @@ def fig_budget(stages: pd.DataFrame) -> Any:
                             name="cache hits (saved)", marker_color=PALETTE[2])])
     fig.update_layout(barmode="group")
     fig.update_yaxes(title_text="minutes")
-    return _layout(fig, "Stage build time: spent vs saved by the stage cache", 400)
+    return _layout(fig, "Stage build time: spent vs saved by the cache", 400)
 
 
 def fig_pareto(pt: pd.DataFrame, front: Sequence[int], labels: Sequence[str]) -> Any:
@@ -608,8 +611,8 @@ def fig_paired(paired: pd.DataFrame, method: str) -> Any:
     fig.add_hline(y=0, line_color="#444")
     fig.update_yaxes(title_text="best - paper setting (accuracy points)")
     n = int(paired.n.iloc[0])
-    what = f"mean and 95% t-interval over {n} seeds" if n > 1 else "one seed: no interval"
-    return _layout(fig, f"Paired difference on test, {method} ({what})", 400)
+    what = f"95% t-interval, {n} seeds" if n > 1 else "one seed, no interval"
+    return _layout(fig, f"Best - paper setting, {method}, test ({what})", 400)
 
 
 # ---------------------------------------------------------------- render
@@ -630,20 +633,21 @@ def _table_html(t: SeedTable) -> str:
     return cells.to_html(classes="acc", border=0, escape=True, index_names=False)
 
 
-def _md_table(frame: pd.DataFrame, fmt: Callable[[Any], str]) -> str:
+def _md_table(frame: pd.DataFrame, digits: int = 1) -> str:
+    """A numeric frame as a Markdown table (optuna-dashboard renders Markdown notes)."""
+    def cell(v: Any) -> str:
+        return "-" if _missing(v) else f"{float(v):.{digits}f}"
+
     head = "| | " + " | ".join(map(str, frame.columns)) + " |"
     sep = "|---" * (len(frame.columns) + 1) + "|"
-    body = ["| " + str(i) + " | " + " | ".join(fmt(v) for v in row) + " |"
-            for i, row in zip(frame.index, frame.to_numpy())]
+    body = ["| " + str(i) + " | " + " | ".join(cell(v) for v in row) + " |"
+            for i, row in zip(frame.index, frame.to_numpy(dtype=float, na_value=np.nan))]
     return "\n".join([head, sep, *body])
 
 
-def _pct(v: Any) -> str:
-    return "-" if _missing(v) else f"{float(v):.1f}"
-
-
-def render(a: Analysis) -> Rendered:
-    """Figures, the HTML page and the dashboard note from an Analysis."""
+def render(a: Analysis, where: str = "report.html") -> Rendered:
+    """Figures, the HTML page and the dashboard note from an Analysis; `where` is the report's
+    path as the note names it."""
     esc = html.escape
     value_label = a.objectives[0]
     figs: dict[str, Any] = {}
@@ -694,9 +698,11 @@ def render(a: Analysis) -> Rendered:
              "parameter such as `degradations` or `fusion.experts`).")
     for name, t in a.subsets.items():
         if len(t):
+            note(f"{name}: for each subset chosen, the trial best on validation among those "
+                 f"that chose it, and its test accuracy (%) of {a.method} per evaluation "
+                 "degradation (mean over seeds).")
             figure("subsets" if "subsets" not in figs else f"subsets-{name}", fig_heatmap(
-                t, f"{name}: test accuracy (%) of {a.method}, per chosen subset (its trial best "
-                   "on validation)"))
+                t, f"{name}: test accuracy of {a.method} (%) per subset"))
         else:
             note(f"{name}: no completed trial yet.")
 
@@ -770,7 +776,7 @@ def render(a: Analysis) -> Rendered:
         f"<title>study report: {esc(a.study_name)}</title><style>{_CSS}</style>"
         f"<script type='text/javascript'>{plotly.offline.get_plotlyjs()}</script></head>"
         f"<body>{''.join(parts)}</body></html>")
-    return Rendered(page, figs, _note(a))
+    return Rendered(page, figs, _note(a, where))
 
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:1em auto;padding:0 1em;
@@ -780,7 +786,7 @@ table.acc td,table.acc th{padding:.25em .7em;text-align:right;border-bottom:1px 
 table.acc th{background:#f5f5f5}"""
 
 
-def _note(a: Analysis) -> str:
+def _note(a: Analysis, where: str) -> str:
     """The dashboard's study note: the headline numbers, in Markdown."""
     s = a.budget["states"]
     lines = [f"## study report ({time.strftime('%Y-%m-%d %H:%M')})", "",
@@ -795,14 +801,13 @@ def _note(a: Analysis) -> str:
                   f"{float(row.value_0):.4f}; " + ", ".join(f"`{k}` = {_fmt(v)}"
                                                             for k, v in params.items()), ""]
     for label, t in a.tables.items():
-        lines += [f"### {label}: test accuracy (%)", "", _md_table(t.mean, _pct), ""]
+        lines += [f"### {label}: test accuracy (%)", "", _md_table(t.mean), ""]
     if a.paired is not None and len(a.paired) and a.best != a.paper:
         shown = a.paired[["diff", "lo", "hi", "n"]]
         lines += [f"### Best minus paper setting ({a.method}, test, points)", "",
-                  _md_table(shown, lambda v: _pct(v) if isinstance(v, float) else str(v)), ""]
-    lines.append("Figures: accuracy against level, ablations, importance and budget below "
-                  "(pushed by `study report`); the full report is results/"
-                  f"{a.study_name}/report.html.")
+                  _md_table(shown, digits=2), ""]
+    lines.append("The figures on this page titled like the report's were pushed by `study "
+                 f"report`; the full report is {where}.")
     return "\n".join(lines)
 
 
@@ -860,9 +865,9 @@ def build_report(study_file: str, overrides: Sequence[str] = (),
     a = analyse(df, st, ld.space.params, paper,
                 objectives=[o.model_dump() for o in sf.study.objectives],
                 methods=sf.pipeline.methods, study_name=sf.study.name)
-    rendered = render(a)
-    sdir.mkdir(parents=True, exist_ok=True)
     out = sdir / "report.html"
+    rendered = render(a, str(out))
+    sdir.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     tmp.write_text(rendered.html, encoding="utf-8")
     os.replace(tmp, out)     # a browser open on the old report never sees half a file
