@@ -123,6 +123,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
                                                                     ld.space.fingerprint()))
     sdir = storage.study_dir(results_dir, sf.study.name)
     sdir.mkdir(parents=True, exist_ok=True)
+    st.set_user_attr("n_trials", n_trials)   # the target `study status` reports against
+    st.set_user_attr("cancelled", False)
     with _launcher_lock(sdir) as held:
         if not held:
             raise UserError(f"another launcher is running study '{sf.study.name}' (lock "
@@ -195,7 +197,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     trials = st.get_trials(deepcopy=False)
     c = dispatch.count(st, trials)
     print(f"study '{ld.sf.study.name}' ({url})")
-    print(c.line(args.n_trials or ld.sf.study.n_trials))
+    print(c.line(args.n_trials or st.user_attrs.get("n_trials") or ld.sf.study.n_trials))
     if c.best_trial is not None:
         print(f"best trial {c.best_trial}: value {c.best:.4f}; parameters:")
         for k, v in st.best_trial.user_attrs.get("values", {}).items():
@@ -236,9 +238,24 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     ld = objective.load(args.space, args.overrides)
     results_dir, cache_dir, url = _study_paths(args, ld)
     st = storage.open_existing(ld.sf, results_dir)
+    # First the launcher: it checks this flag every loop, and its job or process is stopped and
+    # awaited, so it cannot start a trial after the ones below are stopped.
+    st.set_user_attr("cancelled", True)
+    driver = st.user_attrs.get("driver") or {}
+    if driver.get("kind") == "slurm":
+        slurm.cancel([driver["job_id"]])
+        deadline = time.time() + 120
+        while time.time() < deadline and slurm.sacct_states([driver["job_id"]]).get(
+                str(driver["job_id"]), "PENDING") in slurm.ALIVE:
+            time.sleep(1)
+    elif driver.get("pid") and driver.get("host") == platform.node():
+        with contextlib.suppress(OSError):
+            os.killpg(int(driver["pid"]), signal.SIGTERM)
+        deadline = time.time() + 60
+        while time.time() < deadline and dispatch._pid_alive(int(driver["pid"]), "study.cli"):
+            time.sleep(0.5)
     running = [t for t in st.get_trials(deepcopy=False) if t.state.name == "RUNNING"]
-    handles = [st.user_attrs.get("driver") or {}] + [t.user_attrs.get("job") or {}
-                                                     for t in running]
+    handles = [t.user_attrs.get("job") or {} for t in running]
     handles += [{"kind": "slurm", "job_id": j} for j in
                 (st.user_attrs.get("stage_jobs") or {}).values()]
     slurm.cancel([h["job_id"] for h in handles if h.get("kind") == "slurm" and h.get("job_id")])

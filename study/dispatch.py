@@ -305,6 +305,9 @@ class Launcher:
         if c.done < n_trials:
             self.prebuild_shared_stages()
         while True:
+            if self.study.user_attrs.get("cancelled"):
+                self.log("study cancelled (`study cancel`); the launcher stops")
+                break
             self.reconcile()
             trials = self.study.get_trials(deepcopy=False)
             c = count(self.study, trials)

@@ -38,10 +38,12 @@ from study.config import DEGRADATION_NAMES, METHOD_NAMES
 from study.space import Param
 
 __all__ = [
-    "Analysis", "SeedTable", "analyse", "best_trial", "budget", "build_report", "fusion_weights",
-    "importances", "level_curves", "paired_differences", "paper_setting", "paper_trial",
-    "pareto_front", "per_trial", "render", "seed_table", "slices", "subset_ablation",
-    "surface", "t_interval",
+    "PUSHED", "Analysis", "Rendered", "SeedTable", "analyse", "best_trial", "budget",
+    "build_report", "export_png", "fig_budget", "fig_heatmap", "fig_history", "fig_importance",
+    "fig_levels", "fig_paired", "fig_pareto", "fig_slices", "fig_surface", "fig_weights",
+    "fusion_weights", "importances", "level_curves", "paired_differences", "paper_setting",
+    "paper_trial", "pareto_front", "per_trial", "push_to_dashboard", "render", "seed_table",
+    "slices", "subset_ablation", "surface", "t_interval",
 ]
 
 CONFIDENCE = 0.95
@@ -67,7 +69,7 @@ def per_trial(df: pd.DataFrame) -> pd.DataFrame:
             *[c for c in df.columns if c.startswith(("value_", "param_"))]]
     out = df.drop_duplicates("trial")[keep].sort_values("trial").reset_index(drop=True)
     for c in out.columns:
-        if c.startswith("param_") and out[c].dtype == "string":
+        if c.startswith("param_") and pd.api.types.is_string_dtype(out[c]):
             out[c] = out[c].astype(object).map(lambda v: None if _missing(v) else json.loads(v))
     seeds = df.dropna(subset=["accuracy"]).groupby("trial").seed.unique()
     out["seeds"] = out.trial.map(lambda t: sorted(int(s) for s in seeds.get(t, [])))
@@ -89,10 +91,11 @@ def pareto_front(pt: pd.DataFrame, directions: Sequence[str]) -> list[int]:
     done = _complete(pt)
     cols = [f"value_{i}" for i in range(len(directions))]
     sign = np.array([1.0 if d == "maximize" else -1.0 for d in directions])
-    v = done[cols].to_numpy(dtype=float, na_value=np.nan) * sign
-    front = [int(t) for i, t in enumerate(done.trial)
-             if not any((v[j] >= v[i]).all() and (v[j] > v[i]).any() for j in range(len(v)))]
-    return sorted(front)
+    v = done[cols].to_numpy(dtype=float, na_value=np.nan) * sign       # larger is better
+    ge = (v[:, None, :] >= v[None, :, :]).all(-1)                      # [j, i]: j >= i on all
+    gt = (v[:, None, :] > v[None, :, :]).any(-1)
+    dominated = (ge & gt).any(axis=0)
+    return sorted(int(t) for t, d in zip(done.trial, dominated) if not d)
 
 
 def best_trial(pt: pd.DataFrame, directions: Sequence[str]) -> int | None:
@@ -320,7 +323,7 @@ def fusion_weights(pt: pd.DataFrame, param: str = "fusion.weights") -> pd.DataFr
     if col not in pt:
         return None
     done = _complete(pt)
-    done = done[done[col].map(lambda v: isinstance(v, Mapping))]
+    done = done[done[col].map(lambda v: isinstance(v, Mapping)).astype(bool)]
     items = [d for d in DEGRADATION_NAMES if any(d in w for w in done[col])]
     items += sorted({k for w in done[col] for k in w} - set(items))
     out = pd.DataFrame({"trial": done.trial.astype(int), "value": done.value_0.astype(float)})
@@ -841,9 +844,11 @@ def export_png(figures: Mapping[str, Any], out_dir: Path, log: Callable[[str], N
         log("--png: no chromium found (apt-get install chromium); no PNG files written")
         return 0
     os.environ.setdefault("BROWSER_PATH", browser)   # where kaleido >= 1 looks for a browser
+    import plotly.io as pio
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name, fig in figures.items():
-        fig.write_image(out_dir / f"{name}.png", width=1200, scale=1)
+    # One browser for all figures: write_image per figure starts one each (~6 s apiece here).
+    pio.write_images(list(figures.values()), [out_dir / f"{n}.png" for n in figures], width=1200)
     log(f"--png: {len(figures)} figures in {out_dir}")
     return len(figures)
 

@@ -213,9 +213,10 @@ def test_local_study_of_8_then_10_then_dashboard(tmp_path: Path) -> None:
             except OSError:
                 time.sleep(0.5)
         assert studies is not None, "optuna-dashboard did not answer"
-        names = [s["study_name"] for s in studies["studies"]]
+        summaries = studies.get("study_summaries", studies.get("studies", []))
+        names = [s["study_name"] for s in summaries]
         assert "smoke" in names
-        sid = studies["studies"][names.index("smoke")]["study_id"]
+        sid = summaries[names.index("smoke")]["study_id"]
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{sid}",
                                     timeout=10) as resp:
             detail = json.loads(resp.read())

@@ -29,6 +29,7 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
+import torch
 
 from study import cli, evaluation, objective, report, results, storage
 
@@ -99,8 +100,18 @@ class Built:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
-    tmp = tmp_path_factory.mktemp("report")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
+    # One thread: with two OpenMP threads on a 2-core box that something else also uses, the
+    # study took 150 s instead of 25 s (threads spin-waiting on each other).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield _build(tmp_path_factory.mktemp("report"))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _build(tmp: Path) -> Built:
     space = tmp / "rep.yaml"
     space.write_text(STUDY_FILE)
     res = tmp / "results"
@@ -159,6 +170,7 @@ def _hand_table(df: pd.DataFrame, trial: int, seed: int) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------- the real study
+@pytest.mark.slow
 def test_report_cli_writes_a_self_contained_html_in_under_30s(built: Built) -> None:
     assert built.html.exists()
     assert built.report_s < 30, f"study report took {built.report_s:.1f}s"
@@ -175,6 +187,7 @@ def test_report_cli_writes_a_self_contained_html_in_under_30s(built: Built) -> N
     assert f"dashboard: {len(set(report.PUSHED) & ids)} figures" in built.out
 
 
+@pytest.mark.slow
 def test_paper_and_best_tables_equal_evaluation_table_per_seed(built: Built) -> None:
     df, a = built.df, _analysis(built)
     best = _hand_best(df)
@@ -200,6 +213,7 @@ def test_paper_and_best_tables_equal_evaluation_table_per_seed(built: Built) -> 
     assert got.item() == pytest.approx(100 * rows.accuracy.astype(float).mean())
 
 
+@pytest.mark.slow
 def test_budget_is_the_sum_of_wall_times_and_of_cached_build_times(built: Built) -> None:
     info, stages = report.budget(built.df)
     first = built.df.drop_duplicates("trial")
@@ -215,6 +229,7 @@ def test_budget_is_the_sum_of_wall_times_and_of_cached_build_times(built: Built)
     assert stages.loc["expert_jpeg", "built"] == 1 and stages.loc["expert_jpeg", "hits"] >= 2
 
 
+@pytest.mark.slow
 def test_subset_ablation_picks_the_validation_best_per_subset(built: Built) -> None:
     df, a = built.df, _analysis(built)
     t = a.subsets["degradations"]
@@ -230,6 +245,7 @@ def test_subset_ablation_picks_the_validation_best_per_subset(built: Built) -> N
         assert row.JPEG == pytest.approx(hand)
 
 
+@pytest.mark.slow
 def test_paired_differences_are_seed_by_seed(built: Built) -> None:
     df, a = built.df, _analysis(built)
     best = a.best
@@ -243,6 +259,7 @@ def test_paired_differences_are_seed_by_seed(built: Built) -> None:
     np.testing.assert_allclose((p.hi - p.lo).to_numpy(), 2 * p.half.to_numpy())
 
 
+@pytest.mark.slow
 def test_one_seed_report_says_no_interval_is_possible(built: Built) -> None:
     a = _analysis(built, built.df[built.df.seed == 0])
     t = next(iter(a.tables.values()))
@@ -253,6 +270,7 @@ def test_one_seed_report_says_no_interval_is_possible(built: Built) -> None:
         assert a.paired.half.isna().all() and "no interval is possible" in r.html
 
 
+@pytest.mark.slow
 def test_parameter_sections(built: Built) -> None:
     a = _analysis(built)
     pt = a.per_trial
@@ -368,20 +386,26 @@ def test_weights_on_three_items_draw_on_the_ternary_simplex() -> None:
     assert fig.data[0].type == "scatterternary" and list(fig.data[0].b) == [0.3, 0.0]
 
 
+def a_objectives() -> list[dict[str, str]]:
+    return [{"method": "fusiondistill", "metric": "val.avg", "direction": "maximize"}]
+
+
 def test_a_study_whose_trials_all_failed_gets_notes_not_a_crash() -> None:
     df = results.trial_frame(study_name="f", trial=0, attempt=1, state="FAIL", seed_rows=[],
                              params={}, param_kinds={}, stages={}, values=[None],
                              extra={"error": "boom", "wall_s": 3.0})
     st = optuna.create_study()
-    a = report.analyse(df, st, [], {}, objectives=[{"method": "fusiondistill",
-                                                    "metric": "val.avg",
-                                                    "direction": "maximize"}],
-                       methods=["fusiondistill"], study_name="f")
+    a = report.analyse(df, st, [], {}, objectives=a_objectives(), methods=["fusiondistill"],
+                       study_name="f")
     r = report.render(a)
     assert a.best is None and a.tables == {} and a.budget["states"] == {"FAIL": 1}
     assert "No completed trial with test results yet" in r.html
     assert "at least 2 completed trials" in r.html
     assert set(r.figures) <= {"budget"}
+    # a launched study with no result file yet
+    empty = report.analyse(pd.DataFrame(), st, [], {}, objectives=a_objectives(),
+                           methods=["fusiondistill"], study_name="f")
+    assert empty.best is None and "No trials yet." in report.render(empty).html
 
 
 def test_report_of_a_study_never_launched_is_a_user_error(tmp_path: Path,
@@ -390,11 +414,20 @@ def test_report_of_a_study_never_launched_is_a_user_error(tmp_path: Path,
     assert "has not been launched yet" in capsys.readouterr().err
 
 
-def test_png_without_kaleido_is_a_note(built: Built, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_png_without_kaleido_is_a_note(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "kaleido", None)    # import kaleido -> ImportError
     lines: list[str] = []
-    assert report.export_png({"x": object()}, built.results / "png", lines.append) == 0
-    assert "kaleido is not installed" in lines[0] and not (built.results / "png").exists()
+    assert report.export_png({"x": object()}, tmp_path / "png", lines.append) == 0
+    assert "kaleido is not installed" in lines[0] and not (tmp_path / "png").exists()
+
+
+def test_png_with_kaleido(tmp_path: Path) -> None:
+    pytest.importorskip("kaleido", reason="kaleido is optional (pip install kaleido)")
+    _chromium()
+    figs = {"history": report.fig_history(pd.DataFrame(
+        {"trial": [0, 1], "state": ["COMPLETE"] * 2, "value_0": [0.2, 0.3]}), "maximize", "v")}
+    assert report.export_png(figs, tmp_path, print) == 1
+    assert (tmp_path / "history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # ---------------------------------------------------------------- browser and dashboard
@@ -457,6 +490,7 @@ class _Figures(HTMLParser):
             self.stack.pop()
 
 
+@pytest.mark.slow
 def test_report_renders_in_headless_chromium(built: Built, tmp_path: Path) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "report.png"
@@ -503,6 +537,7 @@ def dashboard(built: Built) -> Iterator[str]:
         p.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_dashboard_lists_the_study_its_trials_and_the_pushed_figures_and_note(
         built: Built, dashboard: str, tmp_path: Path) -> None:
     listing = _get(f"{dashboard}/api/studies")
