@@ -48,8 +48,11 @@ def open_storage(url: str, source: str = "study.storage") -> optuna.storages.Bas
 
 
 def make_sampler(sf: StudyFile, grid: dict[str, list[Any]] | None,
-                 parallel: int) -> optuna.samplers.BaseSampler:
-    s, seed = sf.study.sampler, sf.study.seed
+                 parallel: int, resumed_at: int = 0) -> optuna.samplers.BaseSampler:
+    """`resumed_at`: trials already in storage. A resumed launcher must not replay the random
+    stream of the first one (its startup draws would repeat the same configurations), so the
+    seed moves on with the study, reproducibly."""
+    s, seed = sf.study.sampler, sf.study.seed + 1_000_003 * resumed_at
     if s == "tpe":
         # constant_liar: trials in flight count as bad guesses, so parallel workers spread out.
         return optuna.samplers.TPESampler(seed=seed, constant_liar=parallel > 1,
