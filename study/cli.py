@@ -77,6 +77,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _about(source: str) -> Iterator[None]:
+    """Storage errors name the study file too: the URL may come from it or from --set."""
+    try:
+        yield
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
 def _study_paths(args: argparse.Namespace, ld: object) -> tuple[str, str, str]:
     from study import storage
 
@@ -89,6 +98,9 @@ def _study_paths(args: argparse.Namespace, ld: object) -> tuple[str, str, str]:
 def cmd_launch(args: argparse.Namespace) -> int:
     from study import dispatch, objective, storage
 
+    for flag, value in (("--n-trials", args.n_trials), ("--parallel", args.parallel)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be >= 1, got {value}")
     overrides = list(args.overrides)
     if args.executor:
         overrides.append(f"executor.backend={args.executor}")
@@ -98,6 +110,11 @@ def cmd_launch(args: argparse.Namespace) -> int:
     sf = ld.sf
     n_trials = args.n_trials or sf.study.n_trials
     results_dir, cache_dir, url = _study_paths(args, ld)
+    # every check before the storage exists: a refused launch leaves no journal behind
+    max_epochs = max(sf.pipeline.distill.epochs, sf.pipeline.fusing.epochs)
+    with _about(ld.source):
+        sampler = storage.make_sampler(sf, ld.space.grid(), sf.executor.parallel)
+    pruner = storage.make_pruner(sf, max_epochs)
     if args.dry_run:
         print(f"study '{sf.study.name}' from {ld.source}")
         print(f"storage {url}; results {storage.study_dir(results_dir, sf.study.name)}; "
@@ -115,12 +132,12 @@ def cmd_launch(args: argparse.Namespace) -> int:
         print(f"each trial runs methods {sf.pipeline.methods} on "
               f"{sf.pipeline.data.dataset} with model {sf.pipeline.model}")
         return 0
-    max_epochs = max(sf.pipeline.distill.epochs, sf.pipeline.fusing.epochs)
-    st = storage.load_or_create(
-        sf, storage.open_storage(url), storage.make_sampler(sf, ld.space.grid(),
-                                                            sf.executor.parallel),
-        storage.make_pruner(sf, max_epochs), fp=storage.fingerprint(ld.tree,
-                                                                    ld.space.fingerprint()))
+    with _about(ld.source):
+        st = storage.load_or_create(sf, storage.open_storage(url), sampler, pruner,
+                                    fp=storage.fingerprint(ld.tree, ld.space.fingerprint()))
+    if st.trials:
+        st.sampler = storage.make_sampler(sf, ld.space.grid(), sf.executor.parallel,
+                                          resumed_at=len(st.trials))
     sdir = storage.study_dir(results_dir, sf.study.name)
     sdir.mkdir(parents=True, exist_ok=True)
     st.set_user_attr("n_trials", n_trials)   # the target `study status` reports against
@@ -191,9 +208,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     from study import dispatch, objective, results, storage
     from study.cache import StageCache
 
+    if args.n_trials is not None and args.n_trials < 1:
+        raise UserError(f"--n-trials must be >= 1, got {args.n_trials}")
     ld = objective.load(args.space, args.overrides)
     results_dir, cache_dir, url = _study_paths(args, ld)
-    st = storage.open_existing(ld.sf, results_dir)
+    with _about(ld.source):
+        st = storage.open_existing(ld.sf, results_dir)
     trials = st.get_trials(deepcopy=False)
     c = dispatch.count(st, trials)
     print(f"study '{ld.sf.study.name}' ({url})")
@@ -237,7 +257,8 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
     ld = objective.load(args.space, args.overrides)
     results_dir, cache_dir, url = _study_paths(args, ld)
-    st = storage.open_existing(ld.sf, results_dir)
+    with _about(ld.source):
+        st = storage.open_existing(ld.sf, results_dir)
     # First the launcher: it checks this flag every loop, and its job or process is stopped and
     # awaited, so it cannot start a trial after the ones below are stopped.
     st.set_user_attr("cancelled", True)
@@ -282,7 +303,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
     ld = objective.load(args.space, args.overrides)
     results_dir, _, url = _study_paths(args, ld)
-    storage.open_existing(ld.sf, results_dir)   # a clear error before the server starts
+    with _about(ld.source):
+        storage.open_existing(ld.sf, results_dir)   # a clear error before the server starts
     print(f"optuna-dashboard for '{ld.sf.study.name}' at http://{args.host}:{args.port}/ "
           f"(storage {url}); Ctrl-C stops it", flush=True)
     optuna_dashboard.run_server(storage.open_storage(url), host=args.host, port=args.port)
@@ -314,6 +336,16 @@ def cmd_data_download(args: argparse.Namespace) -> int:
         download_and_extract_archive(TINYIMAGENET_URL, str(root))
     print(f"{args.dataset} is under {root}; point pipeline.data.root at it")
     return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from study import bench
+
+    _threads()
+    try:
+        return bench.main(args)
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -368,6 +400,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-push", action="store_true",
                    help="do not push figures and the summary note to optuna-dashboard")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("bench", help="images/s of each stage with and without the data path, "
+                       "evaluation time, trial overhead", description="Measure in one run, for "
+                       "each stage kind, training images/s with the CPU reference data path, the "
+                       "device data path and pre-made resident batches; the level-wise "
+                       "evaluation of one model; the orchestration overhead of a cached-stage "
+                       "trial; optionally K trials packed on one device. Quote ratios, not "
+                       "absolute times across runs.")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                   help="default: cuda when torch sees a GPU, else cpu")
+    p.add_argument("--model", choices=["tiny", "resnet56"], default="resnet56")
+    p.add_argument("--stages", nargs="+", metavar="PART", default=None,
+                   help="any of base expert_jpeg expert_blur expert_awgn expert_saltpepper "
+                   "(or expert) distill eval trial packed (default: all but packed)")
+    p.add_argument("--json", metavar="FILE", help="also write every figure and setting here")
+    for flag, what in [("--steps", "timed steps per measurement"),
+                       ("--warmup", "untimed steps first"),
+                       ("--n-train", "resident training images"),
+                       ("--batch-size", "images per degradation and step (paper: 128)"),
+                       ("--eval-images", "test images per evaluated copy"),
+                       ("--eval-batch", "inference batch size"),
+                       ("--procs", "processes sharing the device for 'packed'"),
+                       ("--workers", "JPEG bank building processes (default: all CPUs)"),
+                       ("--jpeg-bank-step", "bank every k-th JPEG quality (1: all 100)")]:
+        p.add_argument(flag, type=int, default=None, metavar="N", help=what)
+    p.add_argument("--channels-last", action="store_true", help="CUDA only")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast, CUDA only")
+    p.add_argument("--compile", choices=["none", "default", "reduce-overhead", "max-autotune"],
+                   default=None, help="torch.compile the models (CUDA only)")
+    p.add_argument("--no-loss-sync", action="store_true",
+                   help="skip train.fit's per-step loss.item() (measures what the sync costs)")
+    p.add_argument("--cache", metavar="DIR", default=None,
+                   help="keep JPEG banks here between runs (default: a temporary directory)")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("data", help="dataset helpers")
     dsub = p.add_subparsers(dest="data_command", required=True)

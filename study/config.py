@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
+import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +28,12 @@ METHOD_NAMES = (
 # A YAML bomb (billion laughs) expands aliases into gigabytes; no real study file comes near this.
 MAX_FILE_BYTES = 1_000_000
 MAX_YAML_NODES = 200_000
+# A real study file nests about 6 deep; PyYAML's composer recurses per level and hits Python's
+# recursion limit a few hundred levels down.
+MAX_YAML_DEPTH = 50
+METRIC_SPLITS = ("val", "test")
+METRIC_AGGREGATES = ("avg", "clean", *DEGRADATION_NAMES)
+STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql")   # `+driver` suffixes allowed
 
 
 class ConfigError(Exception):
@@ -33,7 +41,8 @@ class ConfigError(Exception):
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf/nan are never a sensible lr, weight or temperature: a typo'd `.inf` fails here.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------- pipeline
@@ -199,6 +208,22 @@ class ObjectiveConfig(Strict):
     method: str = "fusiondistill"   # whose accuracy
     direction: Literal["maximize", "minimize"] = "maximize"
 
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, v: str) -> str:
+        split, _, agg = v.partition(".")
+        if split not in METRIC_SPLITS or agg not in METRIC_AGGREGATES:
+            raise ValueError(f"metric is <split>.<aggregate> with split in {list(METRIC_SPLITS)} "
+                             f"and aggregate in {list(METRIC_AGGREGATES)}, e.g. val.avg")
+        return v
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        if v not in METHOD_NAMES:
+            raise ValueError(f"unknown method {v!r}; allowed: {list(METHOD_NAMES)}")
+        return v
+
 
 class StudySection(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -209,6 +234,16 @@ class StudySection(Strict):
     seed: int = 0
     replicates: int = Field(1, ge=1)
     storage: str | None = None      # None = JournalStorage at results/<study>/optuna.journal
+
+    @field_validator("storage")
+    @classmethod
+    def _known_scheme(cls, v: str | None) -> str | None:
+        # anything else with a scheme would silently become a journal file named 'redis:/...'
+        scheme = v.split("://", 1)[0] if v and "://" in v else None
+        if scheme is not None and scheme.split("+")[0] not in STORAGE_SCHEMES:
+            raise ValueError(f"unknown storage scheme {scheme!r}; allowed: a journal file path "
+                             f"or a URL {[x + '://...' for x in STORAGE_SCHEMES]}")
+        return v
 
 
 class SlurmSettings(Strict):
@@ -230,6 +265,16 @@ class SlurmSettings(Strict):
     additional: dict[str, str | int] = {}    # any other sbatch option, e.g. {reservation: x}
     signal_delay_s: int = Field(90, ge=10)   # USR2 this long before the limit: checkpoint
 
+    @field_validator("partition", "account", "qos", "gres", "constraint", "additional")
+    @classmethod
+    def _one_line(cls, v: Any) -> Any:
+        # each becomes one `#SBATCH --key=value` line: a newline would start a shell line
+        for x in (v.items() if isinstance(v, dict) else [v]):
+            if any(isinstance(y, str) and re.search(r"[\x00-\x1f]", y)
+                   for y in (x if isinstance(x, tuple) else (x,))):
+                raise ValueError(f"must be one line without control characters, got {x!r}")
+        return v
+
 
 class ExecutorSection(Strict):
     backend: Literal["debug", "local", "slurm"] = "debug"
@@ -243,6 +288,16 @@ class StudyFile(Strict):
     executor: ExecutorSection = ExecutorSection()
     pipeline: PipelineConfig
     space: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _objectives_are_run(self) -> StudyFile:
+        missing = [o.method for o in self.study.objectives
+                   if o.method not in self.pipeline.methods]
+        if missing:
+            # caught here, not as a FAIL of every trial
+            raise ValueError(f"study.objectives use {missing}, which pipeline.methods "
+                             f"{self.pipeline.methods} does not run")
+        return self
 
 
 # ---------------------------------------------------------------- loading
@@ -272,33 +327,67 @@ def read_yaml(path: Path) -> Any:
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a UTF-8 text file") from None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        _check_size(node, path)
-        return yaml.safe_load(text)
+        return safe_yaml(text, str(path))
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
 
 
-def _check_size(node: Any, path: Path) -> None:
-    """Count nodes with aliases expanded, so a YAML bomb is refused before it is built."""
+def safe_yaml(text: str, where: str) -> Any:
+    """yaml.safe_load after checking the node graph: size, depth, repeated keys."""
+    loader = yaml.SafeLoader(text)   # parsed once: composed, checked, then constructed
+    try:
+        try:
+            node = loader.get_single_node()
+        except RecursionError:
+            raise ConfigError(f"{where}: the YAML is nested too deep (over {MAX_YAML_DEPTH} "
+                              "levels); refused") from None
+        if node is None:
+            return None
+        _check_size(node, where)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _check_size(node: Any, where: str) -> None:
+    """Count nodes with aliases expanded, so a YAML bomb is refused before it is built; refuse
+    deep nesting and a key written twice in one mapping (PyYAML keeps the last one silently:
+    a second `space:` would replace the first)."""
     count = 0
-    stack = [node] if node is not None else []
+    stack = [(node, (), 0)] if node is not None else []
     while stack:
-        n = stack.pop()
+        n, prefix, depth = stack.pop()
         count += 1
         if count > MAX_YAML_NODES:
-            raise ConfigError(f"{path}: the YAML expands to over {MAX_YAML_NODES} nodes "
+            raise ConfigError(f"{where}: the YAML expands to over {MAX_YAML_NODES} nodes "
                               "(aliases nested too deep?); refused")
+        if depth > MAX_YAML_DEPTH:
+            raise ConfigError(f"{where}: the YAML is nested over {MAX_YAML_DEPTH} levels deep; "
+                              "refused")
         if isinstance(n, yaml.SequenceNode):
-            stack.extend(n.value)
+            stack.extend((v, prefix, depth + 1) for v in n.value)
         elif isinstance(n, yaml.MappingNode):
+            seen: dict[Any, int] = {}
             for k, v in n.value:
-                stack.extend((k, v))
+                if isinstance(k, yaml.ScalarNode) and k.value != "<<":
+                    line = k.start_mark.line + 1
+                    if k.value in seen:
+                        key = ".".join((*prefix, k.value))
+                        raise ConfigError(
+                            f"{where}: key '{key}' appears twice in one mapping (line "
+                            f"{seen[k.value]} and line {line}); YAML would silently keep the "
+                            "second: delete or merge one")
+                    seen[k.value] = line
+                    sub = (*prefix, k.value)
+                else:
+                    sub = prefix
+                stack.extend(((k, prefix, depth + 1), (v, sub, depth + 1)))
 
 
 def load_preset(name: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
     path = PRESET_DIR / f"{name}.yaml"
-    if not path.exists() or name in _seen:
+    # a plain name only: `../x` would read any YAML file on the machine as a preset
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(name)) or not path.exists() or name in _seen:
         valid = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
         raise ConfigError(f"unknown preset '{name}'; allowed: {valid}")
     tree = read_yaml(path) or {}
@@ -326,7 +415,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not sep or not key.strip():
         raise ConfigError(f"--set {item!r}: expected key=value, e.g. distill.temperature=4")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = safe_yaml(raw, f"--set {key.strip()}") if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     path = key.strip().split(".")
@@ -353,26 +442,52 @@ def resolve_tree(raw: Any, source: str, overrides: Iterable[str] = ()) -> dict[s
     pipe = tree.get("pipeline") or {}
     if not isinstance(pipe, dict):
         raise ConfigError(f"{source}: key 'pipeline' must be a mapping")
+    parsed = [parse_override(item) for item in overrides]
     preset = pipe.pop("preset", None)
+    for path, value in parsed:   # `--set pipeline.preset=x` picks the preset, as in the file
+        if path == ["pipeline", "preset"]:
+            preset = value
     try:
         tree["pipeline"] = deep_merge(load_preset(preset), pipe) if preset else pipe
     except ConfigError as e:
         raise ConfigError(f"{source}: key 'pipeline.preset': {e}") from None
-    for item in overrides:
-        path, value = parse_override(item)
-        set_path(tree, path, value)
+    for path, value in parsed:
+        if path == ["pipeline", "preset"]:
+            continue
+        if path[0] == "space" and len(path) > 1:
+            _set_space(tree, path[1:], value)
+        else:
+            set_path(tree, path, value)
     slurm = (tree.get("executor") or {}).get("slurm") if isinstance(tree.get("executor"),
                                                                       dict) else None
     if isinstance(slurm, dict) and slurm.get("preset"):
         name = slurm["preset"]
         path = slurm_preset_path(name)
         if path is None:
-            valid = sorted(p.stem for d in SLURM_PRESET_DIRS if d.exists()
-                           for p in d.glob("*.yaml"))
+            valid = sorted({p.stem for d in SLURM_PRESET_DIRS if d.exists()
+                            for p in d.glob("*.yaml")})
             raise ConfigError(f"{source}: key 'executor.slurm.preset': unknown preset '{name}'; "
                               f"allowed: {valid}")
         tree["executor"]["slurm"] = deep_merge(read_yaml(path) or {}, slurm)
     return tree
+
+
+def _set_space(tree: dict[str, Any], rest: list[str], value: Any) -> None:
+    """Space keys are dotted names themselves: `--set space.distill.lr.low=1e-4` sets option
+    `low` of parameter 'distill.lr', `--set space.seed={type: int, ...}` adds one."""
+    if not isinstance(tree.get("space"), dict):
+        tree["space"] = {}
+    space = tree["space"]
+    for i in range(len(rest), 0, -1):
+        name = ".".join(rest[:i])
+        if name in space and (i == len(rest) or isinstance(space[name], dict)):
+            break
+    else:
+        name, i = ".".join(rest), len(rest)
+    if i == len(rest):
+        space[name] = value
+    else:
+        set_path(space[name], rest[i:], value)
 
 
 SLURM_PRESET_DIRS = (SEARCH_SPACE_DIR.parent / "slurm" / "presets",
@@ -406,7 +521,8 @@ def format_errors(e: ValidationError, source: str) -> str:
             msg = "unknown key" + (f" (did you mean '{near[0]}'?)" if near else "")
             msg += f"; allowed keys here: {allowed}"
         elif "input" in err and err["type"] not in ("missing",):
-            msg += f" (got {err['input']!r})"
+            got = repr(err["input"])
+            msg += f" (got {got if len(got) <= 200 else got[:200] + '...'})"
         lines.append(f"  - key '{key or '<top>'}': {msg}")
     return "\n".join(lines)
 
@@ -417,8 +533,15 @@ def _allowed_keys(loc: list[str]) -> list[str]:
         field = getattr(model, "model_fields", {}).get(part)
         if field is None:
             return []
-        model = field.annotation
+        model = _model_in(field.annotation)
     return list(getattr(model, "model_fields", {}))
+
+
+def _model_in(ann: Any) -> Any:
+    """The model inside `X | None` or `list[X]` (study.objectives), else None."""
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    return next((m for a in typing.get_args(ann) if (m := _model_in(a)) is not None), None)
 
 
 def load_study_file(path: str | Path, overrides: Iterable[str] = ()) -> tuple[Path, StudyFile]:

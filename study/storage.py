@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +44,15 @@ def open_storage(url: str, source: str = "study.storage") -> optuna.storages.Bas
         backend = JournalFileBackend(url, lock_obj=JournalFileOpenLock(url))
         return optuna.storages.JournalStorage(backend)
     except Exception as e:  # noqa: BLE001 - any connection/driver error is a user error here
-        raise ConfigError(f"key '{source}': cannot open storage {url!r}: "
-                          f"{type(e).__name__}: {e}") from None
+        shown = _masked(url)
+        detail = str(e).replace(url, shown).splitlines()[0] if str(e) else ""
+        raise ConfigError(f"key '{source}': cannot open storage {shown!r}: "
+                          f"{type(e).__name__}: {detail}") from None
+
+
+def _masked(url: str) -> str:
+    """The URL without its password: error messages end up in logs and CI output."""
+    return re.sub(r"^([a-z0-9+]+://[^:/@]*):[^@]*@", r"\1:***@", url)
 
 
 def make_sampler(sf: StudyFile, grid: dict[str, list[Any]] | None,
@@ -109,9 +117,12 @@ def load_or_create(sf: StudyFile, storage: optuna.storages.BaseStorage, sampler:
 
 def open_existing(sf: StudyFile, results: str | Path) -> optuna.Study:
     url = storage_url(sf, results)
-    if not url.startswith(RDB_SCHEMES) and not Path(url).exists():
-        raise ConfigError(f"study '{sf.study.name}' has not been launched yet (no {url})")
+    # sqlite would create an empty database file just to say the study is not in it
+    file = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url
+    if (not url.startswith(RDB_SCHEMES) or url.startswith("sqlite:///")) and (
+            not Path(file).exists()):
+        raise ConfigError(f"study '{sf.study.name}' has not been launched yet (no {file})")
     try:
         return optuna.load_study(study_name=sf.study.name, storage=open_storage(url))
     except KeyError:
-        raise ConfigError(f"study '{sf.study.name}' not found in storage {url}") from None
+        raise ConfigError(f"study '{sf.study.name}' not found in storage {_masked(url)}") from None
