@@ -197,7 +197,7 @@ def cutout_tensor(centre: torch.Tensor, h: int, w: int, length: int) -> torch.Te
 
 class DeviceTrainStream:
     """TrainStream with the training set resident on `device` as uint8 and augmentation and
-    degradations there in batches: about 40 kernel launches per step plus 90 per blur chunk,
+    degradations there in batches: about 40 kernel launches per step plus ~100 per blur chunk,
     no host work and no host-device copy after construction.
 
     Epoch e is a pure function of (seed, e) and the device type (CPU and CUDA generators are

@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from queue import Empty
 from typing import Any
 
 import numpy as np
@@ -113,14 +114,25 @@ class BenchSettings:
     workers: int = 0                 # bank-building processes; 0 = the CPUs we may use
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        low = {"batch_size": 1, "n_train": 1, "steps": 1, "warmup": 0, "resident_batches": 1,
+               "eval_images": 1, "eval_batch": 1, "procs": 1, "workers": 0}
+        bad = [f"{k} must be >= {v}, got {getattr(self, k)}" for k, v in low.items()
+               if getattr(self, k) < v]
+        if self.compile not in ("none", "default", "reduce-overhead", "max-autotune"):
+            bad.append(f"compile must be none, default, reduce-overhead or max-autotune, got "
+                       f"{self.compile!r}")
+        if bad:
+            raise ValueError("bench settings: " + "; ".join(bad))
+
     @classmethod
     def for_device(cls, device: str, model: str, **kw: Any) -> BenchSettings:
         """Defaults sized for the device: the CPU ones keep `study bench --device cpu --model
         tiny` near a minute on 2 cores."""
         if device == "cpu":
-            base: dict[str, Any] = dict(n_train=256, steps=6, warmup=1, resident_batches=2,
-                                        jpeg_bank_levels=bank_levels(25), eval_images=48,
-                                        eval_batch=500, procs=2)
+            base: dict[str, Any] = dict(
+                n_train=256, steps=6, warmup=1, resident_batches=2, eval_images=48,
+                jpeg_bank_levels=device_degrade.bank_qualities(25), eval_batch=500, procs=2)
             if model != "tiny":
                 base |= dict(steps=2)
             return cls(device=device, model=model, **(base | kw))
@@ -145,7 +157,8 @@ def _prepare(net: nn.Module, s: BenchSettings) -> nn.Module:
     if s.channels_last:
         net = net.to(memory_format=torch.channels_last)
     if s.compile != "none":
-        net = torch.compile(net, mode=None if s.compile == "default" else s.compile)
+        # an OptimizedModule: calls go through the compiled graph, parameters are shared
+        net = torch.compile(net, mode=None if s.compile == "default" else s.compile)  # type: ignore[assignment]
     return net
 
 
@@ -402,7 +415,14 @@ def bench_packed(s: BenchSettings, cache: StageCache) -> dict[str, Any]:
              for _ in range(s.procs)]
     for p in procs:
         p.start()
-    got = [queue.get(timeout=600) for _ in procs]
+    got: list[dict[str, Any]] = []
+    while len(got) < len(procs):
+        try:
+            got.append(queue.get(timeout=5))
+        except Empty:   # a worker killed outright (OOM, segfault) never reports
+            dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+            if dead:
+                raise RuntimeError(f"packed bench worker died (exit codes {dead})") from None
     for p in procs:
         p.join()
     errors = [g["error"] for g in got if "error" in g]
@@ -443,7 +463,7 @@ def run_bench(s: BenchSettings, parts: Iterable[str] = DEFAULT_PARTS, *,
     """Every figure asked for in `parts`; returns the JSON-ready record of what ran.
     `trial_overrides` go on top of TRIAL_OVERRIDES (e.g. a longer distillation)."""
     if s.device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' asked for but torch sees no GPU")
+        raise ValueError("device 'cuda' asked for but torch sees no GPU; use --device cpu")
     if not s.device.startswith("cuda") and (s.bf16 or s.channels_last or s.compile != "none"):
         raise ValueError("--bf16, --channels-last and --compile are CUDA-only in the bench (on "
                          "the CPU they are slower or unsupported here)")
@@ -499,8 +519,9 @@ def format_table(record: dict[str, Any]) -> str:
         [f"compile={s['compile']}"] if s["compile"] != "none" else []) + (
         [] if s["sync_loss"] else ["no loss sync"])
     lines = [f"study bench: {s['model']} on {s['device']} ({env['device_name']}, "
-             f"{env['cpus']} CPUs, torch {env['torch']}); batch {s['batch_size']} per "
-             f"degradation, {s['n_train']} resident train images, {s['steps']} timed steps"
+             f"{env['cpus']} CPUs, {env['torch_threads']} torch threads, torch {env['torch']}); "
+             f"batch {s['batch_size']} per degradation, {s['n_train']} resident train images, "
+             f"{s['steps']} timed steps"
              + (f"; {', '.join(flags)}" if flags else "")]
     if record["stages"]:
         lines.append("")
@@ -615,13 +636,6 @@ def summary(out_dir: str | Path) -> str:
     return "\n".join(lines)
 
 
-def bank_levels(step: int) -> tuple[int, ...] | None:
-    """Every `step`-th JPEG quality (1, 1 + step, ..., and 100); step 1 = all 100 (None)."""
-    if step < 1:
-        raise ValueError(f"--jpeg-bank-step must be >= 1, got {step}")
-    return None if step == 1 else tuple(sorted({*range(1, 101, step), 100}))
-
-
 def main(args: Any) -> int:
     """`study bench` (arguments in cli.py): print the table, optionally write the JSON."""
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -632,7 +646,7 @@ def main(args: Any) -> int:
         bf16=args.bf16 or None, compile=args.compile,
         sync_loss=False if args.no_loss_sync else None).items() if v is not None}
     if args.jpeg_bank_step is not None:
-        given["jpeg_bank_levels"] = bank_levels(args.jpeg_bank_step)
+        given["jpeg_bank_levels"] = device_degrade.bank_qualities(args.jpeg_bank_step)
     s = BenchSettings.for_device(device, args.model, **given)
     parts = expand_parts(args.stages or DEFAULT_PARTS)
     print(f"study bench: {', '.join(parts)} on {device}", flush=True)

@@ -34,6 +34,7 @@ __all__ = [
     "BLUR_RADIUS",
     "JpegBank",
     "awgn",
+    "bank_qualities",
     "blur",
     "blur_weights",
     "build_jpeg_bank",
@@ -128,8 +129,9 @@ def _blur_pass(images: torch.Tensor, w: torch.Tensor, dim: int) -> torch.Tensor:
     # scipy's NI_Correlate1D on a symmetric kernel: out = x[0] w[0]; for j = r .. 1:
     # out += (x[-j] + x[+j]) w[j], in double, each operation rounded (no FMA on x86-64 wheels).
     # Separate torch ops keep every rounding step: summing tap by tap instead changes 9% of the
-    # outputs of tests/test_device_degrade.py's images by 1-2 levels. Taps past an image's radius have weight 0 and adding 0.0
-    # leaves a sum unchanged, so every image runs to radius 15: no per-batch radius, no sync.
+    # outputs of tests/test_device_degrade.py's images by 1-2 levels. Taps past an image's
+    # radius have weight 0 and adding 0.0 leaves a sum unchanged, so every image runs to
+    # radius 15: no per-batch radius, no sync.
     r = BLUR_RADIUS
     size = images.shape[dim]
     edge = torch.arange(-r, size + r, device=images.device).clamp_(0, size - 1)  # mode='nearest'
@@ -185,6 +187,14 @@ class JpegBank:
             out = torch.where(flipped.view(-1, 1, 1, 1), out.flip(3), out)
         identity = (levels == degradations.get("jpeg").identity_level).view(-1, 1, 1, 1)
         return torch.where(identity, clean, out)
+
+
+def bank_qualities(step: int) -> tuple[int, ...] | None:
+    """Every `step`-th JPEG quality (1, 1 + step, ..., and 100) for build_jpeg_bank; step 1 is
+    all 100 (None), the exact setting. Other levels then use the nearest banked quality."""
+    if step < 1:
+        raise ValueError(f"jpeg bank step must be >= 1, got {step}")
+    return None if step == 1 else tuple(sorted({*range(1, 101, step), 100}))
 
 
 def images_digest(images: np.ndarray) -> str:

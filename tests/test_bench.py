@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from study import bench, cli
+from study import device_degrade as dd
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGE_FIGURES = {"images_per_step", "reference_ips", "device_ips", "resident_ips",
@@ -91,7 +92,11 @@ def test_parts_and_flags_are_validated() -> None:
         bench.get("expert")
     with pytest.raises(ValueError, match="CUDA-only"):
         bench.run_bench(_toy(bf16=True), ["base"])
-    assert bench.bank_levels(1) is None and bench.bank_levels(50) == (1, 51, 100)
+    assert dd.bank_qualities(1) is None and dd.bank_qualities(50) == (1, 51, 100)
+    with pytest.raises(ValueError, match=">= 1"):
+        dd.bank_qualities(0)
+    with pytest.raises(ValueError, match="steps must be >= 1, got 0; procs must be >= 1"):
+        bench.BenchSettings(steps=0, procs=0)
     cpu = bench.BenchSettings.for_device("cpu", "tiny", steps=9)
     assert cpu.steps == 9 and cpu.n_train < bench.BenchSettings().n_train
 
@@ -109,6 +114,9 @@ def test_cli_bench(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["bench", "--device", "cpu", "--stages", "fog"]) == 2
     assert cli.main(["bench", "--device", "cpu", "--bf16", "--stages", "base"]) == 2
     assert "CUDA-only" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert cli.main(["bench", "--device", "cuda", "--stages", "base"]) == 2
+        assert "no GPU" in capsys.readouterr().err
 
 
 def test_gpu_script_commands_parse() -> None:
