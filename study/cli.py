@@ -95,6 +95,18 @@ def _study_paths(args: argparse.Namespace, ld: object) -> tuple[str, str, str]:
     return results_dir, cache_dir, storage.storage_url(sf, results_dir)
 
 
+def _open_study(args: argparse.Namespace) -> tuple[Any, str, str, str, Any]:
+    """The study of an already launched study file: (loaded file, results, cache, storage URL,
+    optuna.Study); a study never launched is a user error."""
+    from study import objective, storage
+
+    ld = objective.load(args.space, args.overrides)
+    results_dir, cache_dir, url = _study_paths(args, ld)
+    with _about(ld.source):
+        st = storage.open_existing(ld.sf, results_dir)
+    return ld, results_dir, cache_dir, url, st
+
+
 def cmd_launch(args: argparse.Namespace) -> int:
     from study import dispatch, objective, storage
 
@@ -205,15 +217,12 @@ def _detach(args: argparse.Namespace, ld: Any, st: Any, sdir: Path, results_dir:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from study import dispatch, objective, results, storage
+    from study import dispatch, results, storage
     from study.cache import StageCache
 
     if args.n_trials is not None and args.n_trials < 1:
         raise UserError(f"--n-trials must be >= 1, got {args.n_trials}")
-    ld = objective.load(args.space, args.overrides)
-    results_dir, cache_dir, url = _study_paths(args, ld)
-    with _about(ld.source):
-        st = storage.open_existing(ld.sf, results_dir)
+    ld, results_dir, cache_dir, url, st = _open_study(args)
     trials = st.get_trials(deepcopy=False)
     c = dispatch.count(st, trials)
     print(f"study '{ld.sf.study.name}' ({url})")
@@ -253,12 +262,9 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     in flight FAIL as cancelled (not retried) and `study launch` later resumes the study."""
     import signal
 
-    from study import dispatch, objective, slurm, storage
+    from study import dispatch, slurm, storage
 
-    ld = objective.load(args.space, args.overrides)
-    results_dir, cache_dir, url = _study_paths(args, ld)
-    with _about(ld.source):
-        st = storage.open_existing(ld.sf, results_dir)
+    ld, results_dir, cache_dir, url, st = _open_study(args)
     # First the launcher: it checks this flag every loop, and its job or process is stopped and
     # awaited, so it cannot start a trial after the ones below are stopped.
     st.set_user_attr("cancelled", True)
@@ -299,12 +305,9 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     import optuna_dashboard
 
-    from study import objective, storage
+    from study import storage
 
-    ld = objective.load(args.space, args.overrides)
-    results_dir, _, url = _study_paths(args, ld)
-    with _about(ld.source):
-        storage.open_existing(ld.sf, results_dir)   # a clear error before the server starts
+    ld, results_dir, _, url, _ = _open_study(args)   # a clear error before the server starts
     print(f"optuna-dashboard for '{ld.sf.study.name}' at http://{args.host}:{args.port}/ "
           f"(storage {url}); Ctrl-C stops it", flush=True)
     optuna_dashboard.run_server(storage.open_storage(url), host=args.host, port=args.port)
