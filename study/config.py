@@ -128,6 +128,24 @@ class EvalConfig(Strict):
         return _canonical_subset(v, DEGRADATION_NAMES, "eval degradation")
 
 
+class ComputeConfig(Strict):
+    """How a pipeline runs, not what it computes: none of it changes the method's semantics."""
+
+    # reference: the CPU TrainStream (bit-exact to the reference code's operators, numpy RNG);
+    # device: DeviceTrainStream, the training set resident on the device and the augmentation
+    # and degradations there in batches (same semantics, torch RNG, so other draws);
+    # auto: device on CUDA, reference on CPU.
+    data_path: Literal["auto", "reference", "device"] = "auto"
+    # device path, JPEG: 1 banks all 100 qualities (exact); k banks every k-th and rounds the
+    # level to the nearest banked one (45k CIFAR images x 200 copies = 28 GB at k=1, 3 GB at 10)
+    jpeg_bank_step: int = Field(1, ge=1, le=99)
+    bank_workers: int | None = Field(None, ge=1)  # PIL processes for a missing bank; None = CPUs
+    channels_last: bool = False                     # device path: NHWC batches for cuDNN
+    # torch.compile of the trained network ("reduce-overhead" = CUDA graphs): fewer launches
+    # for a narrow ResNet56 at batch 128-512; the first epoch pays the compile.
+    compile: Literal["none", "default", "reduce-overhead", "max-autotune"] = "none"
+
+
 class PipelineConfig(Strict):
     data: DataConfig
     model: Literal["resnet56", "tiny"]
@@ -137,6 +155,7 @@ class PipelineConfig(Strict):
     selection: Literal["best_val", "last"] = "best_val"
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    compute: ComputeConfig = ComputeConfig()
     eval: EvalConfig = EvalConfig()
     base: TrainSpec
     expert: ExpertSpec
@@ -264,6 +283,9 @@ class SlurmSettings(Strict):
     setup: list[str] = []                    # lines before the job, e.g. `module load cuda`
     additional: dict[str, str | int] = {}    # any other sbatch option, e.g. {reservation: x}
     signal_delay_s: int = Field(90, ge=10)   # USR2 this long before the limit: checkpoint
+    # trials run side by side in one job, as processes sharing its GPU: one ResNet56 step-4
+    # trial leaves an H200 mostly idle (12,300 images/s alone, 18,800 summed over 4 processes)
+    trials_per_job: int = Field(1, ge=1, le=64)
 
     @field_validator("partition", "account", "qos", "gres", "constraint", "additional")
     @classmethod

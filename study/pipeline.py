@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from study import augment, data, evaluation, fusion, losses, models, train
-from study.augment import CLEAN, Batch, TrainStream
+from study import augment, data, device_degrade, evaluation, fusion, losses, models, train
+from study.augment import CLEAN, Batch, DeviceTrainStream, TrainStream
 from study.cache import StageCache, content_key
 from study.config import PipelineConfig, TrainSpec
 
@@ -109,9 +109,27 @@ class Pipeline:
     def _salt(self, names: list[str]) -> dict[str, int]:
         return {"salt_value": self.cfg.salt_value} if "saltpepper" in names else {}
 
+    @property
+    def device_path(self) -> bool:
+        """Training batches from DeviceTrainStream (see ComputeConfig.data_path)."""
+        path = self.cfg.compute.data_path
+        return path == "device" or (path == "auto" and self.device.type == "cuda")
+
+    def _data_path_slice(self, names: list[str]) -> dict[str, Any]:
+        # The device path draws from torch generators (CPU and CUDA ones are different streams),
+        # so its weights differ from the reference path's: another cache entry. The reference
+        # path adds nothing, so its keys are those of every earlier release.
+        if not self.device_path:
+            return {}
+        out: dict[str, Any] = {"data_path": "device", "device_type": self.device.type}
+        if "jpeg" in names:
+            out["jpeg_bank_step"] = self.cfg.compute.jpeg_bank_step
+        return out
+
     def _stage_slice(self, spec: TrainSpec, names: list[str]) -> dict[str, Any]:
         return {"spec": spec.model_dump(), "degradations": names, "seed": self.cfg.seed,
-                "selection": self.cfg.selection, **self._salt(names)}
+                "selection": self.cfg.selection, **self._salt(names),
+                **self._data_path_slice(names)}
 
     def data_slice(self) -> dict[str, Any]:
         return self.cfg.data.model_dump() | {"model": self.cfg.model}
@@ -134,7 +152,8 @@ class Pipeline:
         if stage == "modelsoups":
             f = c.fusion.model_dump() | {"experts": c.fused_experts}
             if f["bn"] == "recompute":   # re-estimated on degraded training batches
-                f |= {"degradations": c.degradations, "seed": c.seed, **self._salt(c.degradations)}
+                f |= {"degradations": c.degradations, "seed": c.seed, **self._salt(c.degradations),
+                      **self._data_path_slice(c.degradations)}
             return f
         if stage == "scratch":
             return self._stage_slice(c.scratch, c.degradations) | self.data_slice()
@@ -245,12 +264,28 @@ class Pipeline:
         return {k: v.detach().cpu() for k, v in fused.items()}
 
     # ------------------------------------------------------------ training
-    def _stream(self, spec: TrainSpec, names: list[str], same_images: bool) -> TrainStream:
-        return TrainStream(self.train, self.dataset.mean, self.dataset.std, degradations=names,
-                           batch_size=spec.batch_size, cutout=spec.cutout,
-                           cutout_on=spec.cutout_on, same_images=same_images,
-                           salt_value=self.cfg.salt_value, seed=self.cfg.seed,
-                           device=self.device)
+    @functools.cached_property
+    def _jpeg_bank(self) -> device_degrade.JpegBank:
+        """PIL's JPEG of every training image at every banked quality and both orientations,
+        resident on the device; cached per (images, quality, orientation), so one study builds
+        it once for all its stages and trials."""
+        c = self.cfg.compute
+        return device_degrade.build_jpeg_bank(
+            self.train.images, qualities=device_degrade.bank_qualities(c.jpeg_bank_step),
+            cache=self.cache, device=self.device,
+            workers=c.bank_workers or device_degrade.default_workers(), log=self.log)
+
+    def _stream(self, spec: TrainSpec, names: list[str], same_images: bool
+                ) -> TrainStream | DeviceTrainStream:
+        common: dict[str, Any] = dict(
+            degradations=names, batch_size=spec.batch_size, cutout=spec.cutout,
+            cutout_on=spec.cutout_on, same_images=same_images, salt_value=self.cfg.salt_value,
+            seed=self.cfg.seed, device=self.device)
+        if not self.device_path:
+            return TrainStream(self.train, self.dataset.mean, self.dataset.std, **common)
+        return DeviceTrainStream(self.train, self.dataset.mean, self.dataset.std, **common,
+                                 jpeg_bank=self._jpeg_bank if "jpeg" in names else None,
+                                 channels_last=self.cfg.compute.channels_last)
 
     def _fit(self, stage: str, key: str, spec: TrainSpec, model: nn.Module, names: list[str],
              loss_fn: Callable[[nn.Module, Batch], torch.Tensor],
@@ -264,10 +299,16 @@ class Pipeline:
         work = self.cache.root / ".work"
         work.mkdir(parents=True, exist_ok=True)
         hook = self.on_epoch if stage == self.final_stage else None
+        if self.cfg.compute.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        mode = self.cfg.compute.compile
+        # the compiled module runs the steps; `model` keeps the plain state dict keys
+        forward = None if mode == "none" else torch.compile(
+            model, mode=None if mode == "default" else mode)
         result = train.fit(model, epochs=spec.epochs, optimizer=opt, scheduler=sched,
                            batches=stream.epoch, loss_fn=loss_fn, validate=validate,
                            select=self.cfg.selection, checkpoint=work / f"{stage}-{key}.pt",
-                           on_epoch=hook)
+                           on_epoch=hook, forward=forward)
         if result.resumed_from:
             self.log(f"  {stage:<17} resumed   from epoch {result.resumed_from}")
         self.histories[stage] = result.history

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -64,6 +65,28 @@ class TrialJob(submitit.helpers.Checkpointable):
 
         _threads_from_slurm()
         return run_job(Job.read(self.job_path))
+
+
+class PackedTrialJob(submitit.helpers.Checkpointable):
+    """Several trials in one job, one process each, sharing the job's GPU(s) and splitting its
+    CPUs. A requeue reruns them all: finished trials return at once, the others resume from
+    the stage cache and their epoch checkpoints."""
+
+    def __init__(self, job_paths: list[str]):
+        self.job_paths = job_paths
+
+    def __call__(self) -> list[str]:
+        cpus = int(os.environ.get("SLURM_CPUS_PER_TASK", "0") or 0)
+        env = dict(os.environ, STUDY_THREADS=str(max(1, cpus // len(self.job_paths))))
+        procs = []
+        for path in self.job_paths:
+            with open(Path(path).with_suffix(".log"), "ab") as log:
+                # argv list, no shell: user values never reach a shell string
+                procs.append(subprocess.Popen([sys.executable, "-m", "study.objective", path],
+                                              stdout=log, stderr=subprocess.STDOUT,
+                                              stdin=subprocess.DEVNULL, env=env))
+        codes = [p.wait() for p in procs]
+        return [f"{Path(path).stem}: exit {c}" for path, c in zip(self.job_paths, codes)]
 
 
 class StageJob(submitit.helpers.Checkpointable):
@@ -189,6 +212,20 @@ class SlurmExecutor:
         jid = self._track(j)
         return {"kind": self.kind, "job_id": jid, "submitted": time.time(),
                 "log": str(self.folder / jid / f"{jid}_0_log.out")}
+
+    @property
+    def trials_per_job(self) -> int:
+        return self.settings.trials_per_job
+
+    def submit_packed(self, job_paths: list[Path]) -> dict[str, Any]:
+        """One job for several trials (the launcher gives each trial this same handle)."""
+        ex = self._executor(f"study-{self.study_name}", self.settings.time_min,
+                            dependency=self._live_dependencies())
+        with submission_env():
+            j = ex.submit(PackedTrialJob([str(p) for p in job_paths]))
+        jid = self._track(j)
+        return {"kind": self.kind, "job_id": jid, "submitted": time.time(),
+                "packed": len(job_paths), "log": str(self.folder / jid / f"{jid}_0_log.out")}
 
     def submit_stages(self, plan: list[tuple[str, int]], study_file: str, overrides: list[str],
                       cache: str) -> dict[str, str]:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from study import faults
 from study.augment import Batch
 
 
@@ -68,6 +69,7 @@ class FitResult:
 def _save_atomic(obj: Any, path: Path) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     torch.save(obj, tmp)
+    faults.crash_midway("epoch_write", tmp)   # fault suite only
     os.replace(tmp, path)
 
 
@@ -76,8 +78,12 @@ def fit(model: nn.Module, *, epochs: int, optimizer: torch.optim.Optimizer,
         loss_fn: Callable[[nn.Module, Batch], torch.Tensor],
         validate: Callable[[nn.Module], float] | None, select: str,
         checkpoint: Path | None = None,
-        on_epoch: Callable[[int, float | None], None] | None = None) -> FitResult:
-    """Train for `epochs`; `on_epoch(epoch, val)` may raise (e.g. optuna.TrialPruned) to stop."""
+        on_epoch: Callable[[int, float | None], None] | None = None,
+        forward: nn.Module | None = None) -> FitResult:
+    """Train for `epochs`; `on_epoch(epoch, val)` may raise (e.g. optuna.TrialPruned) to stop.
+    `forward`, when given, is what the loss calls (a torch.compile of `model`, sharing its
+    parameters); checkpoints and the result hold `model`'s own state dict."""
+    step_model = model if forward is None else forward
     start, best_val, best_state, history = 0, None, None, []
     if checkpoint is not None and checkpoint.exists():
         ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -89,17 +95,18 @@ def fit(model: nn.Module, *, epochs: int, optimizer: torch.optim.Optimizer,
     resumed_from = start
     for epoch in range(start, epochs):
         model.train()
-        total, steps = 0.0, 0
+        # summed on the device: a .item() per step would wait for the GPU 350 times an epoch
+        total, steps = torch.zeros(()), 0
         for batch in batches(epoch):
-            loss = loss_fn(model, batch)
+            loss = loss_fn(step_model, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += loss.item()
+            total = loss.detach() + total.to(loss.device)
             steps += 1
         scheduler.step()
         val = validate(model) if validate is not None else None
-        history.append({"epoch": epoch + 1, "loss": total / max(steps, 1),
+        history.append({"epoch": epoch + 1, "loss": float(total) / max(steps, 1),
                         **({"val": val} if val is not None else {})})
         if select == "best_val" and val is not None and (best_val is None or val > best_val):
             best_val, best_state = val, copy.deepcopy(model.state_dict())

@@ -209,3 +209,48 @@ def test_cli_user_errors_exit_2_without_traceback(tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "study data download --dataset cifar10" in r.stderr
+
+
+def test_device_data_path_keys_and_auto_resolution(tmp_path: Path) -> None:
+    ref = _pipeline(tmp_path)                                  # auto on CPU = reference
+    forced = _pipeline(tmp_path, "compute.data_path=reference")
+    dev = _pipeline(tmp_path, "compute.data_path=device")
+    coarse = _pipeline(tmp_path, "compute.data_path=device", "compute.jpeg_bank_step=10")
+    assert not ref.device_path and dev.device_path
+    # the reference path's keys are those of a config without a compute section
+    assert ref.key("base") == forced.key("base")
+    for stage in ("base", "expert_awgn", "expert_jpeg", "fusiondistill"):
+        assert ref.key(stage) != dev.key(stage), stage
+    # the bank step only matters where JPEG is drawn
+    assert dev.key("expert_awgn") == coarse.key("expert_awgn")
+    assert dev.key("expert_jpeg") != coarse.key("expert_jpeg")
+    # execution-only settings do not change what a stage computes, so they share its entry
+    fast = _pipeline(tmp_path, "compute.data_path=device", "compute.channels_last=true")
+    assert fast.key("fusiondistill") == dev.key("fusiondistill")
+
+
+def _device_pipeline(root: Path, *extra: str) -> Pipeline:
+    return _pipeline(root, "compute.data_path=device", "compute.jpeg_bank_step=25",
+                     "compute.bank_workers=1", "degradations=[jpeg, blur]",
+                     "data.synthetic_train=300", "data.val_size=60", "data.synthetic_test=60",
+                     "base.epochs=1", "base.milestones=[1]", "expert.epochs=1",
+                     "distill.epochs=1", "distill.milestones=[1]", "methods=[fusiondistill]",
+                     "eval.test_level_step=50", "eval.val_level_step=50", *extra)
+
+
+def test_device_data_path_runs_the_pipeline_deterministically(tmp_path: Path) -> None:
+    """The GPU data path, run on CPU through the same code: a whole pipeline, JPEG from the
+    bank (built once, through the cache), the same weights from the same seed."""
+    a = _device_pipeline(tmp_path / "a").run()
+    b_pipe = _device_pipeline(tmp_path / "b")
+    b = b_pipe.run()
+    assert [r["accuracy"] for r in a.rows] == [r["accuracy"] for r in b.rows]
+    assert {s.stage for s in a.stages} >= {"base", "expert_jpeg", "expert_blur", "fusiondistill"}
+    # 5 banked qualities (1, 26, 51, 76, 100) x 2 orientations, one cache entry each
+    banks = list((tmp_path / "b" / "cache" / "jpeg_bank").glob("*/meta.json"))
+    assert len(banks) == 10
+    assert b_pipe._jpeg_bank.qualities == (1, 26, 51, 76, 100)
+    # a rerun reads every stage from the cache
+    again = _device_pipeline(tmp_path / "b").run()
+    assert all(s.hit for s in again.stages)
+    assert [r["accuracy"] for r in again.rows] == [r["accuracy"] for r in b.rows]
