@@ -61,7 +61,7 @@ for section in $SECTIONS; do
         run bf16 --stages base distill "${FAST_BANK[@]}" --bf16
         run cl_bf16 --stages base distill eval "${FAST_BANK[@]}" --channels-last --bf16
         run compile --stages base distill "${FAST_BANK[@]}" --compile reduce-overhead
-        run no_sync --stages base distill "${FAST_BANK[@]}" --no-loss-sync
+        run loss_sync --stages base distill "${FAST_BANK[@]}" --loss-sync
         ;;
     packed)
         run packed2 --stages packed "${FAST_BANK[@]}" --procs 2

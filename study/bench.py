@@ -13,8 +13,9 @@ alone (no training) are timed too. Then: the level-wise evaluation of one model
 orchestration overhead of a cached-stage trial (Optuna ask, job file, worker set-up, Parquet,
 tell) against its run time; and optionally K processes training distill at once on one device.
 
-Training steps mirror `train.fit` (zero_grad, backward, step, loss.item() per step unless
-`sync_loss=False`) and pipeline.py's losses. Only ratios within one run are meant to be quoted
+Training steps mirror `train.fit` (zero_grad, backward, step; the loss summed on the device, or
+loss.item() per step with `sync_loss=True`, to measure what that sync costs) and pipeline.py's
+losses. Only ratios within one run are meant to be quoted
 (DESIGN.md, Performance); no test asserts a time.
 """
 
@@ -109,7 +110,7 @@ class BenchSettings:
     channels_last: bool = False      # CUDA only
     bf16: bool = False               # autocast bf16, CUDA only
     compile: str = "none"            # none | default | reduce-overhead (CUDA graphs) | max-autotune
-    sync_loss: bool = True           # loss.item() every step, as train.fit does
+    sync_loss: bool = False          # loss.item() every step (train.fit sums on the device)
     procs: int = 4                   # packed: processes sharing the device
     workers: int = 0                 # bank-building processes; 0 = the CPUs we may use
     seed: int = 0
@@ -517,7 +518,7 @@ def format_table(record: dict[str, Any]) -> str:
     s, env = record["settings"], record["env"]
     flags = [k for k in ("channels_last", "bf16") if s[k]] + (
         [f"compile={s['compile']}"] if s["compile"] != "none" else []) + (
-        [] if s["sync_loss"] else ["no loss sync"])
+        ["loss sync per step"] if s["sync_loss"] else [])
     lines = [f"study bench: {s['model']} on {s['device']} ({env['device_name']}, "
              f"{env['cpus']} CPUs, {env['torch_threads']} torch threads, torch {env['torch']}); "
              f"batch {s['batch_size']} per degradation, {s['n_train']} resident train images, "
@@ -609,7 +610,7 @@ def summary(out_dir: str | Path) -> str:
         s = r["settings"]
         flags = " ".join([k for k in ("channels_last", "bf16") if s[k]]
                          + ([f"compile={s['compile']}"] if s["compile"] != "none" else [])
-                         + ([] if s["sync_loss"] else ["no-sync"])
+                         + (["sync"] if s["sync_loss"] else [])
                          + ([f"procs={s['procs']}"] if "packed" in r else [])) or "fp32 eager"
 
         def fmt(path: Sequence[str], spec: str, rec: dict[str, Any] = r) -> str:
@@ -644,13 +645,14 @@ def main(args: Any) -> int:
         eval_images=args.eval_images, eval_batch=args.eval_batch, procs=args.procs,
         workers=args.workers, channels_last=args.channels_last or None,
         bf16=args.bf16 or None, compile=args.compile,
-        sync_loss=False if args.no_loss_sync else None).items() if v is not None}
+        sync_loss=args.loss_sync or None).items() if v is not None}
     if args.jpeg_bank_step is not None:
         given["jpeg_bank_levels"] = device_degrade.bank_qualities(args.jpeg_bank_step)
     s = BenchSettings.for_device(device, args.model, **given)
     parts = expand_parts(args.stages or DEFAULT_PARTS)
     print(f"study bench: {', '.join(parts)} on {device}", flush=True)
-    record = run_bench(s, parts, cache_dir=args.cache, log=lambda m: print(m, flush=True))
+    record = run_bench(s, parts, cache_dir=args.cache, log=lambda m: print(m, flush=True),
+                       trial_overrides=args.trial_overrides)
     print()
     print(format_table(record))
     if args.json:

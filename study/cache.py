@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from study import faults
+
 # Bump when a stage's semantics change, so old entries stop matching instead of being reused.
 CODE_VERSION = "1"
 META = "meta.json"
@@ -99,6 +101,7 @@ class StageCache:
                     f.write(data)
                     f.flush()
                     os.fsync(f.fileno())
+                faults.crash_midway("cache_write", tmp / name)   # fault suite only
                 digests[name] = hashlib.sha256(data).hexdigest()
             full_meta = {**meta, "stage": stage, "key": key, "sha256": digests,
                          "created": time.time()}
@@ -112,6 +115,11 @@ class StageCache:
                     raise
                 shutil.rmtree(tmp, ignore_errors=True)   # another writer won the race
             return dest
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)   # no half entry, and a full disk gets it back
+            from study.storage import disk_full
+
+            raise disk_full(e, self.entry(stage, key)) from None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

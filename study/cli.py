@@ -432,10 +432,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bf16", action="store_true", help="bf16 autocast, CUDA only")
     p.add_argument("--compile", choices=["none", "default", "reduce-overhead", "max-autotune"],
                    default=None, help="torch.compile the models (CUDA only)")
-    p.add_argument("--no-loss-sync", action="store_true",
-                   help="skip train.fit's per-step loss.item() (measures what the sync costs)")
+    p.add_argument("--loss-sync", action="store_true",
+                   help="loss.item() every step, as train.fit did before it summed on the "
+                   "device (measures what that sync costs)")
     p.add_argument("--cache", metavar="DIR", default=None,
                    help="keep JPEG banks here between runs (default: a temporary directory)")
+    p.add_argument("--trial-set", dest="trial_overrides", action="append", default=[],
+                   metavar="KEY=VALUE", help="override the bench trial's smoke-sized pipeline "
+                   "(repeatable), e.g. distill.epochs=10 for a longer trial")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("data", help="dataset helpers")

@@ -108,6 +108,11 @@ class LocalExecutor:
     def refresh(self, handles: list[dict[str, Any]]) -> None:
         self.poll()
 
+    def running(self, marker: str) -> bool:
+        """Whether a process on this machine runs job file `marker` (Linux: /proc)."""
+        return any(_pid_alive(int(p.name), marker) for p in Path("/proc").iterdir()
+                   if p.name.isdigit())
+
     def poll(self) -> None:
         self._children = [p for p in self._children if p.poll() is None]   # reap zombies
 
@@ -208,8 +213,14 @@ class Launcher:
         handle = t.user_attrs.get("job")
         if handle is None and "worker" not in t.user_attrs:
             # asked but never submitted (launcher killed in between) or not registered yet
+            if self.executor.kind == "debug":
+                return True
+            if isinstance(self.executor, LocalExecutor) and Path("/proc").is_dir():
+                # This launcher records a handle before it reconciles again, so the trial is
+                # a killed launcher's: without this look it would hold a slot for 180 s.
+                return not self.executor.running(str(self.job_path(t.number)))
             start = t.datetime_start.timestamp() if t.datetime_start else 0.0
-            return time.time() - start > REGISTER_GRACE_S or self.executor.kind == "debug"
+            return time.time() - start > REGISTER_GRACE_S
         return not self.executor.alive(handle or {}, t)
 
     def reconcile(self) -> None:
@@ -229,8 +240,11 @@ class Launcher:
         """The worker wrote its Parquet file but died before telling: tell from the file."""
         df = results.read_trial(self.sdir, t.number)
         state = str(df.state.iloc[0])
-        values = [float(df[c].iloc[0]) for c in sorted(df.columns) if c.startswith("value_")]
+        if state == "FAIL" and t.user_attrs.get("retried"):
+            self._enqueue_retry(t)   # its launcher was killed inside fail(), maybe before this
         if state == "COMPLETE":
+            # values only here: a FAIL or PRUNED file holds NA, which float() refuses
+            values = [float(df[c].iloc[0]) for c in sorted(df.columns) if c.startswith("value_")]
             self.study.tell(t.number, values)
         else:
             self.study.tell(t.number, state=TrialState[state])
@@ -255,15 +269,48 @@ class Launcher:
             param_kinds={p.name: p.kind for p in self.ld.space.params}, stages={},
             values=[None] * n_obj, extra={"error": reason, "fail_kind": fail_kind,
                                           **results.provenance()}))
-        self.study.tell(t.number, state=TrialState.FAIL)
+        # Retry before tell: a launcher killed in between leaves the trial RUNNING with its
+        # FAIL file, which the next one recovers; the other order would lose the retry.
         if retry:
-            self.study.enqueue_trial(t.params, user_attrs={"attempt": attempt + 1,
-                                                           "retry_of": t.number})
+            self._enqueue_retry(t)
+        self.study.tell(t.number, state=TrialState.FAIL)
         self.log(f"  trial {t.number}: {reason}; "
                  + (f"retrying (attempt {attempt + 1})" if retry else "not retried"))
 
+    def _enqueue_retry(self, t: FrozenTrial) -> None:
+        """The same parameters as a new trial, once per failed trial."""
+        if any(x.user_attrs.get("retry_of") == t.number
+               for x in self.study.get_trials(deepcopy=False)):
+            return
+        self.study.enqueue_trial(t.params, user_attrs={
+            "attempt": int(t.user_attrs.get("attempt", 1)) + 1, "retry_of": t.number})
+
     # ------------------------------------------------------------ submission
+    def job_path(self, number: int) -> Path:
+        return self.sdir / "jobs" / f"trial-{number:06d}.json"
+
     def start_trial(self) -> int:
+        return self.start_trials(1)[0]
+
+    def start_trials(self, k: int) -> list[int]:
+        """Ask k trials and submit them: a job each, or one job for all k where the executor
+        packs trials (SLURM `trials_per_job` > 1: processes sharing the job's GPU)."""
+        asked = [self._ask() for _ in range(k)]
+        pack = getattr(self.executor, "submit_packed", None)
+        if k > 1 and pack is not None:
+            handle = pack([path for _, _, path in asked])
+            for trial, _, _ in asked:
+                trial.set_user_attr("job", handle)
+            return [trial.number for trial, _, _ in asked]
+        for trial, job, job_path in asked:
+            if self.executor.kind == "debug":
+                trial.set_user_attr("job", {"kind": "debug"})
+            handle = self.executor.submit(job_path, job, job_path.with_suffix(".log"))
+            if self.executor.kind != "debug":
+                trial.set_user_attr("job", handle)
+        return [trial.number for trial, _, _ in asked]
+
+    def _ask(self) -> tuple[optuna.Trial, Job, Path]:
         trial = self.study.ask()
         # A retry was enqueued with its raw params fixed, so sampling reproduces its values.
         values = self.ld.space.sample(trial)
@@ -273,17 +320,9 @@ class Launcher:
             trial.set_user_attr("attempt", 1)
         job = Job(study_file=self.study_file, overrides=list(self.overrides),
                   results=self.results_dir, cache=self.cache_dir, storage=self.storage_url,
-                  study_name=self.ld.sf.study.name, trial=trial.number)
+                  study_name=self.ld.sf.study.name, trial=trial.number, tree=self.ld.tree)
         self.log(f"  trial {trial.number}: starting ({self.executor.kind}) {values}")
-        jobs = self.sdir / "jobs"
-        job_path = job.write(jobs / f"trial-{trial.number:06d}.json")
-        log_path = jobs / f"trial-{trial.number:06d}.log"
-        if self.executor.kind == "debug":
-            trial.set_user_attr("job", {"kind": "debug"})
-        handle = self.executor.submit(job_path, job, log_path)
-        if self.executor.kind != "debug":
-            trial.set_user_attr("job", handle)
-        return trial.number
+        return trial, job, job.write(self.job_path(trial.number))
 
     def prebuild_shared_stages(self) -> None:
         """SLURM: base, then the experts in parallel, as their own jobs; the trials submitted
@@ -300,6 +339,15 @@ class Launcher:
             self.log("  shared stages as jobs: " + ", ".join(f"{k} {v}" for k, v in ids.items()))
 
     def run(self, n_trials: int) -> Counts:
+        """Top the study up to n_trials. A full disk stops the launcher with one paragraph that
+        names the file (exit 2), never a traceback or a loop that waits forever; the workers in
+        flight go on, and `study launch` again picks everything up."""
+        try:
+            return self._run(n_trials)
+        except OSError as e:
+            raise storage.disk_full(e, self.sdir) from None
+
+    def _run(self, n_trials: int) -> Counts:
         last = ""
         c = count(self.study, self.study.get_trials(deepcopy=False))
         if c.done < n_trials:
@@ -313,9 +361,15 @@ class Launcher:
             c = count(self.study, trials)
             if c.done >= n_trials and c.running == 0:
                 break
-            free = min(self.parallel - c.running, n_trials - c.done - c.running)
-            for _ in range(max(free, 0)):
-                self.start_trial()
+            free = self.parallel - c.running
+            remaining = n_trials - c.done - c.running
+            # whole packs only (a packed job holds its GPU until its last trial ends), and
+            # what is left at the end of the study as one smaller pack
+            pack = getattr(self.executor, "trials_per_job", 1)
+            while 0 < min(pack, remaining) <= free:
+                k = min(pack, remaining)
+                self.start_trials(k)
+                free, remaining = free - k, remaining - k
             line = count(self.study, self.study.get_trials(deepcopy=False)).line(n_trials)
             if line.split("] ", 1)[1] != last:
                 self.log(line)

@@ -134,4 +134,4 @@ def test_gpu_script_commands_parse() -> None:
     assert parsed[0].stages is None                       # main: every part but packed
     assert {a.procs for a in parsed if a.stages == ["packed"]} == {2, 4}
     assert any(a.channels_last and a.bf16 for a in parsed) and any(a.compile for a in parsed)
-    assert any(a.no_loss_sync for a in parsed)
+    assert any(a.loss_sync for a in parsed)

@@ -257,3 +257,18 @@ def test_killed_launcher_resumes_without_loss_or_duplicates(tmp_path: Path) -> N
     # no configuration ran twice (every space has a continuous parameter, distill.lr)
     values = [json.dumps(t.user_attrs["values"], sort_keys=True) for t in finished]
     assert len(set(values)) == len(values)
+
+
+def test_job_file_carries_the_resolved_tree(tmp_path: Path) -> None:
+    """Workers run the tree the launcher validated (no YAML re-read, immune to later edits)."""
+    space = tmp_path / "mine.yaml"
+    space.write_text((ROOT / "search_spaces" / "smoke.yaml").read_text())
+    sets = [*QUICK, "study.name=tree", "distill.temperature=3.5"]
+    assert cli.main(["launch", "--space", str(space), "--executor", "debug", "--results",
+                     str(tmp_path), "--n-trials", "1",
+                     *[x for s in sets for x in ("--set", s)]]) == 0
+    job = objective.Job.read(tmp_path / "tree" / "jobs" / "trial-000000.json")
+    assert job.tree == objective.load(str(space), [*sets, "executor.backend=debug"]).tree
+    space.write_text("study: [not, a, study]\n")           # edited while the study runs
+    ld = objective.load_tree(job.tree, job.study_file)
+    assert ld.sf.pipeline.distill.temperature == 3.5 and ld.sf.study.name == "tree"

@@ -74,31 +74,46 @@ def test_generated_sbatch_script_matches_golden_file(preset: str, tmp_path: Path
 
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_slurm_study_with_stage_graph(slurm_cluster: str, tmp_path: Path) -> None:
+def test_slurm_study_with_stage_graph_and_packed_trials(slurm_cluster: str,
+                                                        tmp_path: Path) -> None:
+    """Shared stages as a job graph; two trials per job (processes sharing the job), so 5 trials
+    at parallel 4 are 3 jobs: two full packs, then the last trial alone."""
     name = f"graph{os.getpid()}"
-    cmd = [*STUDY, "launch", "--space", "smoke.yaml", "--executor", "slurm", "--parallel", "3",
-           "--n-trials", "6", "--results", str(tmp_path), *_sets(f"study.name={name}")]
+    cmd = [*STUDY, "launch", "--space", "smoke.yaml", "--executor", "slurm", "--parallel", "4",
+           "--n-trials", "5", "--results", str(tmp_path),
+           *_sets(f"study.name={name}", "executor.slurm.trials_per_job=2")]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     st = _study(tmp_path, name)
-    assert len(_finished(st)) == 6 and all(t.state == TrialState.COMPLETE for t in st.trials)
+    assert len(_finished(st)) == 5 and all(t.state == TrialState.COMPLETE for t in st.trials)
+    per_job: dict[str, list[int]] = {}
+    for t in st.trials:
+        per_job.setdefault(t.user_attrs["job"]["job_id"], []).append(t.number)
+    assert sorted(len(v) for v in per_job.values()) == [1, 2, 2]
+    # each trial of a pack ran in its own process and logged to its own file
+    pids = {t.user_attrs["worker"]["pid"] for t in st.trials}
+    assert len(pids) == 5
+    packed = [t for t in st.trials if t.user_attrs["job"].get("packed") == 2]
+    assert len(packed) == 4
+    assert all("COMPLETE" in (tmp_path / name / "jobs" / f"trial-{t.number:06d}.log").read_text()
+               for t in packed)
     jobs = [j for j in _sacct("JobIDRaw", "JobName", "Start", "End", "State")
             if j["JobName"].startswith(f"study-{name}")]
     by_name: dict[str, list[dict[str, str]]] = {}
     for j in jobs:
         by_name.setdefault(j["JobName"], []).append(j)
-    # base and each expert ran as exactly one job; the trials as six more
+    # base and each expert ran as exactly one job; the trials as three more
     assert len(by_name[f"study-{name}-base"]) == 1
     assert len(by_name[f"study-{name}-expert_jpeg"]) == 1
     assert len(by_name[f"study-{name}-expert_awgn"]) == 1
-    assert len(by_name[f"study-{name}"]) == 6
+    assert {j["JobIDRaw"] for j in by_name[f"study-{name}"]} == set(per_job)
     base_end = by_name[f"study-{name}-base"][0]["End"]
     experts_end = max(by_name[f"study-{name}-expert_{d}"][0]["End"] for d in ("jpeg", "awgn"))
     assert all(by_name[f"study-{name}-expert_{d}"][0]["Start"] >= base_end
                for d in ("jpeg", "awgn"))
     assert all(t["Start"] >= experts_end for t in by_name[f"study-{name}"])
     df = pd.read_parquet(tmp_path / name / "trials")
-    assert df.trial.nunique() == 6
+    assert df.trial.nunique() == 5
     assert df.groupby("trial").first().hit_expert_jpeg.all()     # no trial trained an expert
     assert df.host.notna().all() and df.device.eq("cpu").all()
 

@@ -1,0 +1,49 @@
+"""Fault injection for the fault suite (tests/test_faults_kills.py): a worker that kills itself
+with SIGKILL in the middle of a write, part of the bytes on disk. A write lasts milliseconds, so
+no kill from outside hits one reliably; this does, exactly once per armed point.
+
+    STUDY_FAULT="<point>:<token file>[,<point>:<token file> ...]"
+
+points: cache_write (a stage cache entry, in its temp dir), epoch_write (an epoch checkpoint, in
+its temp file), parquet_write (a trial's Parquet file, in its temp file). The first process to
+reach an armed point claims its token by deleting it (exactly one process wins an unlink), writes
+<token>.hit naming itself and the file, cuts the file to half its bytes and SIGKILLs itself.
+Only workers crash (python -m study.objective, a submitit job): the launcher writes Parquet files
+too (when it fails a trial), and killing the launcher is a fault of its own, injected from outside.
+Unset, a write pays one environment lookup.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+WORKER_MAINS = ("study.objective", "submitit.core._submit")
+
+
+def crash_midway(point: str, path: Path) -> None:
+    spec = os.environ.get("STUDY_FAULT")
+    if not spec:
+        return
+    main_spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if main_spec is None or main_spec.name not in WORKER_MAINS:
+        return
+    for item in spec.split(","):
+        name, _, token = item.partition(":")
+        if name != point:
+            continue
+        try:
+            os.unlink(token)
+        except FileNotFoundError:
+            continue   # armed once: another process took it
+        size = path.stat().st_size
+        with open(path, "r+b") as f:
+            f.truncate(size // 2)
+            os.fsync(f.fileno())
+        Path(token + ".hit").write_text(json.dumps(
+            {"point": point, "pid": os.getpid(), "file": str(path), "bytes_on_disk": size // 2,
+             "of": size, "slurm_job_id": os.environ.get("SLURM_JOB_ID")}))
+        os.kill(os.getpid(), signal.SIGKILL)
