@@ -39,14 +39,6 @@ def content_key(stage: str, config_slice: Any, parents: Sequence[str] = ()) -> s
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class StageCache:
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -70,14 +62,21 @@ class StageCache:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
-    def _verified(self, stage: str, key: str) -> Path | None:
+    def _verified(self, stage: str, key: str) -> dict[str, bytes] | None:
+        """The entry's files, each read once and checked against its recorded sha256: what is
+        loaded is exactly what was hashed, so a file altered after the check is never used."""
         path = self.entry(stage, key)
         meta_path = path / META
         if not meta_path.exists():
             return None
+        files: dict[str, bytes] = {}
         try:
             meta = json.loads(meta_path.read_text())
-            ok = all(_sha256(path / name) == digest for name, digest in meta["sha256"].items())
+            for name, digest in meta["sha256"].items():
+                files[name] = (path / name).read_bytes()
+                if hashlib.sha256(files[name]).hexdigest() != digest:
+                    raise ValueError(f"{name}: checksum mismatch")
+            ok = True
         except (OSError, ValueError, KeyError):
             ok = False
         if not ok:
@@ -87,7 +86,7 @@ class StageCache:
                 path.rename(aside)
             self.corrupt.append(f"{stage}/{key}")
             return None
-        return path
+        return files
 
     def _write(self, stage: str, key: str, files: Mapping[str, bytes], meta: Mapping[str, Any]
                ) -> Path:
@@ -129,11 +128,11 @@ class StageCache:
 
     # ------------------------------------------------------------ typed entries
     def load_state(self, stage: str, key: str) -> dict[str, Any] | None:
-        path = self._verified(stage, key)
-        self._note(stage, key, path is not None)
-        if path is None:
+        files = self._verified(stage, key)
+        self._note(stage, key, files is not None)
+        if files is None:
             return None
-        return torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+        return torch.load(io.BytesIO(files["state.pt"]), map_location="cpu", weights_only=True)
 
     def save_state(self, stage: str, key: str, state: Mapping[str, Any],
                    meta: Mapping[str, Any]) -> None:
@@ -142,18 +141,18 @@ class StageCache:
         self._write(stage, key, {"state.pt": buf.getvalue()}, meta)
 
     def load_json(self, stage: str, key: str) -> Any | None:
-        path = self._verified(stage, key)
-        self._note(stage, key, path is not None)
-        return None if path is None else json.loads((path / "data.json").read_text())
+        files = self._verified(stage, key)
+        self._note(stage, key, files is not None)
+        return None if files is None else json.loads(files["data.json"])
 
     def save_json(self, stage: str, key: str, data: Any, meta: Mapping[str, Any]) -> None:
         self._write(stage, key, {"data.json": json.dumps(data).encode()}, meta)
 
     def load_array(self, stage: str, key: str) -> np.ndarray | None:
-        path = self._verified(stage, key)
-        if path is None:
+        files = self._verified(stage, key)
+        if files is None:
             return None
-        return np.load(path / "array.npy")
+        return np.load(io.BytesIO(files["array.npy"]))
 
     def save_array(self, stage: str, key: str, array: np.ndarray, meta: Mapping[str, Any]
                    ) -> None:

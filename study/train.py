@@ -9,7 +9,10 @@ pure functions of the seed and the epoch number).
 from __future__ import annotations
 
 import copy
+import hashlib
+import io
 import os
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,11 +69,42 @@ class FitResult:
     resumed_from: int = 0                 # epochs already done when this call started
 
 
+# An epoch checkpoint is this header line, then torch.save's bytes: a file altered or cut on
+# disk fails the check and the stage restarts from epoch 0 instead of resuming from garbage.
+CHECKPOINT_MAGIC = b"study-epoch-checkpoint sha256="
+
+
 def _save_atomic(obj: Any, path: Path) -> None:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    payload = buf.getvalue()
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(CHECKPOINT_MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n")
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        tmp.unlink(missing_ok=True)   # a full disk gets its space back
+        from study.storage import disk_full
+
+        raise disk_full(e, path) from None
     faults.crash_midway("epoch_write", tmp)   # fault suite only
     os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any] | None:
+    """The checkpoint at `path` if its checksum holds; otherwise None, the file moved aside
+    (kept for a post-mortem) so the stage starts over."""
+    data = path.read_bytes()
+    header, _, payload = data.partition(b"\n")
+    if header.startswith(CHECKPOINT_MAGIC) and (
+            header[len(CHECKPOINT_MAGIC):].decode(errors="replace")
+            == hashlib.sha256(payload).hexdigest()):
+        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    path.rename(path.with_name(f"{path.name}.corrupt-{int(time.time() * 1000)}"))
+    return None
 
 
 def fit(model: nn.Module, *, epochs: int, optimizer: torch.optim.Optimizer,
@@ -85,8 +119,8 @@ def fit(model: nn.Module, *, epochs: int, optimizer: torch.optim.Optimizer,
     parameters); checkpoints and the result hold `model`'s own state dict."""
     step_model = model if forward is None else forward
     start, best_val, best_state, history = 0, None, None, []
-    if checkpoint is not None and checkpoint.exists():
-        ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    ck = load_checkpoint(checkpoint) if checkpoint is not None and checkpoint.exists() else None
+    if ck is not None:
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])

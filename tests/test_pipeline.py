@@ -89,6 +89,27 @@ def test_interrupted_stage_resumes_to_the_same_weights(tmp_path: Path) -> None:
     assert resumed.best_val == straight.best_val
 
 
+@pytest.mark.parametrize("damage", ["truncate", "flip_byte"])
+def test_altered_epoch_checkpoint_restarts_the_stage(tmp_path: Path, damage: str) -> None:
+    """A checkpoint cut or altered on disk is never loaded: moved aside, the stage starts over
+    from epoch 0 and ends with the weights of an uninterrupted run."""
+    straight = _tiny_fit(tmp_path, None, tmp_path / "a.pt")
+    ckpt = tmp_path / "b.pt"
+    with pytest.raises(KeyboardInterrupt):
+        _tiny_fit(tmp_path, 2, ckpt)
+    data = bytearray(ckpt.read_bytes())
+    if damage == "truncate":
+        del data[len(data) // 2:]
+    else:
+        data[-100] ^= 0x01           # one bit in torch.save's bytes: still a loadable file
+    ckpt.write_bytes(bytes(data))
+    again = _tiny_fit(tmp_path, None, ckpt)
+    assert again.resumed_from == 0
+    assert len(list(tmp_path.glob("b.pt.corrupt-*"))) == 1
+    for k, v in straight.state.items():
+        assert torch.equal(v, again.state[k]), k
+
+
 def test_train_stream_pairs_and_chunks() -> None:
     ds = make_synthetic(100, 10, seed=0)
     s = augment.TrainStream(ds.train, ds.mean, ds.std, degradations=["jpeg", "blur", "clean"],
