@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -303,8 +303,8 @@ class Pipeline:
             model = model.to(memory_format=torch.channels_last)
         mode = self.cfg.compute.compile
         # the compiled module runs the steps; `model` keeps the plain state dict keys
-        forward = None if mode == "none" else torch.compile(
-            model, mode=None if mode == "default" else mode)
+        forward = None if mode == "none" else cast(nn.Module, torch.compile(
+            model, mode=None if mode == "default" else mode))   # an OptimizedModule
         result = train.fit(model, epochs=spec.epochs, optimizer=opt, scheduler=sched,
                            batches=stream.epoch, loss_fn=loss_fn, validate=validate,
                            select=self.cfg.selection, checkpoint=work / f"{stage}-{key}.pt",

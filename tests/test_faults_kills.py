@@ -27,6 +27,7 @@ import optuna
 import pandas as pd
 import pytest
 from optuna.trial import TrialState
+from toy_studies import journal_study, wait
 
 from study import dispatch, objective, results, storage
 from study.cache import META
@@ -53,24 +54,10 @@ def _sets(*extra: str) -> list[str]:
     return [x for s in [*QUICK, *extra] for x in ("--set", s)]
 
 
-def _study(results: Path, name: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=storage.open_storage(
-        str(results / name / "optuna.journal")))
-
-
 def _trials(results: Path, name: str) -> list[optuna.trial.FrozenTrial]:
     if not (results / name / "optuna.journal").exists():
         return []
-    return _study(results, name).get_trials()
-
-
-def _wait(predicate, timeout: float, interval: float = 0.5) -> bool:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
+    return journal_study(results, name).get_trials()
 
 
 def _arm(folder: Path) -> str:
@@ -118,7 +105,7 @@ def _corrupt_under_lock(cache: Path, stage: str, how: str) -> Path:
 
 def _check_nothing_lost(results: Path, name: str, n_trials: int) -> dict[str, int]:
     """The invariants of every fault; returns lost and duplicated (asserted 0) for the figures."""
-    st = _study(results, name)
+    st = journal_study(results, name)
     trials = st.get_trials()
     finished = {t.number: t for t in trials if t.state in dispatch.FINISHED}
     counted = [t for t in finished.values() if not t.user_attrs.get("retried")]
@@ -186,7 +173,7 @@ def test_launcher_killed_between_ask_and_submit(tmp_path: Path) -> None:
     worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)",
                                str(job_path)])
     try:
-        assert _wait(lambda: launcher.executor.running(str(job_path)), 30)
+        assert wait(lambda: launcher.executor.running(str(job_path)), 30)
         launcher.reconcile()
         assert st.trials[0].state == TrialState.RUNNING
     finally:
@@ -347,16 +334,16 @@ def test_slurm_study_survives_kills_requeues_and_cancels(slurm_cluster: str,
     # shared-stage jobs: requeue the base job while it runs, scancel the expert job while it
     # runs (it waits for the base); the trials depend on both with afterany
     journal = tmp_path / name / "optuna.journal"
-    assert _wait(lambda: journal.exists() and "stage_jobs" in _study(tmp_path, name).user_attrs,
-                 300), tail()
-    stage_jobs = _study(tmp_path, name).user_attrs["stage_jobs"]
+    assert wait(lambda: journal.exists()
+                and "stage_jobs" in journal_study(tmp_path, name).user_attrs, 300), tail()
+    stage_jobs = journal_study(tmp_path, name).user_attrs["stage_jobs"]
     base_job = next(v for k, v in stage_jobs.items() if k.startswith("base@"))
     expert_job = next(v for k, v in stage_jobs.items() if k.startswith("expert_jpeg@"))
-    assert _wait(lambda: _state(base_job) == "RUNNING", 300), _state(base_job)
+    assert wait(lambda: _state(base_job) == "RUNNING", 300), _state(base_job)
     subprocess.run(["scontrol", "requeue", base_job], check=True, timeout=60)
-    assert _wait(lambda: _state(expert_job) in ("RUNNING", "COMPLETED"), 300), tail()
+    assert wait(lambda: _state(expert_job) in ("RUNNING", "COMPLETED"), 300), tail()
     subprocess.run(["scancel", expert_job], check=True, timeout=60)
-    assert _wait(lambda: _state(base_job) not in ALIVE and _state(expert_job) not in ALIVE,
+    assert wait(lambda: _state(base_job) not in ALIVE and _state(expert_job) not in ALIVE,
                  300)
     stage_states = {"base": _state(base_job), "expert_jpeg": _state(expert_job)}
     for p in POINTS:
@@ -367,11 +354,11 @@ def test_slurm_study_survives_kills_requeues_and_cancels(slurm_cluster: str,
                 and "worker" in t.user_attrs and t.user_attrs.get("job", {}).get("job_id")]
 
     # trial jobs: requeue one (A), scancel another (B), kill -9 the worker inside the others
-    assert _wait(lambda: running(), 600), tail()
+    assert wait(lambda: running(), 600), tail()
     a = running()[0]
     subprocess.run(["scontrol", "requeue", a.user_attrs["job"]["job_id"]], check=True,
                    timeout=60)
-    assert _wait(lambda: [t for t in running() if t.number != a.number], 600), tail()
+    assert wait(lambda: [t for t in running() if t.number != a.number], 600), tail()
     b = next(t for t in running() if t.number != a.number)
     subprocess.run(["scancel", b.user_attrs["job"]["job_id"]], check=True, timeout=60)
     kills: list[dict] = []
@@ -396,7 +383,7 @@ def test_slurm_study_survives_kills_requeues_and_cancels(slurm_cluster: str,
     hits = _hits(faults)
     assert sorted(hits) == POINTS, hits
     figures = _check_nothing_lost(tmp_path, name, n_trials)
-    st = _study(tmp_path, name)
+    st = journal_study(tmp_path, name)
     by_number = {t.number: t for t in st.trials}
     # a killed or cancelled job: its trial was seen failed and retried, or had written its
     # result before dying and was recovered from it

@@ -17,7 +17,6 @@ import os
 import pwd
 import re
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -32,6 +31,7 @@ import pandas as pd
 import pytest
 import torch
 from optuna.trial import TrialState
+from toy_studies import free_port, wait
 
 from study import dispatch, results, storage
 from study.cache import META, StageCache
@@ -60,21 +60,6 @@ def _unavailable(reason: str) -> None:
 def _need_root() -> None:
     if not sys.platform.startswith("linux") or os.geteuid() != 0:
         _unavailable("mounts and a PostgreSQL server need root on Linux (Debian)")
-
-
-def _wait(predicate: Callable[[], bool], timeout: float, interval: float = 0.3) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _record(kind: str, figures: dict) -> None:
@@ -296,21 +281,21 @@ def test_disk_full_mid_study_stops_clearly_and_resumes_without_loss(
     with open(out, "wb") as log:
         launcher = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
-        assert _wait(lambda: len(finished()) >= 1 or launcher.poll() is not None, 300), \
+        assert wait(lambda: len(finished()) >= 1 or launcher.poll() is not None, 300), \
             out.read_text()[-3000:]
         assert launcher.poll() is None, out.read_text()[-3000:]
         before = finished()
         filler = Filler(disk / "filler")
         filler.keep_full()
         # no silent hang: the launcher stops on its own once it cannot write
-        assert _wait(lambda: launcher.poll() is not None, 300), "launcher hangs on a full disk"
+        assert wait(lambda: launcher.poll() is not None, 300), "launcher hangs on a full disk"
         text = out.read_text()
         assert launcher.returncode == 2, text[-3000:]
         said = [ln for ln in text.splitlines() if ln.startswith("study: error: disk full")]
         assert said and str(disk) in said[0] and "study launch" in said[0], text[-3000:]
         assert "Traceback" not in text
         # its workers run on in their own sessions; they end once they cannot write either
-        assert _wait(lambda: not _workers(sdir), 300), _workers(sdir)
+        assert wait(lambda: not _workers(sdir), 300), _workers(sdir)
 
         # while still full: every file on the disk is whole
         journal = (sdir / "optuna.journal").read_bytes()
@@ -405,7 +390,7 @@ def postgres() -> Iterator[str]:
     home = Path(tempfile.mkdtemp(prefix="study-pg-"))
     os.chown(home, pg.pw_uid, pg.pw_gid)
     as_pg = ["runuser", "-u", "postgres", "--"]
-    port = _free_port()
+    port = free_port()
     data = home / "data"
     try:
         subprocess.run([*as_pg, str(bin_dir / "initdb"), "-D", str(data), "-A", "trust",
@@ -481,7 +466,7 @@ def test_eight_workers_on_each_storage(kind: str, tmp_path: Path, shared_cache: 
             # Another client's write transaction (the sqlite3 shell, a backup, a dashboard)
             # holds the database while the first wave tells: 8 s, past SQLite's default 5 s
             # busy timeout, after which a writer fails with "database is locked".
-            assert _wait(lambda: _sqlite_complete(db) >= 1 or launcher.poll() is not None,
+            assert wait(lambda: _sqlite_complete(db) >= 1 or launcher.poll() is not None,
                          300), out.read_text()[-3000:]
             con = sqlite3.connect(db, timeout=60, isolation_level=None)
             con.execute("BEGIN EXCLUSIVE")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import optuna
 import pandas as pd
 import pytest
 from optuna.trial import TrialState
+from toy_studies import finished, free_port, journal_study
 
 from study import cli, dispatch, objective, results, storage
 
@@ -32,16 +32,6 @@ SCHEMA = ["study", "trial", "attempt", "state", "seed", "model", "split", "degra
           "key_base", "hit_base", "param_distill.loss", "param_fusion.method"]
 
 
-def _journal(results_dir: Path, name: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=storage.open_storage(
-        str(results_dir / name / "optuna.journal")))
-
-
-def _finished(st: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    return [t for t in st.get_trials() if t.state in dispatch.FINISHED
-            and not t.user_attrs.get("retried")]
-
-
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_every_shipped_space_dry_runs(path: Path, capsys: pytest.CaptureFixture[str],
                                       tmp_path: Path) -> None:
@@ -56,8 +46,8 @@ def test_debug_study_runs_resumes_and_tops_up(tmp_path: Path) -> None:
     args = ["launch", "--space", "smoke.yaml", "--executor", "debug", "--results", str(tmp_path),
             *[x for s in QUICK for x in ("--set", s)], "--set", "study.name=dbg"]
     assert cli.main([*args, "--n-trials", "3"]) == 0
-    st = _journal(tmp_path, "dbg")
-    assert len(_finished(st)) == 3
+    st = journal_study(tmp_path, "dbg")
+    assert len(finished(st)) == 3
     df = pd.read_parquet(tmp_path / "dbg" / "trials")
     assert sorted(df.trial.unique()) == [0, 1, 2]
     assert set(SCHEMA) <= set(df.columns)
@@ -65,10 +55,10 @@ def test_debug_study_runs_resumes_and_tops_up(tmp_path: Path) -> None:
     assert not first_trial_rows.hit_base.dropna().any()              # built in trial 0
     assert df[df.trial > 0].hit_expert_jpeg.dropna().all()           # reused afterwards
     assert cli.main([*args, "--n-trials", "5"]) == 0
-    st = _journal(tmp_path, "dbg")
-    assert len(_finished(st)) == 5 and len(st.trials) == 5
+    st = journal_study(tmp_path, "dbg")
+    assert len(finished(st)) == 5 and len(st.trials) == 5
     assert cli.main([*args, "--n-trials", "5"]) == 0                # nothing to do
-    assert len(_journal(tmp_path, "dbg").trials) == 5
+    assert len(journal_study(tmp_path, "dbg").trials) == 5
     # the resumed launcher did not replay the first one's random draws
     configs = {json.dumps(t.user_attrs["values"], sort_keys=True) for t in st.trials}
     assert len(configs) == 5
@@ -103,7 +93,7 @@ def test_code_error_fails_once_with_traceback(tmp_path: Path,
     args = ["launch", "--space", "smoke.yaml", "--executor", "debug", "--results", str(tmp_path),
             *[x for s in QUICK for x in ("--set", s)], "--set", "study.name=err"]
     assert cli.main([*args, "--n-trials", "2"]) == 0
-    st = _journal(tmp_path, "err")
+    st = journal_study(tmp_path, "err")
     assert [t.state for t in st.trials] == [TrialState.FAIL, TrialState.FAIL]   # no retries
     assert all(t.user_attrs["fail_kind"] == "code" for t in st.trials)
     df = pd.read_parquet(tmp_path / "err" / "trials")
@@ -164,12 +154,6 @@ def test_result_written_before_a_kill_is_recovered_not_rerun(tmp_path: Path) -> 
     assert st.trials[0].state == TrialState.COMPLETE and st.trials[0].value == 0.5
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.slow
 def test_local_study_of_8_then_10_then_dashboard(tmp_path: Path) -> None:
     """The issue's acceptance run on the shipped smoke study, local executor, parallel 2."""
@@ -178,8 +162,8 @@ def test_local_study_of_8_then_10_then_dashboard(tmp_path: Path) -> None:
     r = subprocess.run([*base, "--n-trials", "8"], cwd=ROOT, capture_output=True, text=True,
                        timeout=1200)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    st = _journal(tmp_path, "smoke")
-    assert len(_finished(st)) == 8
+    st = journal_study(tmp_path, "smoke")
+    assert len(finished(st)) == 8
     df = pd.read_parquet(tmp_path / "smoke" / "trials")
     assert df.trial.nunique() == 8 and set(SCHEMA) <= set(df.columns)
     # base and experts were trained once for the whole study: one miss, hits afterwards
@@ -191,15 +175,15 @@ def test_local_study_of_8_then_10_then_dashboard(tmp_path: Path) -> None:
     r = subprocess.run([*base, "--n-trials", "10"], cwd=ROOT, capture_output=True, text=True,
                        timeout=1200)
     assert r.returncode == 0, r.stderr[-3000:]
-    st = _journal(tmp_path, "smoke")
-    assert len(_finished(st)) == 10 and len(st.trials) == 10
+    st = journal_study(tmp_path, "smoke")
+    assert len(finished(st)) == 10 and len(st.trials) == 10
     assert pd.read_parquet(tmp_path / "smoke" / "trials").trial.nunique() == 10
     status = subprocess.run([*STUDY, "status", "--space", "smoke.yaml", "--results",
                              str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert status.returncode == 0 and "10/8 done" not in status.stdout
     assert "best trial" in status.stdout and "expert 4" in status.stdout
 
-    port = _free_port()
+    port = free_port()
     dash = subprocess.Popen(["optuna-dashboard", str(tmp_path / "smoke" / "optuna.journal"),
                              "--host", "127.0.0.1", "--port", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -239,23 +223,23 @@ def test_killed_launcher_resumes_without_loss_or_duplicates(tmp_path: Path) -> N
     p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
     while time.time() < deadline:
-        if journal.exists() and len(_finished(_journal(tmp_path, "kill"))) >= 1:
+        if journal.exists() and len(finished(journal_study(tmp_path, "kill"))) >= 1:
             break
         time.sleep(0.5)
     p.send_signal(signal.SIGKILL)   # the launcher dies; its workers run on in their sessions
     p.wait()
-    assert len(_finished(_journal(tmp_path, "kill"))) < 5
+    assert len(finished(journal_study(tmp_path, "kill"))) < 5
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    st = _journal(tmp_path, "kill")
-    finished = _finished(st)
-    assert len(finished) == 5
+    st = journal_study(tmp_path, "kill")
+    done = finished(st)
+    assert len(done) == 5
     df = pd.read_parquet(tmp_path / "kill" / "trials")
     stored = {t.number for t in st.trials if t.state in dispatch.FINISHED}
     assert set(df.trial.unique()) == stored                     # storage and Parquet agree
     assert not [t for t in st.trials if t.state == TrialState.RUNNING]
     # no configuration ran twice (every space has a continuous parameter, distill.lr)
-    values = [json.dumps(t.user_attrs["values"], sort_keys=True) for t in finished]
+    values = [json.dumps(t.user_attrs["values"], sort_keys=True) for t in done]
     assert len(set(values)) == len(values)
 
 

@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ import optuna
 import pandas as pd
 import pytest
 import torch
+from toy_studies import free_port
 
 from study import cli, evaluation, objective, report, results, storage
 
@@ -505,12 +505,6 @@ def test_report_renders_in_headless_chromium(built: Built, tmp_path: Path) -> No
     assert shot.exists() and shot.stat().st_size > 50_000
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _get(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=10) as resp:
         return json.loads(resp.read())
@@ -518,7 +512,7 @@ def _get(url: str) -> dict:
 
 @pytest.fixture
 def dashboard(built: Built) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     p = subprocess.Popen([sys.executable, "-m", "study.cli", "dashboard", "--space", built.space,
                           "--results", str(built.results), "--port", str(port)], cwd=ROOT,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

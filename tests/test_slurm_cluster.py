@@ -18,6 +18,7 @@ import cloudpickle
 import pytest
 import submitit
 from submitit.core.utils import UncompletedJobError
+from toy_studies import wait
 
 pytestmark = pytest.mark.slurm
 
@@ -61,15 +62,6 @@ def _sacct_state(job_id: str) -> str:
     return out.strip()
 
 
-def _poll(predicate, timeout: float, interval: float = 0.5) -> bool:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
-
-
 def test_submit_returns_result_from_a_slurm_job(slurm_cluster: str, tmp_path: Path) -> None:
     job = _executor(tmp_path).submit(_add_in_job, 2, 3)
     total, job_id_inside = job.result()
@@ -92,19 +84,19 @@ def test_job_array_of_four_runs_concurrently(slurm_cluster: str, tmp_path: Path)
 def test_scancel_makes_result_raise_uncompleted(slurm_cluster: str, tmp_path: Path) -> None:
     job = _executor(tmp_path).submit(time.sleep, 300)
     try:
-        assert _poll(lambda: _squeue_state(job.job_id) == "RUNNING", timeout=30)
+        assert wait(lambda: _squeue_state(job.job_id) == "RUNNING", timeout=30)
         subprocess.run(["scancel", job.job_id], check=True)
         # job.result() has no deadline of its own: run it in a daemon thread and give up
         # after 60 s (it took ~16 s on this setup: submitit polls sacct every few seconds).
         outcome: list[BaseException | object] = []
 
-        def wait() -> None:
+        def collect() -> None:
             try:
                 outcome.append(job.result())
             except BaseException as error:  # noqa: BLE001
                 outcome.append(error)
 
-        waiter = threading.Thread(target=wait, daemon=True)
+        waiter = threading.Thread(target=collect, daemon=True)
         waiter.start()
         waiter.join(timeout=60)
         assert outcome, "job.result() still waiting 60 s after scancel"
@@ -117,6 +109,6 @@ def test_sacct_lists_a_finished_job(slurm_cluster: str, tmp_path: Path) -> None:
     job = _executor(tmp_path).submit(_add_in_job, 1, 1)
     assert job.result()[0] == 2
     # slurmctld forwards job records to slurmdbd asynchronously; allow it a few seconds.
-    assert _poll(lambda: _sacct_state(job.job_id) == "COMPLETED", timeout=20), _sacct_state(
+    assert wait(lambda: _sacct_state(job.job_id) == "COMPLETED", timeout=20), _sacct_state(
         job.job_id
     )

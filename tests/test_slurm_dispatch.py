@@ -15,8 +15,8 @@ import optuna
 import pandas as pd
 import pytest
 from optuna.trial import TrialState
+from toy_studies import finished, journal_study, wait
 
-from study import dispatch, storage
 from study.config import load_study_file
 from study.slurm import sbatch_script
 
@@ -34,29 +34,10 @@ def _sets(*extra: str) -> list[str]:
     return [x for s in [*QUICK, *extra] for x in ("--set", s)]
 
 
-def _study(results: Path, name: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=storage.open_storage(
-        str(results / name / "optuna.journal")))
-
-
-def _finished(st: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    return [t for t in st.get_trials() if t.state in dispatch.FINISHED
-            and not t.user_attrs.get("retried")]
-
-
 def _sacct(*fields: str) -> list[dict[str, str]]:
     out = subprocess.run(["sacct", "-n", "-X", "-P", "-a", "-S", "now-1hours", "-o",
                           ",".join(fields)], capture_output=True, text=True, timeout=60).stdout
     return [dict(zip(fields, line.split("|"))) for line in out.splitlines() if line]
-
-
-def _wait(predicate, timeout: float, interval: float = 1.0) -> bool:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
 
 
 @pytest.mark.parametrize("preset", ["local", "gpu"])
@@ -84,8 +65,8 @@ def test_slurm_study_with_stage_graph_and_packed_trials(slurm_cluster: str,
            *_sets(f"study.name={name}", "executor.slurm.trials_per_job=2")]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    st = _study(tmp_path, name)
-    assert len(_finished(st)) == 5 and all(t.state == TrialState.COMPLETE for t in st.trials)
+    st = journal_study(tmp_path, name)
+    assert len(finished(st)) == 5 and all(t.state == TrialState.COMPLETE for t in st.trials)
     per_job: dict[str, list[int]] = {}
     for t in st.trials:
         per_job.setdefault(t.user_attrs["job"]["job_id"], []).append(t.number)
@@ -137,22 +118,22 @@ def test_requeue_resumes_scancel_retries_error_fails_once(slurm_cluster: str,
     def running_with_job() -> list[optuna.trial.FrozenTrial]:
         if not journal.exists():
             return []
-        return [t for t in _study(tmp_path, name).trials
+        return [t for t in journal_study(tmp_path, name).trials
                 if t.state == TrialState.RUNNING and "worker" in t.user_attrs
                 and t.user_attrs.get("job", {}).get("job_id")]
 
     # requeue trial A once its distillation has written an epoch checkpoint
-    assert _wait(lambda: any(work.glob("fusiondistill-*.pt")) and running_with_job(), 600)
+    assert wait(lambda: any(work.glob("fusiondistill-*.pt")) and running_with_job(), 600)
     a = running_with_job()[0]
     a_job = a.user_attrs["job"]["job_id"]
     subprocess.run(["scontrol", "requeue", a_job], check=True)
     # scancel the other running trial's job (B): it must be retried with the same params
-    assert _wait(lambda: [t for t in running_with_job() if t.number != a.number], 300)
+    assert wait(lambda: [t for t in running_with_job() if t.number != a.number], 300)
     b = [t for t in running_with_job() if t.number != a.number][0]
     subprocess.run(["scancel", b.user_attrs["job"]["job_id"]], check=True)
     out, _ = launcher.communicate(timeout=900)
     assert launcher.returncode == 0, out[-4000:]
-    st = _study(tmp_path, name)
+    st = journal_study(tmp_path, name)
     a_final = st.trials[a.number]
     assert a_final.state == TrialState.COMPLETE
     assert a_final.user_attrs.get("attempt", 1) == 1          # requeued, not retried
@@ -164,7 +145,7 @@ def test_requeue_resumes_scancel_retries_error_fails_once(slurm_cluster: str,
     retry = [t for t in st.trials if t.user_attrs.get("retry_of") == b.number]
     assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
     assert retry[0].user_attrs["values"] == b_final.user_attrs["values"]
-    assert len(_finished(st)) == 3
+    assert len(finished(st)) == 3
 
     # a trial whose code raises fails once and is not retried
     bad = [*STUDY, "launch", "--space", "smoke.yaml", "--executor", "slurm", "--n-trials", "1",
@@ -173,7 +154,7 @@ def test_requeue_resumes_scancel_retries_error_fails_once(slurm_cluster: str,
                   f"data.root={tmp_path}/missing")]
     r = subprocess.run(bad, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    st = _study(tmp_path, f"{name}-err")
+    st = journal_study(tmp_path, f"{name}-err")
     assert [t.state for t in st.trials] == [TrialState.FAIL]
     assert st.trials[0].user_attrs["fail_kind"] == "code"
     df = pd.read_parquet(tmp_path / f"{name}-err" / "trials")
@@ -193,15 +174,15 @@ def test_detach_returns_fast_and_study_completes(slurm_cluster: str, tmp_path: P
     assert r.returncode == 0, r.stderr[-3000:]
     assert took < 10, f"--detach took {took:.1f}s"
     assert "detached" in r.stdout
-    driver = _study(tmp_path, name).user_attrs["driver"]
+    driver = journal_study(tmp_path, name).user_attrs["driver"]
     assert driver["kind"] == "slurm"
     status = [*STUDY, "status", "--space", "smoke.yaml", "--results", str(tmp_path),
               *_sets(f"study.name={name}")]
     s = subprocess.run(status, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert s.returncode == 0 and f"launcher: slurm {driver['job_id']}" in s.stdout
-    assert _wait(lambda: len(_finished(_study(tmp_path, name))) == 2, 900, 3)
+    assert wait(lambda: len(finished(journal_study(tmp_path, name))) == 2, 900, 3)
     # no launcher process anywhere: the driver job ends by itself
-    assert _wait(lambda: not [j for j in _sacct("JobIDRaw", "State")
+    assert wait(lambda: not [j for j in _sacct("JobIDRaw", "State")
                               if j["JobIDRaw"] == driver["job_id"]
                               and j["State"] in ("RUNNING", "PENDING")], 120)
     s = subprocess.run(status, cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -219,15 +200,15 @@ def test_cancel_stops_a_detached_study(slurm_cluster: str, tmp_path: Path) -> No
     cmd = [*STUDY, "launch", "--space", "smoke.yaml", "--executor", "slurm", "--parallel", "2",
            "--n-trials", "4", "--detach", "--results", str(tmp_path), *sets]
     assert subprocess.run(cmd, cwd=ROOT, capture_output=True, timeout=120).returncode == 0
-    assert _wait(lambda: any(t.state == TrialState.RUNNING and "job" in t.user_attrs
-                             for t in _study(tmp_path, name).trials), 300)
+    assert wait(lambda: any(t.state == TrialState.RUNNING and "job" in t.user_attrs
+                             for t in journal_study(tmp_path, name).trials), 300)
     r = subprocess.run([*STUDY, "cancel", "--space", "smoke.yaml", "--results", str(tmp_path),
                         *sets], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    st = _study(tmp_path, name)
+    st = journal_study(tmp_path, name)
     assert not [t for t in st.trials if t.state == TrialState.RUNNING]
     assert any(t.user_attrs.get("fail_kind") == "cancelled" for t in st.trials)
     ids = [t.user_attrs["job"]["job_id"] for t in st.trials if "job" in t.user_attrs]
     ids.append(st.user_attrs["driver"]["job_id"])
-    assert _wait(lambda: not [j for j in _sacct("JobIDRaw", "State") if j["JobIDRaw"] in ids
+    assert wait(lambda: not [j for j in _sacct("JobIDRaw", "State") if j["JobIDRaw"] in ids
                               and j["State"] in ("RUNNING", "PENDING")], 60)
