@@ -19,6 +19,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 WORKER_MAINS = ("study.objective", "submitit.core._submit")
@@ -47,3 +48,20 @@ def crash_midway(point: str, path: Path) -> None:
             {"point": point, "pid": os.getpid(), "file": str(path), "bytes_on_disk": size // 2,
              "of": size, "slurm_job_id": os.environ.get("SLURM_JOB_ID")}))
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def rendezvous() -> None:
+    """STUDY_RENDEZVOUS="<folder>:<n>" (the storage concurrency test): a registered worker waits,
+    at most 300 s, until n workers have arrived, so n of them really use the storage at once. On
+    2 cores a toy trial ends before the 8th worker has imported torch (~4 s), so without this
+    8 in flight meant 5 or 6 alive together. Later workers find n arrivals and go straight on."""
+    spec = os.environ.get("STUDY_RENDEZVOUS")
+    if not spec:
+        return
+    folder, _, n = spec.rpartition(":")
+    arrivals = Path(folder)
+    arrivals.mkdir(parents=True, exist_ok=True)
+    (arrivals / str(os.getpid())).touch()
+    deadline = time.monotonic() + 300
+    while sum(1 for _ in arrivals.iterdir()) < int(n) and time.monotonic() < deadline:
+        time.sleep(0.1)

@@ -21,7 +21,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from study import evaluation, results, space, storage
+from study import evaluation, faults, results, space, storage
 from study.cache import StageCache
 from study.config import StudyFile, read_yaml, resolve_space_path, resolve_tree, validate
 from study.pipeline import Pipeline, PipelineResult
@@ -114,6 +114,7 @@ def run_job(job: Job, log: Any = print) -> str:
     trial.set_user_attr("worker", {"host": platform.node(), "pid": os.getpid(),
                                    "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
                                    "started": time.time()})
+    faults.rendezvous()   # the storage concurrency test only
     values = frozen.user_attrs.get("values", {})
     attempt = int(frozen.user_attrs.get("attempt", 1))
     sdir = storage.study_dir(job.results, job.study_name)

@@ -458,8 +458,11 @@ def test_eight_workers_on_each_storage(kind: str, tmp_path: Path, shared_cache: 
            str(parallel), "--n-trials", str(n_trials), "--results", str(tmp_path),
            "--cache", str(shared_cache), *[x for s in sets for x in ("--set", s)]]
     out = tmp_path / "launcher.log"
+    # the first 8 workers wait for each other once registered: 8 really at the storage at once
+    env = dict(os.environ, STUDY_RENDEZVOUS=f"{tmp_path / 'arrivals'}:{parallel}")
     with open(out, "wb") as log:
-        launcher = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        launcher = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                    env=env)
     held = 0.0
     try:
         if kind == "sqlite":
@@ -491,6 +494,8 @@ def test_eight_workers_on_each_storage(kind: str, tmp_path: Path, shared_cache: 
            if t.state != TrialState.COMPLETE}
     assert not bad, bad
     figures = _check_nothing_lost(st, tmp_path / name, n_trials)
+    overlap = _max_overlap(trials)
+    assert overlap == parallel, f"at most {overlap} workers were alive at once"
     _record(f"storage_{kind}", {**figures, "workers": parallel,
-                                "max_concurrent_workers": _max_overlap(trials),
+                                "max_concurrent_workers": overlap,
                                 **({"lock_held_s": round(held, 1)} if held else {})})
