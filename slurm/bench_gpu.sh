@@ -8,9 +8,11 @@
 #   sbatch slurm/bench_gpu.sh [OUT_DIR] [SECTION ...]     on a SLURM cluster
 #   bash slurm/bench_gpu.sh [OUT_DIR] [SECTION ...]       on a GPU machine
 # SECTION: main (every stage, evaluation, trial; fp32 eager, the reference settings), launches
-# (channels_last, bf16, both, torch.compile with CUDA graphs, no per-step loss sync; base and
-# distill), packed (distill in 2 and 4 processes on one GPU). Default: all three, ~8 minutes on
-# an H100 (the JPEG banks, built once into OUT_DIR/cache, take the first ~1-2 of them).
+# (channels_last, bf16, both, torch.compile with CUDA graphs, a per-step loss sync; base and
+# distill), packed (distill in 2 and 4 processes on one GPU), pipeline (the smoke study's whole
+# pipeline through `study run` with the device data path: the same code as a trial, timed).
+# Default: all four, ~9 minutes on an H100 (the JPEG banks, built once into OUT_DIR/cache, take
+# the first ~1-2 of them).
 # Each run writes OUT_DIR/<run>.json and .txt; the summary at the end compares the best run with
 # the targets. DEVICE=cpu QUICK=1 runs the same commands at toy scale (a check of the
 # script, not figures); DRY_RUN=1 only prints the commands.
@@ -18,7 +20,7 @@ set -uo pipefail
 
 OUT=${1:-results/bench/$(date +%Y%m%d-%H%M%S)}
 shift || true
-SECTIONS=${*:-main launches packed}
+SECTIONS=${*:-main launches packed pipeline}
 DEVICE=${DEVICE:-cuda}
 PY=${PYTHON:-python}
 MODEL=resnet56
@@ -67,8 +69,19 @@ for section in $SECTIONS; do
         run packed2 --stages packed "${FAST_BANK[@]}" --procs 2
         run packed4 --stages packed "${FAST_BANK[@]}" --procs 4
         ;;
+    pipeline)
+        echo "== pipeline: study run --space smoke.yaml, device data path"
+        [ "${DRY_RUN:-0}" = 1 ] && continue
+        t0=$SECONDS
+        if ! "$PY" -m study.cli run --space smoke.yaml --results "$OUT/run" \
+                --set device="$DEVICE" --set compute.data_path=device 2>&1 \
+                | tee "$OUT/pipeline.txt"; then
+            FAILED+=(pipeline)
+        fi
+        echo "== pipeline took $((SECONDS - t0))s" | tee -a "$OUT/pipeline.txt"
+        ;;
     *)
-        echo "unknown section '$section'; valid: main launches packed" >&2
+        echo "unknown section '$section'; valid: main launches packed pipeline" >&2
         exit 2
         ;;
     esac
