@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -253,12 +254,34 @@ _CIFAR = {
 }
 
 
+# Everything a CIFAR batch pickle refers to: numpy arrays (the numpy 1 and numpy 2 module names)
+# and, from Python 3 writers, bytes. A pickle may name any callable and runs it on load, so a
+# file in a shared data folder that names anything else is refused, not executed.
+CIFAR_PICKLE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in CIFAR_PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"refers to {module}.{name}")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict[str, object]:
     """The CIFAR files are Python 2 pickles: latin1 is what torchvision uses so the numpy array
     unpickles; keys (and class names) come back as str or bytes depending on who wrote the file,
     so both are normalised to str."""
-    with open(path, "rb") as f:
-        entry = pickle.load(f, encoding="latin1")
+    try:
+        with open(path, "rb") as f:
+            entry = _CifarUnpickler(f, encoding="latin1").load()
+    except pickle.UnpicklingError as e:
+        raise DataNotFoundError(f"{path} is not a CIFAR batch file: it {e}, which CIFAR's "
+                                "pickles never do; refused unread (a pickle can run code)"
+                                ) from None
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
 
 

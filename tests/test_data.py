@@ -169,6 +169,39 @@ def test_cifar_one_missing_batch_is_named(tmp_path: Path) -> None:
         load_dataset("cifar10", str(tmp_path))
 
 
+class _RunsCode:
+    """What a hostile pickle does: calls any function on load (here, one that writes a file)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (Path.write_text, (self.marker, "ran"))
+
+
+def test_cifar_pickle_that_runs_code_is_refused_unread(tmp_path: Path) -> None:
+    write_cifar10(tmp_path)
+    marker = tmp_path / "owned"
+    _dump(tmp_path / "cifar-10-batches-py" / "data_batch_2",
+          {b"data": _RunsCode(marker), b"labels": [0]})
+    # protocol 2 spells the call as builtins.getattr(Path, "write_text"): refused at the first
+    with pytest.raises(DataNotFoundError, match=r"data_batch_2 is not a CIFAR batch file: it "
+                       r"refers to \S*getattr, which"):
+        load_dataset("cifar10", str(tmp_path))
+    assert not marker.exists()
+
+
+def test_cifar_pickles_written_by_numpy_1_load(tmp_path: Path) -> None:
+    """The original files name numpy 1's module (numpy.core); numpy 2 writes numpy._core."""
+    train_images, _, _ = write_cifar10(tmp_path)
+    for f in (tmp_path / "cifar-10-batches-py").iterdir():
+        raw = f.read_bytes()
+        assert b"numpy._core.multiarray" in raw or f.name == "batches.meta"
+        f.write_bytes(raw.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+    np.testing.assert_array_equal(load_dataset("cifar10", str(tmp_path)).train.images,
+                                  train_images)
+
+
 def test_real_datasets_need_a_root() -> None:
     with pytest.raises(DataNotFoundError, match="needs a data root"):
         load_dataset("cifar10", None)
