@@ -514,11 +514,16 @@ def _stage_line(r: dict[str, float]) -> str:
             f"{r['resident_ips']:.0f} img/s")
 
 
+def _flags(s: dict[str, Any]) -> list[str]:
+    """The settings a run departs from fp32 eager with, as the tables name them."""
+    return ([k for k in ("channels_last", "bf16") if s[k]]
+            + ([f"compile={s['compile']}"] if s["compile"] != "none" else [])
+            + (["loss_sync"] if s["sync_loss"] else []))
+
+
 def format_table(record: dict[str, Any]) -> str:
     s, env = record["settings"], record["env"]
-    flags = [k for k in ("channels_last", "bf16") if s[k]] + (
-        [f"compile={s['compile']}"] if s["compile"] != "none" else []) + (
-        ["loss sync per step"] if s["sync_loss"] else [])
+    flags = _flags(s)
     lines = [f"study bench: {s['model']} on {s['device']} ({env['device_name']}, "
              f"{env['cpus']} CPUs, {env['torch_threads']} torch threads, torch {env['torch']}); "
              f"batch {s['batch_size']} per degradation, {s['n_train']} resident train images, "
@@ -608,10 +613,8 @@ def summary(out_dir: str | Path) -> str:
              f"{'ratio d':>7} {'eval/10k':>9} {'packed':>8}"]
     for name, r in runs.items():
         s = r["settings"]
-        flags = " ".join([k for k in ("channels_last", "bf16") if s[k]]
-                         + ([f"compile={s['compile']}"] if s["compile"] != "none" else [])
-                         + (["sync"] if s["sync_loss"] else [])
-                         + ([f"procs={s['procs']}"] if "packed" in r else [])) or "fp32 eager"
+        flags = " ".join(_flags(s) + ([f"procs={s['procs']}"] if "packed" in r else [])
+                         ) or "fp32 eager"
 
         def fmt(path: Sequence[str], spec: str, rec: dict[str, Any] = r) -> str:
             v = _dig(rec, path)

@@ -146,11 +146,9 @@ def run_job(job: Job, log: Any = print) -> str:
         objs = objective_values([row for _, rows in seeds for row in rows], sf)
     except optuna.TrialPruned as e:
         state, error = "PRUNED", str(e)
-    except OSError as e:
-        if e.errno in storage.DISK_FULL:
-            raise   # not the trial's fault: the worker dies, the launcher retries the trial
-        state, error, fail_kind = "FAIL", "".join(traceback.format_exception(e)), "code"
     except Exception as e:  # noqa: BLE001 - a trial's own error fails that trial, once
+        if isinstance(e, OSError) and e.errno in storage.DISK_FULL:
+            raise   # not the trial's fault: the worker dies, the launcher retries the trial
         state, error, fail_kind = "FAIL", "".join(traceback.format_exception(e)), "code"
     stage_info = {s.stage: {"key": s.key, "hit": s.hit, "build_s": s.build_s}
                   for s in (first.stages if first else [])}

@@ -136,7 +136,7 @@ def fit(model: nn.Module, *, epochs: int, optimizer: torch.optim.Optimizer,
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total = loss.detach() + total.to(loss.device)
+            total = loss.detach() + total   # a 0-dim CPU tensor adds to one on any device
             steps += 1
         scheduler.step()
         val = validate(model) if validate is not None else None
