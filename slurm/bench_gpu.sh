@@ -13,9 +13,10 @@
 # pipeline through `study run` with the device data path: the same code as a trial, timed).
 # Default: all four, ~9 minutes on an H100 (the JPEG banks, built once into OUT_DIR/cache, take
 # the first ~1-2 of them).
-# Each run writes OUT_DIR/<run>.json and .txt; the summary at the end compares the best run with
-# the targets. DEVICE=cpu QUICK=1 runs the same commands at toy scale (a check of the
-# script, not figures); DRY_RUN=1 only prints the commands.
+# Each run writes OUT_DIR/<run>.json and .txt; the summary at the end (OUT_DIR/summary.txt) lists
+# every run's figures and the best of each, measured values only: the targets, and how to hold
+# a run against them, are in docs/benchmarks.md. DEVICE=cpu QUICK=1 runs the same commands at
+# toy scale (a check of the script, not figures); DRY_RUN=1 only prints the commands.
 set -uo pipefail
 
 OUT=${1:-results/bench/$(date +%Y%m%d-%H%M%S)}

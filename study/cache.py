@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from study import faults
+from study import atomic, faults
 
 # Bump when a stage's semantics change, so old entries stop matching instead of being reused.
-CODE_VERSION = "1"
+CODE_VERSION = "2"
 META = "meta.json"
 
 
@@ -80,10 +80,7 @@ class StageCache:
         except (OSError, ValueError, KeyError):
             ok = False
         if not ok:
-            # Moved aside, not deleted: the evidence stays for a post-mortem.
-            aside = path.with_name(f"{key}.corrupt-{int(time.time() * 1000)}")
-            with contextlib.suppress(OSError):
-                path.rename(aside)
+            atomic.move_aside(path)   # not deleted: the evidence stays for a post-mortem
             self.corrupt.append(f"{stage}/{key}")
             return None
         return files
@@ -116,9 +113,7 @@ class StageCache:
             return dest
         except OSError as e:
             shutil.rmtree(tmp, ignore_errors=True)   # no half entry, and a full disk gets it back
-            from study.storage import disk_full
-
-            raise disk_full(e, self.entry(stage, key)) from None
+            raise atomic.disk_full(e, self.entry(stage, key)) from None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from study.errors import DataError
+
 __all__ = [
     "DATASETS",
     "DataNotFoundError",
@@ -41,7 +43,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 TINYIMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 
 
-class DataNotFoundError(Exception):
+class DataNotFoundError(DataError):
     """A dataset's files are not where they were looked for; the message says how to get them."""
 
 

@@ -8,7 +8,7 @@ points: cache_write (a stage cache entry, in its temp dir), epoch_write (an epoc
 its temp file), parquet_write (a trial's Parquet file, in its temp file). The first process to
 reach an armed point claims its token by deleting it (exactly one process wins an unlink), writes
 <token>.hit naming itself and the file, cuts the file to half its bytes and SIGKILLs itself.
-Only workers crash (python -m study.objective, a submitit job): the launcher writes Parquet files
+Only workers crash (python -m study.worker, a submitit job): the launcher writes Parquet files
 too (when it fails a trial), and killing the launcher is a fault of its own, injected from outside.
 Unset, a write pays one environment lookup.
 """
@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-WORKER_MAINS = ("study.objective", "submitit.core._submit")
+WORKER_MAINS = ("study.worker", "submitit.core._submit")
 
 
 def crash_midway(point: str, path: Path) -> None:

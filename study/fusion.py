@@ -23,6 +23,8 @@ __all__ = [
     "BN_BUFFER_SUFFIXES",
     "BN_MODES",
     "FUSION_METHODS",
+    "METHOD_ARGS",
+    "NEEDS_BASE",
     "dare",
     "fuse",
     "get",
@@ -35,6 +37,8 @@ __all__ = [
 ]
 
 StateDict = dict[str, Tensor]
+# torch's public batch-norm layers (their common base class is private)
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 BN_BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 BN_MODES = ("copy_first", "average", "recompute")
 _SIMPLEX_TOL = 1e-6
@@ -174,6 +178,17 @@ FUSION_METHODS: dict[str, Callable[..., StateDict]] = {
     "ties": ties,
     "dare": dare,
 }
+# The keyword arguments of `fuse` each method reads; it ignores the others, so they are not
+# part of the fused model's cache key (uniform with any lambdas is the same model).
+METHOD_ARGS: dict[str, tuple[str, ...]] = {
+    "uniform": (),
+    "weighted": ("weights",),
+    "task_arithmetic": ("lambdas",),
+    "ties": ("density", "lambdas"),
+    "dare": ("drop_rate", "lambdas", "seed"),
+}
+# Methods that fuse task vectors (expert - base): they need the base network too.
+NEEDS_BASE = ("task_arithmetic", "ties", "dare")
 
 
 def get(name: str) -> Callable[..., StateDict]:
@@ -253,7 +268,7 @@ def recompute_bn_statistics(
     Afterwards the model is in eval mode and each BN layer has its original momentum.
     A batch may be a tensor or a tuple/list whose first element is the input tensor.
     """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    bns = [m for m in model.modules() if isinstance(m, BATCH_NORMS)]
     momenta = [m.momentum for m in bns]
     model.eval()  # only BN should change behaviour; dropout and friends stay in eval
     for m in bns:

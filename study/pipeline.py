@@ -1,18 +1,18 @@
-"""Stages and methods of the paper's tables: the only module that reads the pipeline config tree.
+"""Runs the stage registry (study/stages.py) for one pipeline config: the only module that reads
+the pipeline config tree besides the registry's declarations.
 
-Stages: base (clean) -> one expert per degradation (ILIAC: frozen base teacher on clean images,
-student on degraded, CE + feature cosine) -> fuse (a fusion method over the experts' weights) ->
-distill (FusionDistill: student from the fused model, every expert teaches its own degradation).
-Methods on top: oracle, ensemble, scratch, vanilla_ft, modelsoups, fusing, fusiondistill.
-Every trained stage goes through the content-keyed StageCache, so a study that varies only fusion
-and distillation trains the base and the experts once.
+`Pipeline.network(name)` returns a stage's network from memory, from the content-keyed cache, or
+builds it (parents first) with the stage's declared build function; `key(name)` hashes exactly
+the declared key fields plus the parents' keys. `run()` trains what the configured methods need
+and evaluates them (level-wise, on validation and test). So a study that varies only fusion and
+distillation trains the base and the experts once.
 """
 
 from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -21,17 +21,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from study import augment, data, device_degrade, evaluation, fusion, losses, models, train
-from study.augment import CLEAN, Batch, DeviceTrainStream, TrainStream
+from study import augment, data, device_degrade, evaluation, fusion, losses, models, stages, train
+from study.augment import CLEAN, DeviceTrainStream, TrainStream
 from study.cache import StageCache, content_key
 from study.config import PipelineConfig, TrainSpec
+from study.errors import ConfigError
 
-# Which trained networks each method needs; "expert" means all experts of `degradations`.
-NEEDS = {
-    "oracle": ["expert"], "ensemble": ["expert"], "scratch": ["scratch"],
-    "vanilla_ft": ["vanilla_ft"], "modelsoups": ["modelsoups"], "fusing": ["fusing"],
-    "fusiondistill": ["fusiondistill"],
-}
 EpochHook = Callable[[int, "float | None"], None]
 
 
@@ -56,7 +51,8 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' asked for but torch sees no GPU")
+        raise ConfigError("key 'pipeline.device': 'cuda' asked for, but torch sees no GPU on "
+                          "this machine; allowed here: auto, cpu")
     return torch.device(name)
 
 
@@ -102,153 +98,89 @@ class Pipeline:
     def test(self) -> data.Split:
         return self.dataset.test
 
-    def cached(self, stage: str) -> bool:
-        return (self.cache.entry(self._cache_stage(stage), self.key(stage)) / "meta.json").exists()
+    def cached(self, name: str) -> bool:
+        return (self.cache.entry(self._folder(name), self.key(name)) / "meta.json").exists()
 
     # ------------------------------------------------------------ keys
-    def _salt(self, names: list[str]) -> dict[str, int]:
-        return {"salt_value": self.cfg.salt_value} if "saltpepper" in names else {}
-
     @property
     def device_path(self) -> bool:
         """Training batches from DeviceTrainStream (see ComputeConfig.data_path)."""
         path = self.cfg.compute.data_path
         return path == "device" or (path == "auto" and self.device.type == "cuda")
 
-    def _data_path_slice(self, names: list[str]) -> dict[str, Any]:
-        # The device path draws from torch generators (CPU and CUDA ones are different streams),
-        # so its weights differ from the reference path's: another cache entry. The reference
-        # path adds nothing, so its keys are those of every earlier release.
-        if not self.device_path:
-            return {}
-        out: dict[str, Any] = {"data_path": "device", "device_type": self.device.type}
-        if "jpeg" in names:
-            out["jpeg_bank_step"] = self.cfg.compute.jpeg_bank_step
-        return out
+    @functools.cached_property
+    def key_env(self) -> stages.KeyEnv:
+        return stages.KeyEnv(self.device_path, self.device.type)
 
-    def _stage_slice(self, spec: TrainSpec, names: list[str]) -> dict[str, Any]:
-        return {"spec": spec.model_dump(), "degradations": names, "seed": self.cfg.seed,
-                "selection": self.cfg.selection, **self._salt(names),
-                **self._data_path_slice(names)}
+    def key_fields(self, name: str) -> dict[str, Any]:
+        """The config fields (dotted path -> value) the stage's key covers under this config."""
+        stage, degradation = stages.parse_instance(name)
+        return stage.key_fields(self.cfg, degradation, self.key_env)
 
-    def data_slice(self) -> dict[str, Any]:
-        return self.cfg.data.model_dump() | {"model": self.cfg.model}
+    def parents(self, name: str) -> list[str]:
+        stage, degradation = stages.parse_instance(name)
+        return stage.parents(self.cfg, degradation)
 
-    def key(self, stage: str) -> str:
-        """Content key: the config slice this stage reads plus its parents' keys."""
-        return content_key(self._cache_stage(stage), self._slice(stage),
-                           [self.key(p) for p in self._parents(stage)])
+    def key(self, name: str) -> str:
+        """Content key: the declared key fields plus the parents' keys."""
+        return content_key(self._folder(name), self.key_fields(name),
+                           [self.key(p) for p in self.parents(name)])
 
     @staticmethod
-    def _cache_stage(stage: str) -> str:
-        return "expert" if stage.startswith("expert_") else {"modelsoups": "fuse"}.get(stage, stage)
-
-    def _slice(self, stage: str) -> dict[str, Any]:
-        c = self.cfg
-        if stage == "base":
-            return self._stage_slice(c.base, [CLEAN]) | self.data_slice()
-        if stage.startswith("expert_"):
-            return self._stage_slice(c.expert, [stage.removeprefix("expert_")])
-        if stage == "modelsoups":
-            f = c.fusion.model_dump() | {"experts": c.fused_experts}
-            if f["bn"] == "recompute":   # re-estimated on degraded training batches
-                f |= {"degradations": c.degradations, "seed": c.seed, **self._salt(c.degradations),
-                      **self._data_path_slice(c.degradations)}
-            return f
-        if stage == "scratch":
-            return self._stage_slice(c.scratch, c.degradations) | self.data_slice()
-        specs = {"fusiondistill": c.distill, "vanilla_ft": c.vanilla_ft, "fusing": c.fusing}
-        if stage not in specs:
-            raise ValueError(f"unknown stage '{stage}'")
-        return self._stage_slice(specs[stage], c.degradations)
+    def _folder(name: str) -> str:
+        return stages.parse_instance(name)[0].folder
 
     # ------------------------------------------------------------ networks
     def new_model(self) -> nn.Module:
         torch.manual_seed(self.cfg.seed)
         return models.build_model(self.cfg.model, self.dataset.num_classes).to(self.device)
 
-    def network(self, stage: str) -> nn.Module:
+    def copy_of(self, name: str) -> nn.Module:
+        net = self.new_model()
+        net.load_state_dict(self.network(name).state_dict())
+        return net
+
+    def network(self, name: str) -> nn.Module:
         """The trained network of a stage: from memory, from the cache, or built now."""
-        if stage in self._nets:
-            return self._nets[stage]
-        key = self.key(stage)
-        cache_stage = self._cache_stage(stage)
+        if name in self._nets:
+            return self._nets[name]
+        stage, degradation = stages.parse_instance(name)
+        key, folder = self.key(name), stage.folder
         t0 = time.perf_counter()
-        with self.cache.lock(cache_stage, key):
-            state = self.cache.load_state(cache_stage, key)
+        with self.cache.lock(folder, key):
+            state = self.cache.load_state(folder, key)
             hit = state is not None
             if hit:
-                build_s = float(self.cache.meta(cache_stage, key).get("build_s", 0.0))
-                self.log(f"  {stage:<17} cache hit {key} (saves {build_s:.1f}s)")
+                build_s = float(self.cache.meta(folder, key).get("build_s", 0.0))
+                self.log(f"  {name:<17} cache hit {key} (saves {build_s:.1f}s)")
             else:
-                for parent in self._parents(stage):   # built first, so build_s is this stage's own
+                for parent in self.parents(name):   # built first, so build_s is this stage's own
                     self.network(parent)
                 t0 = time.perf_counter()
-                state, meta = self._build(stage, key)
+                state, meta = stage.build(self, name, degradation)
                 build_s = time.perf_counter() - t0
-                self.cache.save_state(cache_stage, key, state,
-                                      meta | {"build_s": build_s, "stage_name": stage})
-                (self.cache.root / ".work" / f"{stage}-{key}.pt").unlink(missing_ok=True)
+                self.cache.save_state(folder, key, state,
+                                      meta | {"build_s": build_s, "stage_name": name,
+                                              "key_fields": self.key_fields(name)})
+                self._checkpoint(name, key).unlink(missing_ok=True)
                 best = meta.get("best_val")
-                self.log(f"  {stage:<17} built     {key} in {build_s:.1f}s"
+                self.log(f"  {name:<17} built     {key} in {build_s:.1f}s"
                          + (f", val {best:.3f}" if best is not None else ""))
         net = self.new_model()
         net.load_state_dict(state)
         net.eval()
-        self._nets[stage] = net
-        self.stages.append(StageRecord(stage, key, hit, time.perf_counter() - t0, build_s))
+        self._nets[name] = net
+        self.stages.append(StageRecord(name, key, hit, time.perf_counter() - t0, build_s))
         return net
 
-    def _parents(self, stage: str) -> list[str]:
-        c = self.cfg
-        if stage.startswith("expert_") or stage == "vanilla_ft":
-            return ["base"]
-        if stage == "modelsoups":
-            needs_base = c.fusion.method in ("task_arithmetic", "ties", "dare")
-            return [f"expert_{d}" for d in c.fused_experts] + (["base"] if needs_base else [])
-        if stage == "fusing":
-            return ["modelsoups"]
-        if stage == "fusiondistill":
-            return ["modelsoups"] + [f"expert_{d}" for d in c.degradations]
-        return []
+    def _checkpoint(self, name: str, key: str) -> Path:
+        return self.cache.root / ".work" / f"{name}-{key}.pt"
 
-    def _build(self, stage: str, key: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        c = self.cfg
-        if stage == "base":
-            return self._fit(stage, key, c.base, self.new_model(), [CLEAN], self._ce_clean,
-                             self._val_clean)
-        if stage.startswith("expert_"):
-            d = stage.removeprefix("expert_")
-            base = self.network("base")
-            student = self.new_model()
-            student.load_state_dict(base.state_dict())
-            loss = self._expert_loss(base, c.expert.ce_weight, c.expert.feature_weight,
-                                     c.expert.feature_layers)
-            return self._fit(stage, key, c.expert, student, [d], loss, self._val_degraded([d]))
-        if stage == "modelsoups":
-            return self._fuse(), {}
-        if stage == "fusiondistill":
-            student = self._init_from("modelsoups")
-            teachers = {d: self.network(f"expert_{d}") for d in c.degradations}
-            return self._fit(stage, key, c.distill, student, c.degradations,
-                             self._distill_loss(teachers), self._val_degraded(c.degradations),
-                             same_images=c.distill.same_images_per_degradation)
-        init = {"scratch": None, "vanilla_ft": "base", "fusing": "modelsoups"}[stage]
-        student = self.new_model() if init is None else self._init_from(init)
-        spec = getattr(c, stage)
-        return self._fit(stage, key, spec, student, c.degradations, self._ce_degraded,
-                         self._val_degraded(c.degradations))
-
-    def _init_from(self, stage: str) -> nn.Module:
-        net = self.new_model()
-        net.load_state_dict(self.network(stage).state_dict())
-        return net
-
-    def _fuse(self) -> dict[str, torch.Tensor]:
+    def fuse(self) -> dict[str, torch.Tensor]:
         c, f = self.cfg, self.cfg.fusion
         names = c.fused_experts
-        states = [self.network(f"expert_{d}").state_dict() for d in names]
-        needs_base = f.method in ("task_arithmetic", "ties", "dare")
+        states = [self.network(stages.instance("expert", d)).state_dict() for d in names]
+        needs_base = f.method in fusion.NEEDS_BASE
         lambdas = [f.lambdas[d] for d in names] if isinstance(f.lambdas, dict) else f.lambdas
         fused = fusion.fuse(
             states, f.method, base=self.network("base").state_dict() if needs_base else None,
@@ -287,18 +219,17 @@ class Pipeline:
                                  jpeg_bank=self._jpeg_bank if "jpeg" in names else None,
                                  channels_last=self.cfg.compute.channels_last)
 
-    def _fit(self, stage: str, key: str, spec: TrainSpec, model: nn.Module, names: list[str],
-             loss_fn: Callable[[nn.Module, Batch], torch.Tensor],
-             validate: Callable[[nn.Module], float], same_images: bool = True
-             ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        stream = self._stream(spec, names, same_images)
+    def fit(self, name: str, spec: TrainSpec, model: nn.Module, degradations: list[str],
+            objective: losses.Objective, *, same_images: bool = True) -> stages.Built:
+        """Train `model` with `spec` on batches of `degradations`, validating on the same
+        degradations, with epoch checkpoints (a killed stage resumes)."""
+        stream = self._stream(spec, degradations, same_images)
         opt = train.make_optimizer(model.parameters(), spec.optimizer, spec.lr, spec.momentum,
                                    spec.weight_decay)
         sched = train.make_scheduler(opt, spec.schedule, spec.epochs, spec.milestones,
                                      spec.gamma, spec.t_max)
-        work = self.cache.root / ".work"
-        work.mkdir(parents=True, exist_ok=True)
-        hook = self.on_epoch if stage == self.final_stage else None
+        (self.cache.root / ".work").mkdir(parents=True, exist_ok=True)
+        hook = self.on_epoch if name == self.final_stage else None
         if self.cfg.compute.channels_last:
             model = model.to(memory_format=torch.channels_last)
         mode = self.cfg.compute.compile
@@ -306,60 +237,15 @@ class Pipeline:
         forward = None if mode == "none" else cast(nn.Module, torch.compile(
             model, mode=None if mode == "default" else mode))   # an OptimizedModule
         result = train.fit(model, epochs=spec.epochs, optimizer=opt, scheduler=sched,
-                           batches=stream.epoch, loss_fn=loss_fn, validate=validate,
-                           select=self.cfg.selection, checkpoint=work / f"{stage}-{key}.pt",
+                           batches=stream.epoch, loss_fn=objective,
+                           validate=lambda m: self._val_accuracy(m, degradations),
+                           select=self.cfg.selection,
+                           checkpoint=self._checkpoint(name, self.key(name)),
                            on_epoch=hook, forward=forward)
         if result.resumed_from:
-            self.log(f"  {stage:<17} resumed   from epoch {result.resumed_from}")
-        self.histories[stage] = result.history
+            self.log(f"  {name:<17} resumed   from epoch {result.resumed_from}")
+        self.histories[name] = result.history
         return result.state, {"best_val": result.best_val, "history": result.history}
-
-    @staticmethod
-    def _ce_clean(model: nn.Module, b: Batch) -> torch.Tensor:
-        return losses.cross_entropy(model(b.clean)[0], b.labels)
-
-    @staticmethod
-    def _ce_degraded(model: nn.Module, b: Batch) -> torch.Tensor:
-        return losses.cross_entropy(model(b.degraded)[0], b.labels)
-
-    @staticmethod
-    def _expert_loss(teacher: nn.Module, ce_w: float, feat_w: float,
-                     layers: Mapping[str, float]) -> Callable[[nn.Module, Batch], torch.Tensor]:
-        teacher.eval()
-
-        def loss(model: nn.Module, b: Batch) -> torch.Tensor:
-            logits, feats = model(b.degraded)
-            with torch.no_grad():
-                _, t_feats = teacher(b.clean)
-            return (ce_w * losses.cross_entropy(logits, b.labels)
-                    + feat_w * losses.cosine_feature_loss(feats, t_feats, dict(layers)))
-        return loss
-
-    def _distill_loss(self, teachers: Mapping[str, nn.Module]
-                      ) -> Callable[[nn.Module, Batch], torch.Tensor]:
-        s = self.cfg.distill
-        for t in teachers.values():
-            t.eval()
-
-        def loss(model: nn.Module, b: Batch) -> torch.Tensor:
-            logits, feats = model(b.degraded)
-            t_input = b.clean if s.teacher_input == "clean" else b.degraded
-            total = logits.new_zeros(())
-            t_logits = []
-            for d, rows in b.chunks:
-                with torch.no_grad():
-                    tl, tf = teachers[d](t_input[rows])
-                t_logits.append(tl)
-                if s.loss in ("feature", "both"):
-                    total = total + s.feature_weight * losses.cosine_feature_loss(
-                        {k: v[rows] for k, v in feats.items()}, tf, dict(s.feature_layers))
-            if s.loss in ("feature", "both"):
-                total = total + s.ce_weight * losses.cross_entropy(logits, b.labels)
-            if s.loss in ("logit", "both"):
-                total = total + s.kd_weight * losses.logit_distillation(
-                    logits, torch.cat(t_logits), b.labels, s.temperature, s.alpha)
-            return total
-        return loss
 
     # ------------------------------------------------------------ validation during training
     def _val_view(self, name: str) -> torch.Tensor:
@@ -370,12 +256,6 @@ class Pipeline:
                                                       self.dataset.std, self.device)
         return self._val_views[name]
 
-    def _val_clean(self, model: nn.Module) -> float:
-        return self._val_accuracy(model, [CLEAN])
-
-    def _val_degraded(self, names: list[str]) -> Callable[[nn.Module], float]:
-        return lambda model: self._val_accuracy(model, names)
-
     def _val_accuracy(self, model: nn.Module, names: list[str]) -> float:
         if len(self.val) == 0:
             return float("nan")
@@ -385,17 +265,15 @@ class Pipeline:
 
     # ------------------------------------------------------------ evaluation
     def _method_networks(self, method: str) -> list[str]:
-        out: list[str] = []
-        for need in NEEDS[method]:
-            out += [f"expert_{d}" for d in self.cfg.degradations] if need == "expert" else [need]
-        return out
+        return stages.METHODS[method].networks(self.cfg)
 
     def _combiner(self, method: str) -> evaluation.Combiner:
-        experts = [f"expert_{d}" for d in self.cfg.degradations]
-        if method == "oracle":
-            return lambda lg, d: lg[f"expert_{d}"].argmax(1) if f"expert_{d}" in lg else None
-        if method == "ensemble":
-            return lambda lg, d: evaluation.vote([lg[e] for e in experts])
+        combine = stages.METHODS[method].combine
+        experts = {d: stages.instance("expert", d) for d in self.cfg.degradations}
+        if combine == "oracle":
+            return lambda lg, d: lg[experts[d]].argmax(1) if d in experts else None
+        if combine == "ensemble":
+            return lambda lg, d: evaluation.vote([lg[e] for e in experts.values()])
         return lambda lg, d: lg[method].argmax(1)
 
     def _copy_fn(self, split: str, images: np.ndarray) -> Callable[[str, int], np.ndarray]:

@@ -30,12 +30,28 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import optuna
+import optuna_dashboard
 import pandas as pd
+import plotly.graph_objects as go
+import plotly.io as pio
+import plotly.offline
+from plotly.colors import sample_colorscale
+from plotly.subplots import make_subplots
 from scipy import stats
 
-from study import evaluation
+from study import atomic, evaluation, results, storage, studyfile
 from study.config import DEGRADATION_NAMES, METHOD_NAMES
-from study.space import Param
+from study.space import (
+    KINDS,
+    CategoricalParam,
+    FixedParam,
+    FloatParam,
+    IntParam,
+    Param,
+    SimplexParam,
+    SubsetParam,
+)
 
 __all__ = [
     "PUSHED", "Analysis", "Rendered", "SeedTable", "analyse", "best_trial", "budget",
@@ -116,7 +132,7 @@ def paper_setting(params: Sequence[Param], config: Mapping[str, Any],
     """Each searched parameter's value in the study file's own pipeline (nothing searched)."""
     out: dict[str, Any] = {}
     for p in params:
-        if p.kind == "fixed":
+        if not p.searched:
             continue
         node: Any = config
         for k in p.path:
@@ -139,14 +155,14 @@ def paper_trial(pt: pd.DataFrame, params: Sequence[Param], paper: Mapping[str, A
             v, want = row.get(f"param_{p.name}"), paper.get(p.name)
             if p.name not in paper or _missing(v):
                 continue                     # inactive in this trial (its `when` is false)
-            if p.kind in ("categorical", "int"):
+            if isinstance(p, (CategoricalParam, IntParam)):
                 ok = ok and _same(v, want)
-            elif p.kind == "subset":
+            elif isinstance(p, SubsetParam):
                 ok = ok and want is not None and set(v) == set(want)
-            elif p.kind == "float" and want is not None:
+            elif isinstance(p, FloatParam) and want is not None:
                 f = math.log if p.spec["log"] else float
                 dist += abs(f(v) - f(want)) / (f(p.spec["high"]) - f(p.spec["low"]))
-            elif p.kind == "simplex" and isinstance(want, Mapping):
+            elif isinstance(p, SimplexParam) and isinstance(want, Mapping):
                 dist += sum(abs(v.get(k, 0.0) - want.get(k, 0.0)) for k in {*v, *want}) / 2
         if ok and (best is None or dist < best[0]):
             best = (dist, int(row.trial))
@@ -157,7 +173,7 @@ def paper_trial(pt: pd.DataFrame, params: Sequence[Param], paper: Mapping[str, A
     trial = best[1]
     row = pt[pt.trial == trial].iloc[0]
     off = [f"{p.name} {_fmt(row[f'param_{p.name}'])} (paper {_fmt(paper[p.name])})"
-           for p in params if p.kind in ("float", "simplex") and p.name in paper
+           for p in params if isinstance(p, (FloatParam, SimplexParam)) and p.name in paper
            and not _missing(row.get(f"param_{p.name}")) and paper[p.name] is not None
            and not _same(row[f"param_{p.name}"], paper[p.name])]
     note = f"Trial {trial} runs the paper setting"
@@ -291,13 +307,13 @@ def slices(pt: pd.DataFrame, params: Sequence[Param]) -> pd.DataFrame:
     rows = []
     for p in params:
         col = f"param_{p.name}"
-        if p.kind in ("fixed", "simplex") or col not in done:
+        if isinstance(p, (FixedParam, SimplexParam)) or col not in done:
             continue
         for _, r in done.iterrows():
             v = r[col]
             if not _missing(v):
                 rows.append({"param": p.name, "kind": p.kind, "trial": int(r.trial),
-                             "x": "+".join(v) if p.kind == "subset" else v,
+                             "x": "+".join(v) if isinstance(p, SubsetParam) else v,
                              "value": float(r.value_0)})
     return pd.DataFrame(rows, columns=["param", "kind", "trial", "x", "value"])
 
@@ -336,8 +352,6 @@ def importances(study: Any) -> tuple[pd.Series | None, str]:
     """PED-ANOVA importances of the first objective (Optuna's evaluator that needs no
     scikit-learn; fANOVA and mean-decrease-impurity do). It asks which parameters set the top
     10% of trials apart, so with a handful of trials it is a hint, not a measurement."""
-    import optuna
-
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if len(done) < 2:
         return None, f"Parameter importance needs at least 2 completed trials ({len(done)} now)."
@@ -357,7 +371,7 @@ def importances(study: Any) -> tuple[pd.Series | None, str]:
 def budget(df: pd.DataFrame) -> tuple[dict[str, Any], pd.DataFrame]:
     """Trials by state, compute time spent (sum of trial wall times) and saved by the stage
     cache (sum of a stage's recorded build time over trials that got it as a hit), per device.
-    Stage information is the first replicate's (objective.py records it so)."""
+    Stage information is the first replicate's (the worker records it so)."""
     first = df.drop_duplicates("trial")
     counts = {k: int(v) for k, v in first.state.value_counts().items()}
     stages = []
@@ -412,8 +426,6 @@ def analyse(df: pd.DataFrame, study: Any, params: Sequence[Param], paper: Mappin
             *, objectives: Sequence[Mapping[str, str]], methods: Sequence[str],
             study_name: str) -> Analysis:
     """All computations of the report. objectives: [{method, metric, direction}]."""
-    import optuna
-
     directions = [o["direction"] for o in objectives]
     method = objectives[0]["method"]
     pt = per_trial(df)
@@ -427,7 +439,7 @@ def analyse(df: pd.DataFrame, study: Any, params: Sequence[Param], paper: Mappin
             tables[label] = seed_table(test[test.trial == t], methods)
     curves = level_curves(test[test.trial == best]) if best is not None else None
     subsets = {p.name: subset_ablation(df, pt, p.name, method, directions[0])
-               for p in params if p.kind == "subset"}
+               for p in params if isinstance(p, SubsetParam)}
     imp, imp_note = importances(study)
     info, stages = budget(df) if len(df) else ({"states": {}, "trials": 0, "spent_s": 0.0,
                                                 "saved_s": 0.0, "spent_s_by_device": {}},
@@ -452,8 +464,6 @@ def analyse(df: pd.DataFrame, study: Any, params: Sequence[Param], paper: Mappin
 
 # ---------------------------------------------------------------- draw
 def _go() -> Any:
-    import plotly.graph_objects as go
-
     return go
 
 
@@ -465,8 +475,6 @@ def _layout(fig: Any, title: str, height: int = 420) -> Any:
 
 
 def fig_levels(curves: pd.DataFrame, title: str) -> Any:
-    from plotly.subplots import make_subplots
-
     degs = [d for d in DEGRADATION_NAMES if d in set(curves.degradation)]
     fig = make_subplots(rows=1, cols=len(degs), shared_yaxes=True,
                         subplot_titles=[evaluation.TABLE_COLUMNS[d] for d in degs])
@@ -502,8 +510,6 @@ def fig_importance(imp: pd.Series) -> Any:
 
 
 def fig_slices(sl: pd.DataFrame, value_label: str) -> Any:
-    from plotly.subplots import make_subplots
-
     names = list(dict.fromkeys(sl.param))
     ncol = min(3, len(names))
     nrow = math.ceil(len(names) / ncol)
@@ -512,12 +518,14 @@ def fig_slices(sl: pd.DataFrame, value_label: str) -> Any:
     for i, name in enumerate(names):
         part = sl[sl.param == name]
         r, c = i // ncol + 1, i % ncol + 1
+        param_class = KINDS[part.kind.iloc[0]]   # the slices table holds the kind's name
         fig.add_trace(_go().Scatter(
-            x=part.x.astype(str) if part.kind.iloc[0] in ("categorical", "subset") else part.x,
+            x=part.x.astype(str) if issubclass(param_class, (CategoricalParam, SubsetParam))
+            else part.x,
             y=part.value, mode="markers", text=[f"trial {t}" for t in part.trial],
             marker={"color": part.trial, "colorscale": "Blues", "size": 9,
                     "line": {"width": 1, "color": "#333"}}, showlegend=False), row=r, col=c)
-        if part.kind.iloc[0] == "float" and (part.x.astype(float) > 0).all() and \
+        if issubclass(param_class, FloatParam) and (part.x.astype(float) > 0).all() and \
                 part.x.astype(float).max() / part.x.astype(float).min() > 20:
             fig.update_xaxes(type="log", row=r, col=c)
     fig.update_yaxes(title_text=value_label, col=1)
@@ -550,8 +558,6 @@ def fig_weights(w: pd.DataFrame, value_label: str) -> Any:
         return _layout(fig, "Fusion coefficients on the simplex (colour: objective)", 520)
     # Parallel coordinates drawn as SVG lines: plotly's parcoords needs WebGL, which headless
     # browsers and some remote desktops lack.
-    from plotly.colors import sample_colorscale
-
     lo, hi = float(w.value.min()), float(w.value.max())
     fig = go.Figure()
     for _, r in w.iterrows():
@@ -772,8 +778,6 @@ def render(a: Analysis, where: str = "report.html") -> Rendered:
                                    na_rep="-"))
         figure("paired", fig_paired(a.paired, a.method))
 
-    import plotly.offline
-
     page = (
         "<!DOCTYPE html><html><head><meta charset='utf-8'>"
         f"<title>study report: {esc(a.study_name)}</title><style>{_CSS}</style>"
@@ -818,8 +822,6 @@ def _note(a: Analysis, where: str) -> str:
 def push_to_dashboard(study: Any, rendered: Rendered) -> list[str]:
     """The figures optuna-dashboard does not draw itself, and the summary note, into the
     study's system attributes (where the dashboard's study page reads them)."""
-    import optuna_dashboard
-
     ids = []
     for name, fig in rendered.figures.items():
         if name.split("-")[0] in PUSHED:
@@ -844,8 +846,6 @@ def export_png(figures: Mapping[str, Any], out_dir: Path, log: Callable[[str], N
         log("--png: no chromium found (apt-get install chromium); no PNG files written")
         return 0
     os.environ.setdefault("BROWSER_PATH", browser)   # where kaleido >= 1 looks for a browser
-    import plotly.io as pio
-
     out_dir.mkdir(parents=True, exist_ok=True)
     # One browser for all figures: write_image per figure starts one each (~6 s apiece here).
     pio.write_images(list(figures.values()), [out_dir / f"{n}.png" for n in figures], width=1200)
@@ -858,12 +858,10 @@ def build_report(study_file: str, overrides: Sequence[str] = (),
                  log: Callable[[str], None] = print) -> Path:
     """Write results/<study>/report.html from the study's Parquet results and storage, push
     the main figures and a summary note to optuna-dashboard; returns the HTML path."""
-    from study import objective, results, storage
-
     t0 = time.perf_counter()
-    ld = objective.load(study_file, list(overrides))
+    ld = studyfile.load(study_file, list(overrides))
     sf = ld.sf
-    st = storage.open_existing(sf, results_dir)
+    st, _ = storage.open_existing(sf, results_dir)
     sdir = storage.study_dir(results_dir, sf.study.name)
     df = results.load(sdir)
     paper = paper_setting(ld.space.params, sf.model_dump(), sf.pipeline.fused_experts)
@@ -873,9 +871,7 @@ def build_report(study_file: str, overrides: Sequence[str] = (),
     out = sdir / "report.html"
     rendered = render(a, str(out))
     sdir.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    tmp.write_text(rendered.html, encoding="utf-8")
-    os.replace(tmp, out)     # a browser open on the old report never sees half a file
+    atomic.write_text(out, rendered.html)   # a browser open on the old report never sees half
     log(f"report: {out} ({len(rendered.figures)} figures, {out.stat().st_size / 1e6:.1f} MB)")
     if push:
         ids = push_to_dashboard(st, rendered)

@@ -10,7 +10,6 @@ failed) still gets one row carrying its state and error. Searched parameters app
 from __future__ import annotations
 
 import json
-import os
 import platform
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -18,10 +17,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import optuna
 import pandas as pd
+import torch
 
 import study
-from study import faults
+from study import atomic
+from study.stages import instance_names
 
 ROW_COLUMNS = ["model", "split", "degradation", "level", "level_step", "accuracy", "n_images"]
 
@@ -45,16 +47,12 @@ def git_commit() -> str:
 
 
 def provenance() -> dict[str, str]:
-    import optuna
-    import torch
-
     return {"git_commit": git_commit(), "host": platform.node(),
             "study_version": study.__version__, "optuna_version": optuna.__version__,
             "torch_version": torch.__version__, "python_version": platform.python_version()}
 
 
-STAGES = ["base", "expert_jpeg", "expert_blur", "expert_awgn", "expert_saltpepper", "scratch",
-          "vanilla_ft", "modelsoups", "fusing", "fusiondistill"]
+STAGES = instance_names()   # every network, so every file has the same key_ columns
 # Every file of a study carries the same columns with the same types, so that
 # pd.read_parquet(<dir>) (which takes the schema of one file) loads them all.
 EXTRA_COLUMNS = {"wall_s": "Float64", "error": "string", "fail_kind": "string",
@@ -69,13 +67,14 @@ def _cell(v: Any) -> Any:
 
 def trial_frame(*, study_name: str, trial: int, attempt: int, state: str,
                 seed_rows: Sequence[tuple[int, Sequence[Mapping[str, Any]]]],
-                params: Mapping[str, Any], param_kinds: Mapping[str, str],
+                params: Mapping[str, Any], param_dtypes: Mapping[str, str],
                 stages: Mapping[str, Mapping[str, Any]], values: Sequence[float | None],
                 extra: Mapping[str, Any]) -> pd.DataFrame:
     """Long table for one trial.
 
     seed_rows: (seed, evaluation rows) per replicate; stages: stage -> {key, hit, build_s};
-    param_kinds: every searched parameter -> float | int | other (JSON text); values: the
+    param_dtypes: every searched parameter -> its column's dtype (Float64, Int64, or string for
+    JSON text; see space.Param.column_dtype); values: the
     objective values (None where not reached).
     """
     rows: list[Mapping[str, Any]] = []
@@ -103,13 +102,11 @@ def trial_frame(*, study_name: str, trial: int, attempt: int, state: str,
         cols[f"key_{st}"] = ("string", [info.get("key")])
         cols[f"hit_{st}"] = ("boolean", [info.get("hit")])
         cols[f"build_s_{st}"] = ("Float64", [info.get("build_s")])
-    for name, kind in param_kinds.items():
+    for name, dtype in param_dtypes.items():
         v = params.get(name)
-        if kind in ("float", "int"):
-            cols[f"param_{name}"] = ("Float64" if kind == "float" else "Int64", [v])
-        else:
-            text = None if v is None else json.dumps(v, sort_keys=True)
-            cols[f"param_{name}"] = ("string", [text])
+        if dtype == "string" and v is not None:
+            v = json.dumps(v, sort_keys=True)
+        cols[f"param_{name}"] = (dtype, [v])
     n = len(rows)
     return pd.DataFrame({c: pd.array(v if len(v) == n else v * n, dtype=dtype)
                          for c, (dtype, v) in cols.items()})
@@ -117,37 +114,11 @@ def trial_frame(*, study_name: str, trial: int, attempt: int, state: str,
 
 def write_trial(study_dir: str | Path, number: int, df: pd.DataFrame, replace: bool = True
                 ) -> Path | None:
-    """temp file + fsync + rename: a reader sees the whole file or none. replace=False (a
-    worker): keep a file already there (the launcher failed the trial, or an earlier run of a
-    requeued job wrote it) and return None, so the file and the storage never disagree."""
-    dest = trial_path(study_dir, number)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
-    try:
-        df.to_parquet(tmp, index=False)
-        faults.crash_midway("parquet_write", tmp)   # fault suite only
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        if not replace:
-            try:
-                os.link(tmp, dest)   # atomic, and fails where dest exists
-            except FileExistsError:
-                return None
-            except OSError:          # a file system without hard links: look, then rename
-                if dest.exists():
-                    return None
-                os.replace(tmp, dest)
-            finally:
-                tmp.unlink(missing_ok=True)
-            return dest
-        os.replace(tmp, dest)
-    except OSError as e:
-        # A full disk: pyarrow leaves the cut temp file (and names no file); drop it, name dest.
-        from study.storage import disk_full
-
-        tmp.unlink(missing_ok=True)
-        raise disk_full(e, dest) from None
-    return dest
+    """Atomically (a reader sees the whole file or none). replace=False (a worker): keep a file
+    already there (the launcher failed the trial, or an earlier run of a requeued job wrote it)
+    and return None, so the file and the storage never disagree."""
+    return atomic.write_file(trial_path(study_dir, number), lambda f: df.to_parquet(f, index=False),
+                             replace=replace, fault_point="parquet_write")
 
 
 def has_trial(study_dir: str | Path, number: int) -> bool:

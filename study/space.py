@@ -2,9 +2,12 @@
 
 Keys are dotted config paths (`distill.lr`, `study.seed`); a path that does not start with a
 section of the study file is under `pipeline`, as `--set` overrides are. Each value is a mapping
-with a `type` (see TYPES) and an optional `when: {param: value | [values]}`, or a plain scalar or
-list, which means `fixed`. Two types are not native to Optuna and are presented to the sampler as
-plain distributions, so every sampler (TPE, CMA-ES, GP, brute force) works on them unchanged:
+with a `type` (see KINDS) and an optional `when: {param: value | [values]}`, or a plain scalar or
+list, which means `fixed`. Each type is a Param subclass that owns everything about it: reading
+its YAML options, sampling, checking a stored value, its Optuna distributions, its grid, its line
+in `describe`, the values checked against the config schema. Two types are not native to Optuna
+and are presented to the sampler as plain distributions, so every sampler (TPE, CMA-ES, GP,
+brute force) works on them unchanged:
 
 - subset: one categorical [False, True] flag per item, named `<name>.<item>`; a set outside
   [min_size, max_size] is repaired deterministically (too small: add unchosen items in `of`
@@ -22,6 +25,7 @@ and is absent from the sample, so conditional spaces stay conditional for Optuna
 from __future__ import annotations
 
 import copy
+import dataclasses
 import decimal
 import difflib
 import functools
@@ -30,9 +34,10 @@ import json
 import math
 import types
 import typing
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from optuna.distributions import (
     BaseDistribution,
@@ -42,21 +47,30 @@ from optuna.distributions import (
 )
 from pydantic import BaseModel, ValidationError
 
-from study.config import ConfigError, StudyFile, set_path
+from study.config import StudyFile, set_path
+from study.errors import ConfigError
 
-__all__ = ["TYPES", "Param", "SearchSpace", "parse_space"]
+__all__ = [
+    "GRID_LIMIT",
+    "KINDS",
+    "TYPES",
+    "CategoricalParam",
+    "FixedParam",
+    "FloatParam",
+    "IntParam",
+    "Param",
+    "SearchSpace",
+    "SimplexParam",
+    "SubsetParam",
+    "Suggester",
+    "parse_space",
+    "repair_subset",
+    "simplex_weights",
+]
 
-TYPES = ("float", "int", "categorical", "subset", "simplex", "fixed")
-# type -> (required keys, optional keys); `type` and `when` are allowed everywhere
-_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "float": (("low", "high"), ("log", "step")),
-    "int": (("low", "high"), ("log", "step")),
-    "categorical": (("choices",), ()),
-    "subset": (("of",), ("min_size", "max_size")),
-    "simplex": (("over",), ()),
-    "fixed": (("value",), ()),
-}
-_WHEN_KINDS = ("categorical", "int", "fixed")  # a float or a set is never compared for equality
+# A grid sampler enumerates every point, and grid() is computed at every launch whatever the
+# sampler: past this many points in the product of all raw parameters there is no grid.
+GRID_LIMIT = 100_000
 _SECTIONS = tuple(StudyFile.model_fields)
 # -log(u) is 0 at u = 1 and inf at u = 0; the floor keeps every chosen weight > 0 (about 1e-12
 # of an average draw of 1) and the sum finite, without visibly biasing the Dirichlet(1) law.
@@ -64,9 +78,12 @@ _EXP_FLOOR = 1e-12
 _U_FLOOR = 1e-300
 _SUM_TOL = 1e-6  # a hand-written simplex (0.3333...) is accepted; ours sum to 1 +- 1e-15
 _STEP_TOL = 1e-8  # Optuna's own tolerance for "on the step grid"
+_NO_VALUES: Mapping[str, Any] = types.MappingProxyType({})
 
 
-class _Suggester(Protocol):
+class Suggester(Protocol):
+    """What Param.draw needs of an Optuna trial (a Trial, a FixedTrial, or a stored replay)."""
+
     def suggest_float(
         self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
     ) -> float: ...
@@ -78,18 +95,575 @@ class _Suggester(Protocol):
     def suggest_categorical(self, name: str, choices: Any) -> Any: ...
 
 
+# ---------------------------------------------------------------- the parameter kinds
 @dataclass(frozen=True)
-class Param:
+class Param(ABC):
+    """One parameter of the space. A subclass per YAML `type:` (see KINDS).
+
+    `values` arguments are the values of the parameters drawn before this one (the space keeps
+    dependency order); only a parameter with `inputs` reads them.
+    """
+
     name: str  # dotted path as written, without a leading 'pipeline.'
     path: tuple[str, ...]  # full path in the study tree, 'pipeline' included
-    kind: str  # one of TYPES
     spec: dict[str, Any]  # normalised: every option present, numbers typed
     when: dict[str, list[Any]]  # param name -> accepted values (all must hold)
+
+    # The YAML `type:`. Also written into space fingerprints and Parquet, so never renamed.
+    kind: ClassVar[str]
+    required: ClassVar[tuple[str, ...]] = ()  # YAML options besides `type` and `when`
+    optional: ClassVar[tuple[str, ...]] = ()
+    searched: ClassVar[bool] = True  # False: a single value, never suggested to Optuna
+    # Whether another parameter's `when` may test this one: a `when` compares for equality,
+    # which a float (or a set of items) never reliably is.
+    when_testable: ClassVar[bool] = False
+    # pandas dtype of the parameter's results column; "string" columns hold the value as JSON.
+    column_dtype: ClassVar[str] = "string"
+
+    # ------------------------------------------------------------ reading the YAML
+    @classmethod
+    def from_spec(
+        cls,
+        where: str,
+        name: str,
+        path: tuple[str, ...],
+        spec: Mapping[str, Any],
+        leaf: Any,
+        errors: list[str],
+    ) -> Param | None:
+        """The parameter `spec` describes, or None after appending every problem to `errors`.
+        `where`: the key as the messages name it; `leaf`: the config schema's annotation at
+        `path`."""
+        n_before = len(errors)
+        allowed = ("type", "when", *cls.required, *cls.optional)
+        for k in spec:
+            if k not in allowed:
+                near = difflib.get_close_matches(str(k), allowed, n=1)
+                hint = f" (did you mean '{near[0]}'?)" if near else ""
+                errors.append(
+                    f"key '{where}.{k}': unknown option for type {cls.kind}{hint}; "
+                    f"allowed: {list(allowed)}"
+                )
+        missing = [k for k in cls.required if k not in spec]
+        if missing:
+            errors.append(f"key '{where}': type {cls.kind} needs {missing}")
+        if len(errors) > n_before:
+            return None
+        norm = cls.normalise(where, dict(spec), leaf, errors)
+        when = _parse_when(where, spec.get("when"), errors)
+        if len(errors) > n_before or norm is None or when is None:
+            return None
+        return cls(name, path, norm, when)
+
+    @classmethod
+    @abstractmethod
+    def normalise(
+        cls, where: str, spec: dict[str, Any], leaf: Any, errors: list[str]
+    ) -> dict[str, Any] | None:
+        """The options with defaults filled in and numbers typed (the stored `spec`), or None
+        after appending to `errors`. Every required option is present."""
+
+    def resolve(self, params: Mapping[str, Param]) -> Param:
+        """This parameter once every parameter of the space is parsed (see SimplexParam)."""
+        return self
+
+    # ------------------------------------------------------------ structure
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """Other parameters whose value this one's is computed from: it is drawn after them,
+        and is inactive while one of them is."""
+        return ()
+
+    def raw_names(self) -> list[str]:
+        """The names Optuna suggests for this parameter."""
+        return [self.name]
+
+    @abstractmethod
+    def distributions(self) -> dict[str, BaseDistribution]:
+        """Each raw name -> its Optuna distribution."""
+
+    # ------------------------------------------------------------ values
+    @abstractmethod
+    def draw(self, trial: Suggester, values: Mapping[str, Any] = _NO_VALUES) -> Any:
+        """Suggest the raw parameters on `trial`; returns the canonical value."""
+
+    @abstractmethod
+    def check(self, value: Any, values: Mapping[str, Any] = _NO_VALUES) -> Any:
+        """A stored canonical value, validated (ValueError says why not); returns it
+        canonical."""
+
+    def can_take(self, value: Any) -> bool:
+        """Whether a `when` testing this parameter for `value` can ever be true."""
+        raise TypeError(f"a `when` cannot test a {self.kind} parameter")
+
+    def possible_values(self) -> Any:
+        """The values a `when` may test this parameter for, as shown in messages."""
+        raise TypeError(f"a `when` cannot test a {self.kind} parameter")
+
+    # ------------------------------------------------------------ views
+    @abstractmethod
+    def grid_size(self) -> int | None:
+        """How many combinations of raw values grid() has; None if some raw value is
+        continuous. Computed without building them."""
+
+    @abstractmethod
+    def grid(self) -> dict[str, list[Any]] | None:
+        """Each raw name -> every value it takes; None if continuous. Call after grid_size():
+        this builds the lists."""
+
+    @abstractmethod
+    def display(self) -> str:
+        """What the parameter searches, in one line (`describe`)."""
+
+    @abstractmethod
+    def schema_probes(self) -> list[tuple[str, Any]]:
+        """(option, value) pairs to validate at the parameter's config path: if each passes,
+        every value the parameter can take does."""
+
+
+@dataclass(frozen=True)
+class _RangeParam(Param):
+    """A number in [low, high], optionally on a log scale or a step grid."""
+
+    required: ClassVar[tuple[str, ...]] = ("low", "high")
+    optional: ClassVar[tuple[str, ...]] = ("log", "step")
+    integer: ClassVar[bool]
+
+    @classmethod
+    def normalise(
+        cls, where: str, spec: dict[str, Any], leaf: Any, errors: list[str]
+    ) -> dict[str, Any] | None:
+        integer = cls.integer
+        n_before = len(errors)
+        low = _norm_number(where, "low", spec["low"], integer, errors)
+        high = _norm_number(where, "high", spec["high"], integer, errors)
+        log = spec.get("log", False)
+        if not isinstance(log, bool):
+            errors.append(f"key '{where}.log': must be true or false, got {log!r}")
+        step = spec.get("step", 1 if integer else None)
+        if step is not None:
+            step = _norm_number(where, "step", step, integer, errors)
+            if step is not None and step <= 0:
+                errors.append(f"key '{where}.step': must be > 0, got {step}")
+        # an int range on a float setting is fine (1 is a valid 1.0); the reverse is not
+        if not integer and _is_int_setting(leaf):
+            errors.append(f"key '{where}.type': this config setting is an integer; use type: int")
+        if len(errors) > n_before:
+            return None
+        if low > high:
+            errors.append(f"key '{where}': low {low} > high {high}; need low <= high")
+        if log is True and step is not None and (not integer or step != 1):
+            errors.append(
+                f"key '{where}': log and step cannot be combined "
+                f"(Optuna samples log ranges continuously); drop one"
+            )
+        if log is True and (low <= 0 if not integer else low < 1):
+            need = "low > 0" if not integer else "low >= 1"
+            errors.append(f"key '{where}.low': a log range needs {need}, got {low}")
+        if len(errors) > n_before:
+            return None
+        if step is not None:
+            high = _adjust_high(low, high, step, integer)  # as Optuna does, without its warning
+        return {"low": low, "high": high, "log": log, "step": step}
+
+    def display(self) -> str:
+        s = self.spec
+        what = f"{self.kind} [{s['low']}, {s['high']}]"
+        what += " log" if s["log"] else ""
+        what += f" step {s['step']}" if s["step"] not in (None, 1) else ""
+        return what
+
+    def schema_probes(self) -> list[tuple[str, Any]]:
+        return [("low", self.spec["low"]), ("high", self.spec["high"])]
+
+
+@dataclass(frozen=True)
+class FloatParam(_RangeParam):
+    """`{type: float, low, high, log: false, step: null}`; a step puts it on a grid."""
+
+    kind: ClassVar[str] = "float"
+    integer: ClassVar[bool] = False
+    column_dtype: ClassVar[str] = "Float64"
+
+    def distributions(self) -> dict[str, BaseDistribution]:
+        s = self.spec
+        return {self.name: FloatDistribution(s["low"], s["high"], log=s["log"], step=s["step"])}
+
+    def draw(self, trial: Suggester, values: Mapping[str, Any] = _NO_VALUES) -> float:
+        s = self.spec
+        v = trial.suggest_float(self.name, s["low"], s["high"], step=s["step"], log=s["log"])
+        return _snap(float(v), s)
+
+    def check(self, value: Any, values: Mapping[str, Any] = _NO_VALUES) -> float:
+        s = self.spec
+        x = _number(value)
+        if not s["low"] <= x <= s["high"] or (s["step"] and not _is_on_grid(x, s)):
+            raise ValueError(f"{value!r} is outside {_show_range(s)}")
+        return _snap(x, s)
+
+    def grid_size(self) -> int | None:
+        s = self.spec
+        if s["step"] is None:
+            return None
+        return int(round((s["high"] - s["low"]) / s["step"])) + 1
+
+    def grid(self) -> dict[str, list[Any]] | None:
+        n = self.grid_size()
+        if n is None:
+            return None
+        return {self.name: [_on_grid(self.spec["low"], self.spec["step"], k) for k in range(n)]}
+
+
+@dataclass(frozen=True)
+class IntParam(_RangeParam):
+    """`{type: int, low, high, log: false, step: 1}`."""
+
+    kind: ClassVar[str] = "int"
+    integer: ClassVar[bool] = True
+    when_testable: ClassVar[bool] = True
+    column_dtype: ClassVar[str] = "Int64"
+
+    def distributions(self) -> dict[str, BaseDistribution]:
+        s = self.spec
+        return {self.name: IntDistribution(s["low"], s["high"], log=s["log"], step=s["step"])}
+
+    def draw(self, trial: Suggester, values: Mapping[str, Any] = _NO_VALUES) -> int:
+        s = self.spec
+        return int(trial.suggest_int(self.name, s["low"], s["high"], step=s["step"], log=s["log"]))
+
+    def check(self, value: Any, values: Mapping[str, Any] = _NO_VALUES) -> int:
+        s = self.spec
+        x = _number(value)
+        if x != int(x) or not s["low"] <= x <= s["high"] or (x - s["low"]) % s["step"]:
+            raise ValueError(f"{value!r} is outside {_show_range(s)}")
+        return int(x)
+
+    def can_take(self, value: Any) -> bool:
+        # stricter than check(): `when: {epochs: 2.0}` is a typo, not a way to write 2
+        s = self.spec
+        return (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and s["low"] <= value <= s["high"]
+            and (value - s["low"]) % s["step"] == 0
+        )
+
+    def possible_values(self) -> Any:
+        return _show_range(self.spec)
+
+    def grid_size(self) -> int:
+        s = self.spec
+        return (s["high"] - s["low"]) // s["step"] + 1
+
+    def grid(self) -> dict[str, list[Any]]:
+        s = self.spec
+        return {self.name: list(range(s["low"], s["high"] + 1, s["step"]))}
+
+
+@dataclass(frozen=True)
+class CategoricalParam(Param):
+    """`{type: categorical, choices: [scalars]}`."""
+
+    kind: ClassVar[str] = "categorical"
+    required: ClassVar[tuple[str, ...]] = ("choices",)
+    when_testable: ClassVar[bool] = True
+
+    @classmethod
+    def normalise(
+        cls, where: str, spec: dict[str, Any], leaf: Any, errors: list[str]
+    ) -> dict[str, Any] | None:
+        choices = spec["choices"]
+        if not isinstance(choices, list) or not choices:
+            errors.append(f"key '{where}.choices': must be a non-empty list, got {choices!r}")
+            return None
+        bad = [c for c in choices if not _is_scalar(c)]
+        if bad:
+            errors.append(
+                f"key '{where}.choices': choices must be scalars (string, number, bool, "
+                f"null), got {bad}"
+            )
+            return None
+        if len({_key(c) for c in choices}) != len(choices):
+            errors.append(f"key '{where}.choices': repeated choices in {choices}")
+            return None
+        return {"choices": list(choices)}
+
+    def distributions(self) -> dict[str, BaseDistribution]:
+        return {self.name: CategoricalDistribution(self.spec["choices"])}
+
+    def draw(self, trial: Suggester, values: Mapping[str, Any] = _NO_VALUES) -> Any:
+        return trial.suggest_categorical(self.name, self.spec["choices"])
+
+    def check(self, value: Any, values: Mapping[str, Any] = _NO_VALUES) -> Any:
+        for c in self.spec["choices"]:
+            if _same(value, c):
+                return c
+        raise ValueError(f"{value!r} is not one of {self.spec['choices']}")
+
+    def can_take(self, value: Any) -> bool:
+        return _in(value, self.spec["choices"])
+
+    def possible_values(self) -> Any:
+        return self.spec["choices"]
+
+    def grid_size(self) -> int:
+        return len(self.spec["choices"])
+
+    def grid(self) -> dict[str, list[Any]]:
+        return {self.name: list(self.spec["choices"])}
+
+    def display(self) -> str:
+        return f"categorical {self.spec['choices']}"
+
+    def schema_probes(self) -> list[tuple[str, Any]]:
+        return [("choices", c) for c in self.spec["choices"]]
+
+
+@dataclass(frozen=True)
+class SubsetParam(Param):
+    """`{type: subset, of: [items], min_size: 1, max_size: len(of)}`: one flag per item."""
+
+    kind: ClassVar[str] = "subset"
+    required: ClassVar[tuple[str, ...]] = ("of",)
+    optional: ClassVar[tuple[str, ...]] = ("min_size", "max_size")
+
+    @classmethod
+    def normalise(
+        cls, where: str, spec: dict[str, Any], leaf: Any, errors: list[str]
+    ) -> dict[str, Any] | None:
+        of = spec["of"]
+        if (
+            not isinstance(of, list)
+            or not of
+            or not all(_is_scalar(i) and i is not None for i in of)
+        ):
+            errors.append(f"key '{where}.of': must be a non-empty list of names, got {of!r}")
+            return None
+        if len({str(i) for i in of}) != len(of):
+            errors.append(f"key '{where}.of': repeated items in {of}")
+            return None
+        n_before = len(errors)
+        lo = _norm_number(where, "min_size", spec.get("min_size", 1), True, errors)
+        hi = _norm_number(where, "max_size", spec.get("max_size", len(of)), True, errors)
+        if len(errors) > n_before:
+            return None
+        if lo < 1:
+            errors.append(f"key '{where}.min_size': must be >= 1, got {lo}")
+        if hi > len(of):
+            errors.append(f"key '{where}.max_size': at most the {len(of)} items of `of`, got {hi}")
+        if lo > hi:
+            errors.append(f"key '{where}': min_size {lo} > max_size {hi}")
+        if len(errors) > n_before:
+            return None
+        return {"of": list(of), "min_size": lo, "max_size": hi}
+
+    def raw_names(self) -> list[str]:
+        return [f"{self.name}.{i}" for i in self.spec["of"]]
+
+    def distributions(self) -> dict[str, BaseDistribution]:
+        return {raw: CategoricalDistribution((False, True)) for raw in self.raw_names()}
+
+    def draw(self, trial: Suggester, values: Mapping[str, Any] = _NO_VALUES) -> list[Any]:
+        s = self.spec
+        flags = [bool(trial.suggest_categorical(raw, (False, True))) for raw in self.raw_names()]
+        return repair_subset(s["of"], flags, s["min_size"], s["max_size"])
+
+    def check(self, value: Any, values: Mapping[str, Any] = _NO_VALUES) -> list[Any]:
+        s = self.spec
+        if (
+            not isinstance(value, (list, tuple))
+            or not all(_in(x, s["of"]) for x in value)
+            or (len({repr(x) for x in value}) != len(value))
+        ):
+            raise ValueError(f"{value!r} must be a list of distinct items of {s['of']}")
+        if not s["min_size"] <= len(value) <= s["max_size"]:
+            raise ValueError(
+                f"{value!r} has {len(value)} items; allowed {s['min_size']}..{s['max_size']}"
+            )
+        return [i for i in s["of"] if _in(i, value)]
+
+    def grid_size(self) -> int:
+        return 2 ** len(self.spec["of"])
+
+    def grid(self) -> dict[str, list[Any]]:
+        return {raw: [False, True] for raw in self.raw_names()}
+
+    def display(self) -> str:
+        s = self.spec
+        return f"subset of {s['of']}, size {s['min_size']}..{s['max_size']}"
+
+    def schema_probes(self) -> list[tuple[str, Any]]:
+        return [("of", list(self.spec["of"]))]
+
+
+@dataclass(frozen=True)
+class SimplexParam(Param):
+    """`{type: simplex, over: <subset or fixed-list parameter> | [item names]}`: weights >= 0
+    summing to 1 over the chosen items, from one U(0, 1) coordinate per possible item."""
+
+    kind: ClassVar[str] = "simplex"
+    required: ClassVar[tuple[str, ...]] = ("over",)
+    # Every item the `over` parameter can hold, filled in by resolve(); unused for a list `over`.
+    over_items: tuple[Any, ...] = ()
+
+    @classmethod
+    def normalise(
+        cls, where: str, spec: dict[str, Any], leaf: Any, errors: list[str]
+    ) -> dict[str, Any] | None:
+        over = spec["over"]
+        if isinstance(over, str) and over:
+            return {"over": _name(over)}
+        if isinstance(over, list) and over and all(isinstance(i, str) for i in over):
+            if len(set(over)) != len(over):
+                errors.append(f"key '{where}.over': repeated items in {over}")
+                return None
+            return {"over": list(over)}
+        errors.append(
+            f"key '{where}.over': must name a subset parameter of this space or be a "
+            f"non-empty list of item names, got {over!r}"
+        )
+        return None
+
+    @staticmethod
+    def items_of(q: Param | None) -> list[Any] | None:
+        """The items a simplex `over` q weighs: a subset's `of`, or a fixed list of distinct
+        names; None if q cannot be an `over`."""
+        if isinstance(q, SubsetParam):
+            return list(q.spec["of"])
+        if isinstance(q, FixedParam):
+            v = q.spec["value"]
+            if (
+                isinstance(v, list)
+                and v
+                and all(isinstance(i, str) for i in v)
+                and len(set(v)) == len(v)
+            ):
+                return list(v)
+        return None
+
+    def resolve(self, params: Mapping[str, Param]) -> Param:
+        over = self.spec["over"]
+        if not isinstance(over, str):
+            return self
+        # a broken `over` leaves no items; parse_space reports it
+        return dataclasses.replace(self, over_items=tuple(self.items_of(params.get(over)) or ()))
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        over = self.spec["over"]
+        return (over,) if isinstance(over, str) else ()
+
+    @property
+    def items(self) -> list[Any]:
+        """Every item the simplex can weigh (a coordinate each, chosen or not)."""
+        over = self.spec["over"]
+        return list(over) if not isinstance(over, str) else list(self.over_items)
+
+    def chosen(self, values: Mapping[str, Any]) -> list[Any]:
+        """The items weighed in this sample."""
+        over = self.spec["over"]
+        return list(over) if not isinstance(over, str) else list(values[over])
+
+    def raw_names(self) -> list[str]:
+        return [f"{self.name}.{i}" for i in self.items]
+
+    def distributions(self) -> dict[str, BaseDistribution]:
+        return {raw: FloatDistribution(0.0, 1.0) for raw in self.raw_names()}
+
+    def draw(self, trial: Suggester, values: Mapping[str, Any] = _NO_VALUES) -> dict[Any, float]:
+        # every possible coordinate is suggested, so the space does not change shape
+        u = {
+            i: float(trial.suggest_float(raw, 0.0, 1.0))
+            for i, raw in zip(self.items, self.raw_names())
+        }
+        chosen = self.chosen(values)
+        return simplex_weights([u[i] for i in chosen], chosen)
+
+    def check(self, value: Any, values: Mapping[str, Any] = _NO_VALUES) -> dict[Any, float]:
+        chosen = self.chosen(values)
+        if not isinstance(value, Mapping) or set(value) != set(chosen):
+            raise ValueError(f"{value!r} must be a mapping with one weight per item of {chosen}")
+        w = {i: _number(value[i]) for i in chosen}
+        total = math.fsum(w.values())
+        if min(w.values()) < 0 or abs(total - 1) > _SUM_TOL:
+            raise ValueError(f"weights must be >= 0 and sum to 1, got {dict(value)} (sum {total})")
+        if abs(total - 1) > 1e-12:
+            w = {i: x / total for i, x in w.items()}
+        return w
+
+    def grid_size(self) -> None:
+        return None
+
+    def grid(self) -> None:
+        return None
+
+    def display(self) -> str:
+        return f"simplex weights over {self.spec['over']}"
+
+    def schema_probes(self) -> list[tuple[str, Any]]:
+        items = self.items
+        return [("over", {i: 1 / len(items) for i in items})]
+
+
+@dataclass(frozen=True)
+class FixedParam(Param):
+    """`{type: fixed, value: ...}`, or a plain scalar or list: set, never searched."""
+
+    kind: ClassVar[str] = "fixed"
+    required: ClassVar[tuple[str, ...]] = ("value",)
+    searched: ClassVar[bool] = False
+    when_testable: ClassVar[bool] = True
+
+    @classmethod
+    def normalise(
+        cls, where: str, spec: dict[str, Any], leaf: Any, errors: list[str]
+    ) -> dict[str, Any] | None:
+        return {"value": copy.deepcopy(spec["value"])}
+
+    def raw_names(self) -> list[str]:
+        return []
+
+    def distributions(self) -> dict[str, BaseDistribution]:
+        return {}
+
+    def draw(self, trial: Suggester, values: Mapping[str, Any] = _NO_VALUES) -> Any:
+        return copy.deepcopy(self.spec["value"])
+
+    def check(self, value: Any, values: Mapping[str, Any] = _NO_VALUES) -> Any:
+        if not _same(value, self.spec["value"]):
+            raise ValueError(f"is fixed to {self.spec['value']!r}, got {value!r}")
+        return copy.deepcopy(self.spec["value"])
+
+    def can_take(self, value: Any) -> bool:
+        return _same(value, self.spec["value"])
+
+    def possible_values(self) -> Any:
+        return [self.spec["value"]]
+
+    def grid_size(self) -> int:
+        return 1
+
+    def grid(self) -> dict[str, list[Any]]:
+        return {}
+
+    def display(self) -> str:
+        return f"fixed {self.spec['value']!r}"
+
+    def schema_probes(self) -> list[tuple[str, Any]]:
+        return [("value", self.spec["value"])]
+
+
+# YAML `type:` -> its class; the order is the one messages list the types in.
+KINDS: dict[str, type[Param]] = {
+    cls.kind: cls
+    for cls in (FloatParam, IntParam, CategoricalParam, SubsetParam, SimplexParam, FixedParam)
+}
+TYPES = tuple(KINDS)
 
 
 @dataclass(frozen=True)
 class SearchSpace:
-    params: tuple[Param, ...]  # dependency order: a param after those in its `when` and `over`
+    params: tuple[Param, ...]  # dependency order: a param after those in its `when` and `inputs`
     source: str = "<space>"
     _by_name: dict[str, Param] = field(init=False, repr=False, compare=False)
 
@@ -102,7 +676,7 @@ class SearchSpace:
         values: dict[str, Any] = {}
         for p in self.params:
             if self._active(p, values):
-                values[p.name] = self._draw(p, trial, values)
+                values[p.name] = p.draw(trial, values)
         if hasattr(trial, "set_user_attr"):
             for k, v in values.items():
                 trial.set_user_attr(k, v)
@@ -117,9 +691,9 @@ class SearchSpace:
         known: set[str] = set()
         for p in self.params:
             known.add(p.name)
-            known.update(self._raw_names(p))
+            known.update(p.raw_names())
             if not self._active(p, out):
-                given = [k for k in (p.name, *self._raw_names(p)) if k in values]
+                given = [k for k in (p.name, *p.raw_names()) if k in values]
                 if given:
                     errors.append(
                         f"'{given[0]}' is given but '{p.name}' is inactive here "
@@ -128,11 +702,9 @@ class SearchSpace:
                 continue
             try:
                 if p.name in values:
-                    out[p.name] = self._check(p, values[p.name], out)
-                elif p.kind == "fixed":
-                    out[p.name] = copy.deepcopy(p.spec["value"])
-                else:
-                    out[p.name] = self._draw(p, raw, out)
+                    out[p.name] = p.check(values[p.name], out)
+                else:  # a fixed parameter draws its value without asking the replay
+                    out[p.name] = p.draw(raw, out)
             except ValueError as e:
                 errors.append(f"'{p.name}': {e}")
         for k in values:
@@ -165,38 +737,33 @@ class SearchSpace:
         """Every raw suggest name -> its distribution, conditional ones included."""
         out: dict[str, BaseDistribution] = {}
         for p in self.params:
-            s = p.spec
-            if p.kind == "float":
-                out[p.name] = FloatDistribution(s["low"], s["high"], log=s["log"], step=s["step"])
-            elif p.kind == "int":
-                out[p.name] = IntDistribution(s["low"], s["high"], log=s["log"], step=s["step"])
-            elif p.kind == "categorical":
-                out[p.name] = CategoricalDistribution(s["choices"])
-            elif p.kind == "subset":
-                for raw in self._raw_names(p):
-                    out[raw] = CategoricalDistribution((False, True))
-            elif p.kind == "simplex":
-                for raw in self._raw_names(p):
-                    out[raw] = FloatDistribution(0.0, 1.0)
+            out.update(p.distributions())
         return out
 
-    def grid(self) -> dict[str, list[Any]] | None:
-        """Raw name -> every value (for GridSampler); None if some float is continuous."""
-        out: dict[str, list[Any]] = {}
-        for name, d in self.distributions().items():
-            if isinstance(d, CategoricalDistribution):
-                out[name] = list(d.choices)
-            elif isinstance(d, IntDistribution):
-                out[name] = list(range(d.low, d.high + 1, d.step))
-            elif isinstance(d, FloatDistribution) and d.step is not None:
-                n = int(round((d.high - d.low) / d.step))
-                out[name] = [_on_grid(d.low, d.step, k) for k in range(n + 1)]
-            else:
+    def grid_size(self) -> int | None:
+        """Points in the full grid (the product over every raw parameter, conditional ones
+        included); None if some parameter is continuous. Nothing is enumerated."""
+        total = 1
+        for p in self.params:
+            n = p.grid_size()
+            if n is None:
                 return None
+            total *= n
+        return total
+
+    def grid(self) -> dict[str, list[Any]] | None:
+        """Raw name -> every value (for GridSampler); None if some parameter is continuous or
+        the grid has more than GRID_LIMIT points (a single parameter that large included)."""
+        size = self.grid_size()
+        if size is None or size > GRID_LIMIT:
+            return None
+        out: dict[str, list[Any]] = {}
+        for p in self.params:
+            out.update(p.grid() or {})
         return out
 
     def describe(self) -> str:
-        searched = sum(p.kind != "fixed" for p in self.params)
+        searched = sum(p.searched for p in self.params)
         lines = [
             f"search space of {self.source}: {searched} searched, "
             f"{len(self.params) - searched} fixed, {len(self.distributions())} raw "
@@ -204,21 +771,8 @@ class SearchSpace:
         ]
         width = max((len(p.name) for p in self.params), default=0)
         for p in self.params:
-            s = p.spec
-            if p.kind in ("float", "int"):
-                what = f"{p.kind} [{s['low']}, {s['high']}]"
-                what += " log" if s["log"] else ""
-                what += f" step {s['step']}" if s["step"] not in (None, 1) else ""
-            elif p.kind == "categorical":
-                what = f"categorical {s['choices']}"
-            elif p.kind == "subset":
-                what = f"subset of {s['of']}, size {s['min_size']}..{s['max_size']}"
-            elif p.kind == "simplex":
-                what = f"simplex weights over {s['over']}"
-            else:
-                what = f"fixed {s['value']!r}"
             cond = f"  when {_show_when(p)}" if p.when else ""
-            lines.append(f"  {p.name:<{width}}  {what}{cond}")
+            lines.append(f"  {p.name:<{width}}  {p.display()}{cond}")
         return "\n".join(lines)
 
     def fingerprint(self) -> str:
@@ -241,96 +795,7 @@ class SearchSpace:
         for name, accepted in p.when.items():
             if name not in values or not any(_same(values[name], a) for a in accepted):
                 return False
-        over = p.spec.get("over")
-        return not (p.kind == "simplex" and isinstance(over, str) and over not in values)
-
-    def _items(self, p: Param) -> list[Any]:
-        """Every item a subset or simplex can hold."""
-        if p.kind == "subset":
-            return list(p.spec["of"])
-        over = p.spec["over"]
-        if not isinstance(over, str):
-            return list(over)
-        q = self._by_name[over]
-        return list(q.spec["of"] if q.kind == "subset" else q.spec["value"])
-
-    def _raw_names(self, p: Param) -> list[str]:
-        if p.kind in ("subset", "simplex"):
-            return [f"{p.name}.{i}" for i in self._items(p)]
-        return [] if p.kind == "fixed" else [p.name]
-
-    def _chosen(self, p: Param, values: Mapping[str, Any]) -> list[Any]:
-        over = p.spec["over"]
-        return list(over) if not isinstance(over, str) else list(values[over])
-
-    def _draw(self, p: Param, trial: _Suggester, values: Mapping[str, Any]) -> Any:
-        s = p.spec
-        if p.kind == "fixed":
-            return copy.deepcopy(s["value"])
-        if p.kind == "float":
-            v = trial.suggest_float(p.name, s["low"], s["high"], step=s["step"], log=s["log"])
-            return _snap(float(v), s)
-        if p.kind == "int":
-            return int(trial.suggest_int(p.name, s["low"], s["high"], step=s["step"], log=s["log"]))
-        if p.kind == "categorical":
-            return trial.suggest_categorical(p.name, s["choices"])
-        if p.kind == "subset":
-            flags = [
-                bool(trial.suggest_categorical(raw, (False, True))) for raw in self._raw_names(p)
-            ]
-            return repair_subset(s["of"], flags, s["min_size"], s["max_size"])
-        # simplex: every possible coordinate is suggested, so the space does not change shape
-        u = {
-            i: float(trial.suggest_float(raw, 0.0, 1.0))
-            for i, raw in zip(self._items(p), self._raw_names(p))
-        }
-        chosen = self._chosen(p, values)
-        return simplex_weights([u[i] for i in chosen], chosen)
-
-    def _check(self, p: Param, v: Any, values: Mapping[str, Any]) -> Any:
-        """A stored canonical value, validated against the spec; returns it canonical."""
-        s = p.spec
-        if p.kind == "fixed":
-            if not _same(v, s["value"]):
-                raise ValueError(f"is fixed to {s['value']!r}, got {v!r}")
-            return copy.deepcopy(s["value"])
-        if p.kind == "float":
-            x = _number(v)
-            if not s["low"] <= x <= s["high"] or (s["step"] and not _is_on_grid(x, s)):
-                raise ValueError(f"{v!r} is outside {_show_range(s)}")
-            return _snap(x, s)
-        if p.kind == "int":
-            x = _number(v)
-            if x != int(x) or not s["low"] <= x <= s["high"] or (x - s["low"]) % s["step"]:
-                raise ValueError(f"{v!r} is outside {_show_range(s)}")
-            return int(x)
-        if p.kind == "categorical":
-            for c in s["choices"]:
-                if _same(v, c):
-                    return c
-            raise ValueError(f"{v!r} is not one of {s['choices']}")
-        if p.kind == "subset":
-            if (
-                not isinstance(v, (list, tuple))
-                or not all(_in(x, s["of"]) for x in v)
-                or (len({repr(x) for x in v}) != len(v))
-            ):
-                raise ValueError(f"{v!r} must be a list of distinct items of {s['of']}")
-            if not s["min_size"] <= len(v) <= s["max_size"]:
-                raise ValueError(
-                    f"{v!r} has {len(v)} items; allowed {s['min_size']}..{s['max_size']}"
-                )
-            return [i for i in s["of"] if _in(i, v)]
-        chosen = self._chosen(p, values)
-        if not isinstance(v, Mapping) or set(v) != set(chosen):
-            raise ValueError(f"{v!r} must be a mapping with one weight per item of {chosen}")
-        w = {i: _number(v[i]) for i in chosen}
-        total = math.fsum(w.values())
-        if min(w.values()) < 0 or abs(total - 1) > _SUM_TOL:
-            raise ValueError(f"weights must be >= 0 and sum to 1, got {dict(v)} (sum {total})")
-        if abs(total - 1) > 1e-12:
-            w = {i: x / total for i, x in w.items()}
-        return w
+        return all(name in values for name in p.inputs)
 
 
 # ---------------------------------------------------------------- the two derived types
@@ -426,13 +891,15 @@ def parse_space(raw: Any, tree: dict[str, Any], source: str) -> SearchSpace:
         if p is not None:
             params[name] = p
             keys[name] = key
+    # a simplex `over` another parameter learns that parameter's items
+    params = {name: p.resolve(params) for name, p in params.items()}
     _check_paths_disjoint(params, keys, errors)
     broken = _check_references(params, keys, errors)
     order = _dependency_order(params, keys, errors)
     space = SearchSpace(tuple(order), source)
     sound = [p for p in order if p.name not in broken]
     _check_raw_names(space, sound, keys, errors)
-    _check_against_schema(space, sound, tree, keys, errors)
+    _check_against_schema(sound, tree, keys, errors)
     if errors:
         raise ConfigError(_report(source, "the search space", errors))
     return space
@@ -442,10 +909,10 @@ def _parse_param(
     where: str, name: str, path: tuple[str, ...], spec: Any, leaf: Any, errors: list[str]
 ) -> Param | None:
     if not isinstance(spec, Mapping):
-        return Param(name, path, "fixed", {"value": copy.deepcopy(spec)}, {})
-    n_before = len(errors)
+        return FixedParam(name, path, {"value": copy.deepcopy(spec)}, {})
     kind = spec.get("type")
-    if kind not in TYPES:
+    cls = KINDS.get(kind) if isinstance(kind, str) else None
+    if cls is None:
         near = difflib.get_close_matches(str(kind), TYPES, n=1)
         hint = f" (did you mean '{near[0]}'?)" if near else ""
         got = "no 'type'" if kind is None else f"type {kind!r}"
@@ -454,25 +921,7 @@ def _parse_param(
             "mapping value is written {type: fixed, value: {...}})"
         )
         return None
-    required, optional = _KEYS[kind]
-    allowed = ("type", "when", *required, *optional)
-    for k in spec:
-        if k not in allowed:
-            near = difflib.get_close_matches(str(k), allowed, n=1)
-            hint = f" (did you mean '{near[0]}'?)" if near else ""
-            errors.append(
-                f"key '{where}.{k}': unknown option for type {kind}{hint}; allowed: {list(allowed)}"
-            )
-    missing = [k for k in required if k not in spec]
-    if missing:
-        errors.append(f"key '{where}': type {kind} needs {missing}")
-    if len(errors) > n_before:
-        return None
-    norm = _NORMALISE[kind](where, dict(spec), leaf, errors)
-    when = _parse_when(where, spec.get("when"), errors)
-    if len(errors) > n_before or norm is None or when is None:
-        return None
-    return Param(name, path, kind, norm, when)
+    return cls.from_spec(where, name, path, spec, leaf, errors)
 
 
 def _norm_number(where: str, key: str, v: Any, integer: bool, errors: list[str]) -> Any:
@@ -490,117 +939,6 @@ def _norm_number(where: str, key: str, v: Any, integer: bool, errors: list[str])
         errors.append(f"key '{where}.{key}': must be {want}, got {v!r}")
         return None
     return int(v) if integer else float(v)
-
-
-def _norm_numeric(kind: str):
-    integer = kind == "int"
-
-    def norm(where: str, spec: dict, leaf: Any, errors: list[str]) -> dict | None:
-        n_before = len(errors)
-        low = _norm_number(where, "low", spec["low"], integer, errors)
-        high = _norm_number(where, "high", spec["high"], integer, errors)
-        log = spec.get("log", False)
-        if not isinstance(log, bool):
-            errors.append(f"key '{where}.log': must be true or false, got {log!r}")
-        step = spec.get("step", 1 if integer else None)
-        if step is not None:
-            step = _norm_number(where, "step", step, integer, errors)
-            if step is not None and step <= 0:
-                errors.append(f"key '{where}.step': must be > 0, got {step}")
-        # an int range on a float setting is fine (1 is a valid 1.0); the reverse is not
-        if not integer and _is_int_setting(leaf):
-            errors.append(f"key '{where}.type': this config setting is an integer; use type: int")
-        if len(errors) > n_before:
-            return None
-        if low > high:
-            errors.append(f"key '{where}': low {low} > high {high}; need low <= high")
-        if log is True and step is not None and (not integer or step != 1):
-            errors.append(
-                f"key '{where}': log and step cannot be combined "
-                f"(Optuna samples log ranges continuously); drop one"
-            )
-        if log is True and (low <= 0 if not integer else low < 1):
-            need = "low > 0" if not integer else "low >= 1"
-            errors.append(f"key '{where}.low': a log range needs {need}, got {low}")
-        if len(errors) > n_before:
-            return None
-        if step is not None:
-            high = _adjust_high(low, high, step, integer)  # as Optuna does, without its warning
-        return {"low": low, "high": high, "log": log, "step": step}
-
-    return norm
-
-
-def _norm_categorical(where: str, spec: dict, leaf: Any, errors: list[str]) -> dict | None:
-    choices = spec["choices"]
-    if not isinstance(choices, list) or not choices:
-        errors.append(f"key '{where}.choices': must be a non-empty list, got {choices!r}")
-        return None
-    bad = [c for c in choices if not _is_scalar(c)]
-    if bad:
-        errors.append(
-            f"key '{where}.choices': choices must be scalars (string, number, bool, "
-            f"null), got {bad}"
-        )
-        return None
-    if len({_key(c) for c in choices}) != len(choices):
-        errors.append(f"key '{where}.choices': repeated choices in {choices}")
-        return None
-    return {"choices": list(choices)}
-
-
-def _norm_subset(where: str, spec: dict, leaf: Any, errors: list[str]) -> dict | None:
-    of = spec["of"]
-    if not isinstance(of, list) or not of or not all(_is_scalar(i) and i is not None for i in of):
-        errors.append(f"key '{where}.of': must be a non-empty list of names, got {of!r}")
-        return None
-    if len({str(i) for i in of}) != len(of):
-        errors.append(f"key '{where}.of': repeated items in {of}")
-        return None
-    n_before = len(errors)
-    lo = _norm_number(where, "min_size", spec.get("min_size", 1), True, errors)
-    hi = _norm_number(where, "max_size", spec.get("max_size", len(of)), True, errors)
-    if len(errors) > n_before:
-        return None
-    if lo < 1:
-        errors.append(f"key '{where}.min_size': must be >= 1, got {lo}")
-    if hi > len(of):
-        errors.append(f"key '{where}.max_size': at most the {len(of)} items of `of`, got {hi}")
-    if lo > hi:
-        errors.append(f"key '{where}': min_size {lo} > max_size {hi}")
-    if len(errors) > n_before:
-        return None
-    return {"of": list(of), "min_size": lo, "max_size": hi}
-
-
-def _norm_simplex(where: str, spec: dict, leaf: Any, errors: list[str]) -> dict | None:
-    over = spec["over"]
-    if isinstance(over, str) and over:
-        return {"over": _name(over)}
-    if isinstance(over, list) and over and all(isinstance(i, str) for i in over):
-        if len(set(over)) != len(over):
-            errors.append(f"key '{where}.over': repeated items in {over}")
-            return None
-        return {"over": list(over)}
-    errors.append(
-        f"key '{where}.over': must name a subset parameter of this space or be a "
-        f"non-empty list of item names, got {over!r}"
-    )
-    return None
-
-
-def _norm_fixed(where: str, spec: dict, leaf: Any, errors: list[str]) -> dict | None:
-    return {"value": copy.deepcopy(spec["value"])}
-
-
-_NORMALISE = {
-    "float": _norm_numeric("float"),
-    "int": _norm_numeric("int"),
-    "categorical": _norm_categorical,
-    "subset": _norm_subset,
-    "simplex": _norm_simplex,
-    "fixed": _norm_fixed,
-}
 
 
 def _parse_when(where: str, when: Any, errors: list[str]) -> dict[str, list[Any]] | None:
@@ -644,6 +982,7 @@ def _check_references(
 ) -> set[str]:
     """The names of the parameters whose `when` or `over` is broken."""
     names = sorted(params)
+    testable = sorted(cls.kind for cls in KINDS.values() if cls.when_testable)
     broken: set[str] = set()
     for p in params.values():
         where = f"space.{keys[p.name]}"
@@ -658,35 +997,25 @@ def _check_references(
                     f"space{hint}; parameters: {names}"
                 )
                 bad = True
-            elif q.kind not in _WHEN_KINDS:
+            elif not q.when_testable:
                 errors.append(
                     f"key '{where}.when.{ref}': a `when` can test a "
-                    f"{'/'.join(_WHEN_KINDS)} parameter, '{ref}' is a {q.kind}"
+                    f"{'/'.join(testable)} parameter, '{ref}' is a {q.kind}"
                 )
                 bad = True
             else:
-                wrong = [a for a in accepted if not _possible(q, a)]
+                wrong = [a for a in accepted if not q.can_take(a)]
                 if wrong:
                     errors.append(
                         f"key '{where}.when.{ref}': {wrong} can never be the value of "
-                        f"'{ref}'; possible: {_possible_values(q)}"
+                        f"'{ref}'; possible: {q.possible_values()}"
                     )
                     bad = True
-        over = p.spec.get("over") if p.kind == "simplex" else None
+        over = p.spec["over"] if isinstance(p, SimplexParam) else None
         if isinstance(over, str):
             q = params.get(over)
-            usable = q is not None and (
-                q.kind == "subset"
-                or (
-                    q.kind == "fixed"
-                    and isinstance(q.spec["value"], list)
-                    and q.spec["value"]
-                    and all(isinstance(i, str) for i in q.spec["value"])
-                    and len(set(q.spec["value"])) == len(q.spec["value"])
-                )
-            )
-            if q is None or not usable:
-                subsets = [n for n, x in params.items() if x.kind == "subset"]
+            if SimplexParam.items_of(q) is None:
+                subsets = [n for n, x in params.items() if isinstance(x, SubsetParam)]
                 what = "not a parameter" if q is None else f"a {q.kind} parameter"
                 near = difflib.get_close_matches(over, subsets, n=1)
                 hint = f" (did you mean '{near[0]}'?)" if near else ""
@@ -696,11 +1025,7 @@ def _check_references(
                     f"{subsets}) or is a list of item names"
                 )
                 bad = True
-            elif (
-                q is not None
-                and q.kind == "subset"
-                and not all(isinstance(i, str) for i in q.spec["of"])
-            ):
+            elif isinstance(q, SubsetParam) and not all(isinstance(i, str) for i in q.spec["of"]):
                 errors.append(
                     f"key '{where}.over': simplex items must be names (strings), "
                     f"'{over}' has {q.spec['of']}"
@@ -715,10 +1040,7 @@ def _dependency_order(
     params: dict[str, Param], keys: dict[str, str], errors: list[str]
 ) -> list[Param]:
     def deps(p: Param) -> set[str]:
-        out = set(p.when)
-        if p.kind == "simplex" and isinstance(p.spec["over"], str):
-            out.add(p.spec["over"])
-        return out & set(params)
+        return (set(p.when) | set(p.inputs)) & set(params)
 
     order: list[Param] = []
     placed: set[str] = set()
@@ -746,7 +1068,7 @@ def _check_raw_names(
     """Canonical names and raw suggest names share one namespace in from_params."""
     owner: dict[str, str] = {p.name: p.name for p in space.params}
     for p in sound:
-        for raw in space._raw_names(p):
+        for raw in p.raw_names():
             if owner.setdefault(raw, p.name) != p.name:
                 errors.append(
                     f"key 'space.{keys[p.name]}': its Optuna parameter '{raw}' "
@@ -755,28 +1077,12 @@ def _check_raw_names(
 
 
 def _check_against_schema(
-    space: SearchSpace,
-    sound: list[Param],
-    tree: dict[str, Any],
-    keys: dict[str, str],
-    errors: list[str],
+    sound: list[Param], tree: dict[str, Any], keys: dict[str, str], errors: list[str]
 ) -> None:
     """Every value a parameter can take must be valid at its path: a typo in `choices` fails
     here, not in trial 37. Checks the range ends, each choice, the whole `of` list."""
     for p in sound:
-        s = p.spec
-        if p.kind in ("float", "int"):
-            probes = [("low", s["low"]), ("high", s["high"])]
-        elif p.kind == "categorical":
-            probes = [("choices", c) for c in s["choices"]]
-        elif p.kind == "subset":
-            probes = [("of", list(s["of"]))]
-        elif p.kind == "simplex":
-            items = space._items(p)
-            probes = [("over", {i: 1 / len(items) for i in items})]
-        else:
-            probes = [("value", s["value"])]
-        for opt, value in probes:
+        for opt, value in p.schema_probes():
             msgs = _errors_at(tree, p.path, value)
             if msgs:
                 errors.append(
@@ -925,28 +1231,6 @@ def _number(v: Any) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
         raise ValueError(f"{v!r} is not a finite number")
     return v
-
-
-def _possible(q: Param, value: Any) -> bool:
-    if q.kind == "categorical":
-        return _in(value, q.spec["choices"])
-    if q.kind == "fixed":
-        return _same(value, q.spec["value"])
-    s = q.spec  # int
-    return (
-        isinstance(value, int)
-        and not isinstance(value, bool)
-        and s["low"] <= value <= s["high"]
-        and (value - s["low"]) % s["step"] == 0
-    )
-
-
-def _possible_values(q: Param) -> Any:
-    if q.kind == "categorical":
-        return q.spec["choices"]
-    if q.kind == "fixed":
-        return [q.spec["value"]]
-    return _show_range(q.spec)
 
 
 def _show_range(s: Mapping[str, Any]) -> str:

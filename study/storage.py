@@ -7,7 +7,6 @@ mysql://) is accepted in `study.storage`.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -16,33 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
-from study.config import ConfigError, StudyFile
+from study.atomic import disk_full
+from study.config import StudyFile
+from study.errors import ConfigError, StorageError
 
 RDB_SCHEMES = ("sqlite:", "postgresql", "mysql")
 FINGERPRINT_ATTR = "study_fingerprint"
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)   # no space left; over the user's quota (HPC scratch)
-
-
-class DiskFullError(ConfigError, OSError):
-    """A write that failed for lack of space or quota. An OSError (errno, filename) to code that
-    handles I/O errors; a user error to the command line: one paragraph naming the file, exit 2."""
-
-    def __str__(self) -> str:
-        return (f"disk full: cannot write {self.filename} ({self.strerror}). Finished trials are "
-                "kept: free space (or raise the quota) and run `study launch` again to resume; "
-                "trials the full disk interrupted are retried or failed with this reason.")
-
-
-def disk_full(e: OSError, path: str | Path) -> OSError:
-    """`e` as a DiskFullError naming `path` when it is a full disk, else unchanged. Python
-    and pyarrow report ENOSPC from write() without a file name."""
-    if isinstance(e, DiskFullError) or e.errno not in DISK_FULL:
-        return e
-    return DiskFullError(e.errno, os.strerror(e.errno), str(e.filename or path))
-
-
 def _cut_partial_line(fd: int) -> int:
     """Truncate the journal after its last newline; returns the new size. Readers skip a line
     without its newline, so nobody has seen the bytes cut."""
@@ -111,19 +91,24 @@ def open_storage(url: str, source: str = "study.storage") -> optuna.storages.Bas
                 kwargs["connect_args"] = {"timeout": 60}
             return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
         Path(url).parent.mkdir(parents=True, exist_ok=True)
-        from optuna.storages.journal import JournalFileOpenLock
-
         # The open-lock works on NFS, where symlink locks may not.
         backend = JournalFile(url, lock_obj=JournalFileOpenLock(url))
         return optuna.storages.JournalStorage(backend)
     except Exception as e:  # noqa: BLE001 - any connection/driver error is a user error here
-        shown = _masked(url)
+        shown = masked(url)
         detail = str(e).replace(url, shown).splitlines()[0] if str(e) else ""
-        raise ConfigError(f"key '{source}': cannot open storage {shown!r}: "
+        raise StorageError(f"key '{source}': cannot open storage {shown!r}: "
                           f"{type(e).__name__}: {detail}") from None
 
 
-def _masked(url: str) -> str:
+def trial_id(store: optuna.storages.BaseStorage, study_name: str, number: int) -> int:
+    """The storage's id of trial `number`: what its public methods (get_trial,
+    set_trial_user_attr) take. Optuna's Study and FrozenTrial keep it in private attributes."""
+    return store.get_trial_id_from_study_id_trial_number(
+        store.get_study_id_from_name(study_name), number)
+
+
+def masked(url: str) -> str:
     """The URL without its password: error messages end up in logs and CI output."""
     return re.sub(r"^([a-z0-9+]+://[^:/@]*):[^@]*@", r"\1:***@", url)
 
@@ -180,7 +165,7 @@ def load_or_create(sf: StudyFile, storage: optuna.storages.BaseStorage, sampler:
         if old is None:
             study.set_user_attr(FINGERPRINT_ATTR, fp)
         elif old != fp:
-            raise ConfigError(
+            raise StorageError(
                 f"study '{sf.study.name}' already exists in its storage with a different pipeline, "
                 f"space or objectives (fingerprint {old}, now {fp}); its trials would not be "
                 "comparable. Start a new study with --set study.name=<new name>, or restore the "
@@ -188,14 +173,17 @@ def load_or_create(sf: StudyFile, storage: optuna.storages.BaseStorage, sampler:
     return study
 
 
-def open_existing(sf: StudyFile, results: str | Path) -> optuna.Study:
+def open_existing(sf: StudyFile, results: str | Path
+                  ) -> tuple[optuna.Study, optuna.storages.BaseStorage]:
+    """A study already launched, with the storage it lives in."""
     url = storage_url(sf, results)
     # sqlite would create an empty database file just to say the study is not in it
     file = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url
     if (not url.startswith(RDB_SCHEMES) or url.startswith("sqlite:///")) and (
             not Path(file).exists()):
-        raise ConfigError(f"study '{sf.study.name}' has not been launched yet (no {file})")
+        raise StorageError(f"study '{sf.study.name}' has not been launched yet (no {file})")
+    store = open_storage(url)
     try:
-        return optuna.load_study(study_name=sf.study.name, storage=open_storage(url))
+        return optuna.load_study(study_name=sf.study.name, storage=store), store
     except KeyError:
-        raise ConfigError(f"study '{sf.study.name}' not found in storage {_masked(url)}") from None
+        raise StorageError(f"study '{sf.study.name}' not found in storage {masked(url)}") from None

@@ -11,8 +11,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import io
-import os
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from study import faults
+from study import atomic
 from study.augment import Batch
 
 
@@ -61,6 +59,22 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return (predict(model, x, batch_size).argmax(1) == y).float().mean().item()
 
 
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer,
+               loss_fn: Callable[[nn.Module, Batch], torch.Tensor], batch: Batch,
+               autocast: torch.dtype | None = None) -> torch.Tensor:
+    """One optimiser step; returns the loss, detached and left on the device (no sync).
+    `autocast`: a reduced dtype (torch.bfloat16) for the forward pass on CUDA, else None."""
+    if autocast is None:
+        loss = loss_fn(model, batch)
+    else:
+        with torch.autocast(batch.labels.device.type, dtype=autocast):
+            loss = loss_fn(model, batch)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
 @dataclass
 class FitResult:
     state: dict[str, torch.Tensor]        # the selected weights
@@ -74,24 +88,13 @@ class FitResult:
 CHECKPOINT_MAGIC = b"study-epoch-checkpoint sha256="
 
 
-def _save_atomic(obj: Any, path: Path) -> None:
+def _save_checkpoint(obj: Any, path: Path) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
     payload = buf.getvalue()
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(CHECKPOINT_MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n")
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-    except OSError as e:
-        tmp.unlink(missing_ok=True)   # a full disk gets its space back
-        from study.storage import disk_full
-
-        raise disk_full(e, path) from None
-    faults.crash_midway("epoch_write", tmp)   # fault suite only
-    os.replace(tmp, path)
+    header = CHECKPOINT_MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n"
+    atomic.write_file(path, lambda f: (f.write(header), f.write(payload)),
+                      fault_point="epoch_write")
 
 
 def load_checkpoint(path: Path) -> dict[str, Any] | None:
@@ -103,7 +106,7 @@ def load_checkpoint(path: Path) -> dict[str, Any] | None:
             header[len(CHECKPOINT_MAGIC):].decode(errors="replace")
             == hashlib.sha256(payload).hexdigest()):
         return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
-    path.rename(path.with_name(f"{path.name}.corrupt-{int(time.time() * 1000)}"))
+    atomic.move_aside(path)
     return None
 
 
@@ -132,11 +135,8 @@ def fit(model: nn.Module, *, epochs: int, optimizer: torch.optim.Optimizer,
         # summed on the device: a .item() per step would wait for the GPU 350 times an epoch
         total, steps = torch.zeros(()), 0
         for batch in batches(epoch):
-            loss = loss_fn(step_model, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total = loss.detach() + total   # a 0-dim CPU tensor adds to one on any device
+            # a 0-dim CPU tensor adds to one on any device
+            total = train_step(step_model, optimizer, loss_fn, batch) + total
             steps += 1
         scheduler.step()
         val = validate(model) if validate is not None else None
@@ -145,7 +145,7 @@ def fit(model: nn.Module, *, epochs: int, optimizer: torch.optim.Optimizer,
         if select == "best_val" and val is not None and (best_val is None or val > best_val):
             best_val, best_state = val, copy.deepcopy(model.state_dict())
         if checkpoint is not None:
-            _save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            _save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                           "scheduler": scheduler.state_dict(), "epoch": epoch + 1,
                           "best_val": best_val, "best_state": best_state, "history": history},
                          checkpoint)

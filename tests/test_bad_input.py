@@ -33,7 +33,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from study import cli, config
+from study import cli, config, studyfile
 from study.config import DEGRADATION_NAMES, METHOD_NAMES, StudyFile
 
 pytestmark = pytest.mark.faults
@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "search_spaces" / "smoke.yaml"
 RAW = yaml.safe_load(SMOKE.read_text())
 # The smoke file with its preset written out: every pipeline key is there to be broken.
-RESOLVED = config.resolve_tree(RAW, str(SMOKE))
+RESOLVED = studyfile.resolve_tree(RAW, str(SMOKE))
 UNREACHABLE_PG = "postgresql://u:secret@127.0.0.1:1/db"   # port 1: nothing listens, refused
 HYPO = settings(max_examples=30, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -519,7 +519,7 @@ def test_generated_unknown_keys(data: st.DataObject) -> None:
     """A key renamed to a random name anywhere under a model: an unknown key, always."""
     path, _ = data.draw(st.sampled_from(FIELDS))
     parent = path[:-1]
-    allowed = config._allowed_keys(list(parent))
+    allowed = studyfile._allowed_keys(list(parent))
     new = data.draw(NAMES.filter(lambda s: s not in allowed and s not in ("preset", "extends")))
     tree = _set(RESOLVED, (*parent, new), data.draw(st.integers() | WORDS))
     _check_generated(tree, ".".join((*parent, new)), "unknown key")

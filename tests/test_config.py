@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from study import config
-from study.config import ConfigError, load_study_file
+from study import studyfile
+from study.errors import ConfigError
+from study.studyfile import load_study_file
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "search_spaces").glob("*.yaml"))
@@ -23,9 +24,9 @@ def test_every_shipped_study_file_validates(path: Path) -> None:
 
 @pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)
 def test_every_preset_validates(path: Path) -> None:
-    tree = config.resolve_tree({"study": {"name": "x"}, "pipeline": {"preset": path.stem,
+    tree = studyfile.resolve_tree({"study": {"name": "x"}, "pipeline": {"preset": path.stem,
                                 "data": {"root": "data"}}}, "test")
-    sf = config.validate(tree, "test")
+    sf = studyfile.validate(tree, "test")
     assert sf.pipeline.base.epochs >= 1
 
 

@@ -29,9 +29,10 @@ import pytest
 from optuna.trial import TrialState
 from toy_studies import journal_study, wait
 
-from study import dispatch, objective, results, storage
+from study import launcher, results, storage, studyfile
 from study.cache import META
-from study.slurm import ALIVE, sacct_states
+from study.executors import LocalExecutor
+from study.executors.slurm import ALIVE, sacct_states
 
 pytestmark = pytest.mark.faults
 
@@ -107,7 +108,7 @@ def _check_nothing_lost(results: Path, name: str, n_trials: int) -> dict[str, in
     """The invariants of every fault; returns lost and duplicated (asserted 0) for the figures."""
     st = journal_study(results, name)
     trials = st.get_trials()
-    finished = {t.number: t for t in trials if t.state in dispatch.FINISHED}
+    finished = {t.number: t for t in trials if t.state in launcher.FINISHED}
     counted = [t for t in finished.values() if not t.user_attrs.get("retried")]
     assert not [t.number for t in trials if t.state == TrialState.RUNNING]
     assert len(counted) == n_trials                                  # the study completed
@@ -152,15 +153,15 @@ def _record(kind: str, figures: dict) -> None:
 # ------------------------------------------------ kills in windows of milliseconds, placed by hand
 # A kill from outside lands in these windows too rarely to test; the state it leaves is built here.
 
-def _launcher(tmp_path: Path, name: str) -> tuple[dispatch.Launcher, optuna.Study]:
-    ld = objective.load("smoke.yaml", [*QUICK, f"study.name={name}"])
+def _launcher(tmp_path: Path, name: str) -> tuple[launcher.Launcher, optuna.Study]:
+    ld = studyfile.load("smoke.yaml", [*QUICK, f"study.name={name}"])
     url = storage.storage_url(ld.sf, tmp_path)
-    st = storage.load_or_create(ld.sf, storage.open_storage(url),
-                                optuna.samplers.RandomSampler(seed=0), optuna.pruners.NopPruner())
-    return dispatch.Launcher(ld, st, dispatch.LocalExecutor(), results_dir=str(tmp_path),
-                             cache_dir=str(tmp_path / "cache"), storage_url=url,
-                             study_file=ld.source, overrides=[], parallel=1, retries=2,
-                             log=lambda m: None), st
+    store = storage.open_storage(url)
+    st = storage.load_or_create(ld.sf, store, optuna.samplers.RandomSampler(seed=0),
+                                optuna.pruners.NopPruner())
+    opened = launcher.Opened(ld, st, store, url, storage.study_dir(tmp_path, name))
+    return launcher.Launcher(opened, LocalExecutor(), cache_dir=str(tmp_path / "cache"),
+                             parallel=1, retries=2, log=lambda m: None), st
 
 
 def test_launcher_killed_between_ask_and_submit(tmp_path: Path) -> None:
@@ -198,7 +199,7 @@ def test_launcher_killed_inside_fail_before_the_retry(tmp_path: Path) -> None:
     trial.set_user_attr("retried", True)
     results.write_trial(launcher.sdir, trial.number, results.trial_frame(
         study_name="infail", trial=trial.number, attempt=1, state="FAIL", seed_rows=[],
-        params=values, param_kinds={}, stages={}, values=[None],
+        params=values, param_dtypes={}, stages={}, values=[None],
         extra={"error": "the worker vanished", "fail_kind": "infrastructure"}))
     launcher.reconcile()
     launcher.reconcile()                              # and again: one retry, not two
@@ -214,7 +215,7 @@ def test_worker_never_overwrites_a_result_on_disk(tmp_path: Path) -> None:
     trial: its own result must not replace the FAIL file that matches the storage."""
     def frame(state: str) -> pd.DataFrame:
         return results.trial_frame(study_name="w", trial=0, attempt=1, state=state,
-                                   seed_rows=[], params={}, param_kinds={}, stages={},
+                                   seed_rows=[], params={}, param_dtypes={}, stages={},
                                    values=[None], extra={})
 
     assert results.write_trial(tmp_path, 0, frame("FAIL")) is not None   # the launcher's

@@ -33,8 +33,9 @@ import torch
 from optuna.trial import TrialState
 from toy_studies import free_port, wait
 
-from study import dispatch, results, storage
+from study import launcher, results, storage
 from study.cache import META, StageCache
+from study.errors import DiskFullError
 
 pytestmark = pytest.mark.faults
 
@@ -85,7 +86,7 @@ def _record(kind: str, figures: dict) -> None:
 def _check_nothing_lost(st: optuna.Study, sdir: Path, n_trials: int) -> dict[str, int]:
     """The invariants after every fault; returns the figures (lost, duplicated asserted 0)."""
     trials = st.get_trials()
-    finished = {t.number: t for t in trials if t.state in dispatch.FINISHED}
+    finished = {t.number: t for t in trials if t.state in launcher.FINISHED}
     counted = [t for t in finished.values() if not t.user_attrs.get("retried")]
     assert not [t.number for t in trials if t.state in (TrialState.RUNNING,
                                                           TrialState.WAITING)]
@@ -201,7 +202,7 @@ def test_each_write_on_a_full_disk_fails_whole_and_names_its_file(
                                                  "degradation": "jpeg", "level": 1,
                                                  "level_step": 1, "accuracy": 0.5,
                                                  "n_images": 10}])],
-                                params={}, param_kinds={}, stages={}, values=[0.5], extra={})
+                                params={}, param_dtypes={}, stages={}, values=[0.5], extra={})
     results.write_trial(disk / "s", 0, frame)
     cache = StageCache(disk / "cache")
     filler = Filler(disk / "filler")
@@ -210,13 +211,13 @@ def test_each_write_on_a_full_disk_fails_whole_and_names_its_file(
 
     # journal: a 12 kB attribute spans pages, so Optuna's own append would leave part of a
     # line, and the next append after space is freed would glue onto it and be lost
-    with pytest.raises(storage.DiskFullError, match=re.escape(str(journal))) as e:
+    with pytest.raises(DiskFullError, match=re.escape(str(journal))) as e:
         running.set_user_attr("notes", "x" * 12_000)
     assert e.value.errno == errno.ENOSPC and "study launch" in str(e.value)
     assert journal.read_bytes() == before                    # cut back to whole lines
     events += 1
     second = results.trial_path(disk / "s", 1)
-    with pytest.raises(storage.DiskFullError, match=re.escape(str(second))):
+    with pytest.raises(DiskFullError, match=re.escape(str(second))):
         results.write_trial(disk / "s", 1, frame.assign(trial=1))
     assert sorted(p.name for p in results.trials_dir(disk / "s").iterdir()) == [
         results.trial_path(disk / "s", 0).name]                 # no temp file left to fill it
@@ -224,7 +225,7 @@ def test_each_write_on_a_full_disk_fails_whole_and_names_its_file(
     events += 1
     # 2 MB of weights: more than the disk has
     big = {"w": torch.zeros(500_000)}
-    with pytest.raises(storage.DiskFullError, match=re.escape(str(cache.entry("base", "k")))):
+    with pytest.raises(DiskFullError, match=re.escape(str(cache.entry("base", "k")))):
         cache.save_state("base", "k", big, {})
     assert not cache.entry("base", "k").exists() and not list((disk / "cache" / ".tmp").iterdir())
     assert cache.load_state("base", "k") is None and not cache.corrupt   # a miss, not a half
@@ -275,7 +276,7 @@ def test_disk_full_mid_study_stops_clearly_and_resumes_without_loss(
         st = optuna.load_study(study_name=name, storage=storage.open_storage(
             str(sdir / "optuna.journal")))
         return {t.number: (t.state.name, t.value) for t in st.get_trials()
-                if t.state in dispatch.FINISHED}
+                if t.state in launcher.FINISHED}
 
     filler: Filler | None = None
     with open(out, "wb") as log:
@@ -334,7 +335,7 @@ def test_disk_full_mid_study_stops_clearly_and_resumes_without_loss(
     after = {t.number: (t.state.name, t.value) for t in st.get_trials()}
     assert {n: after[n] for n in before} == before                 # nothing finished lost
     # A trial the full disk stopped inside its pipeline is FAILed by the worker itself, with
-    # the disk-full error (objective.py calls that fail_kind "code", so it is not retried).
+    # the disk-full error (the worker calls that fail_kind "code", so it is not retried).
     failed = [t for t in st.get_trials() if t.state == TrialState.FAIL
               and not t.user_attrs.get("retried")]
     for t in failed:

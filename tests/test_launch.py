@@ -17,7 +17,8 @@ import pytest
 from optuna.trial import TrialState
 from toy_studies import finished, free_port, journal_study
 
-from study import cli, dispatch, objective, results, storage
+from study import cli, launcher, results, storage, studyfile, worker
+from study.executors import LocalExecutor
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = [sys.executable, "-m", "study.cli"]
@@ -65,8 +66,8 @@ def test_debug_study_runs_resumes_and_tops_up(tmp_path: Path) -> None:
     # the stored values reproduce a trial's configuration
     t = st.trials[3]
     values = t.user_attrs["values"]
-    ld = objective.load("smoke.yaml", [*QUICK, "study.name=dbg"])
-    cfg = objective.trial_config(ld, values).pipeline
+    ld = studyfile.load("smoke.yaml", [*QUICK, "study.name=dbg"])
+    cfg = ld.trial_config(values).pipeline
     assert cfg.distill.loss == values["distill.loss"]
     assert cfg.fusion.method == values["fusion.method"]
 
@@ -100,8 +101,8 @@ def test_code_error_fails_once_with_traceback(tmp_path: Path,
     assert (df.state == "FAIL").all() and df.error.str.contains("ZeroDivisionError").all()
 
 
-def _ld(tmp_path: Path, name: str) -> tuple[objective.Loaded, optuna.Study, str]:
-    ld = objective.load("smoke.yaml", [*QUICK, f"study.name={name}"])
+def _ld(tmp_path: Path, name: str) -> tuple[studyfile.LoadedStudy, optuna.Study, str]:
+    ld = studyfile.load("smoke.yaml", [*QUICK, f"study.name={name}"])
     url = storage.storage_url(ld.sf, tmp_path)
     st = storage.load_or_create(ld.sf, storage.open_storage(url),
                                 optuna.samplers.RandomSampler(seed=0),
@@ -109,12 +110,12 @@ def _ld(tmp_path: Path, name: str) -> tuple[objective.Loaded, optuna.Study, str]
     return ld, st, url
 
 
-def _launcher(tmp_path: Path, ld: objective.Loaded, st: optuna.Study, url: str
-              ) -> dispatch.Launcher:
-    return dispatch.Launcher(ld, st, dispatch.LocalExecutor(), results_dir=str(tmp_path),
-                             cache_dir=str(tmp_path / "cache"), storage_url=url,
-                             study_file=ld.source, overrides=[], parallel=1,
-                             log=lambda m: None)
+def _launcher(tmp_path: Path, ld: studyfile.LoadedStudy, st: optuna.Study, url: str
+              ) -> launcher.Launcher:
+    opened = launcher.Opened(ld, st, storage.open_storage(url), url,
+                             storage.study_dir(tmp_path, ld.sf.study.name))
+    return launcher.Launcher(opened, LocalExecutor(), cache_dir=str(tmp_path / "cache"),
+                             parallel=1, log=lambda m: None)
 
 
 def test_vanished_worker_is_retried_with_the_same_params(tmp_path: Path) -> None:
@@ -148,7 +149,7 @@ def test_result_written_before_a_kill_is_recovered_not_rerun(tmp_path: Path) -> 
                                               "degradation": "jpeg", "level": 1,
                                               "level_step": 1, "accuracy": 0.5,
                                               "n_images": 10}])],
-                             params={}, param_kinds={}, stages={}, values=[0.5], extra={})
+                             params={}, param_dtypes={}, stages={}, values=[0.5], extra={})
     results.write_trial(tmp_path / "rec", 0, df)
     _launcher(tmp_path, ld, st, url).reconcile()
     assert st.trials[0].state == TrialState.COMPLETE and st.trials[0].value == 0.5
@@ -235,7 +236,7 @@ def test_killed_launcher_resumes_without_loss_or_duplicates(tmp_path: Path) -> N
     done = finished(st)
     assert len(done) == 5
     df = pd.read_parquet(tmp_path / "kill" / "trials")
-    stored = {t.number for t in st.trials if t.state in dispatch.FINISHED}
+    stored = {t.number for t in st.trials if t.state in launcher.FINISHED}
     assert set(df.trial.unique()) == stored                     # storage and Parquet agree
     assert not [t for t in st.trials if t.state == TrialState.RUNNING]
     # no configuration ran twice (every space has a continuous parameter, distill.lr)
@@ -251,8 +252,8 @@ def test_job_file_carries_the_resolved_tree(tmp_path: Path) -> None:
     assert cli.main(["launch", "--space", str(space), "--executor", "debug", "--results",
                      str(tmp_path), "--n-trials", "1",
                      *[x for s in sets for x in ("--set", s)]]) == 0
-    job = objective.Job.read(tmp_path / "tree" / "jobs" / "trial-000000.json")
-    assert job.tree == objective.load(str(space), [*sets, "executor.backend=debug"]).tree
+    job = worker.Job.read(tmp_path / "tree" / "jobs" / "trial-000000.json")
+    assert job.tree == studyfile.load(str(space), [*sets, "executor.backend=debug"]).tree
     space.write_text("study: [not, a, study]\n")           # edited while the study runs
-    ld = objective.load_tree(job.tree, job.study_file)
+    ld = studyfile.from_tree(job.tree, job.study_file)
     assert ld.sf.pipeline.distill.temperature == 3.5 and ld.sf.study.name == "tree"

@@ -14,9 +14,9 @@ import torch
 
 from study import augment, evaluation, train
 from study.cache import StageCache
-from study.config import load_study_file
 from study.data import make_synthetic
 from study.pipeline import Pipeline
+from study.studyfile import load_study_file
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = [sys.executable, "-m", "study.cli"]

@@ -31,7 +31,7 @@ import pytest
 import torch
 from toy_studies import free_port
 
-from study import cli, evaluation, objective, report, results, storage
+from study import cli, evaluation, report, results, storage, studyfile, worker
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -90,7 +90,7 @@ class Built:
     results: Path
     df: pd.DataFrame
     study: optuna.Study
-    ld: objective.Loaded
+    ld: studyfile.LoadedStudy
     report_s: float
     out: str
 
@@ -115,21 +115,21 @@ def _build(tmp: Path) -> Built:
     space = tmp / "rep.yaml"
     space.write_text(STUDY_FILE)
     res = tmp / "results"
-    ld = objective.load(str(space), [])
+    ld = studyfile.load(str(space), [])
     url = storage.storage_url(ld.sf, res)
     st = optuna.create_study(study_name=NAME, storage=storage.open_storage(url),
                              directions=["maximize"])
-    # The fixed trials go through the worker's own code (objective.run_job), each asked right
+    # The fixed trials go through the worker's own code (worker.run_job), each asked right
     # after it is enqueued, as the launcher asks.
     for params in FIXED:
         st.enqueue_trial(params)
         trial = st.ask()
         trial.set_user_attr("values", ld.space.sample(trial))
         trial.set_user_attr("attempt", 1)
-        job = objective.Job(study_file=str(space), overrides=[], results=str(res),
+        job = worker.Job(study_file=str(space), overrides=[], results=str(res),
                             cache=str(res / "cache"), storage=url, study_name=NAME,
                             trial=trial.number)
-        assert objective.run_job(job, log=lambda m: None) == "COMPLETE"
+        assert worker.run_job(job, log=lambda m: None) == "COMPLETE"
     assert cli.main(["launch", "--space", str(space), "--results", str(res),
                      "--n-trials", str(N_TRIALS)]) == 0
     t0 = time.perf_counter()
@@ -326,9 +326,9 @@ def test_interval_math_on_a_hand_made_three_seed_frame() -> None:
 def _params(space_yaml: str) -> list:
     import yaml
 
-    from study import config, space
+    from study import space
 
-    tree = config.resolve_tree(config.read_yaml(ROOT / "search_spaces" / "smoke.yaml"), "x")
+    tree = studyfile.resolve_tree(studyfile.read_yaml(ROOT / "search_spaces" / "smoke.yaml"), "x")
     return list(space.parse_space(yaml.safe_load(space_yaml), tree, "x").params)
 
 
@@ -357,7 +357,7 @@ distill.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
     trial, note = report.paper_trial(frame[frame.trial < 2], params, paper)
     assert trial is None and "No completed trial runs the paper setting" in note
     # a smoke-style study file: the paper values are its pipeline's
-    ld = objective.load("smoke.yaml", [])
+    ld = studyfile.load("smoke.yaml", [])
     got = report.paper_setting(ld.space.params, ld.sf.model_dump(), ld.sf.pipeline.fused_experts)
     assert got["fusion.method"] == "uniform" and got["distill.loss"] == "feature"
     assert got["distill.lr"] == pytest.approx(1e-3)
@@ -392,7 +392,7 @@ def a_objectives() -> list[dict[str, str]]:
 
 def test_a_study_whose_trials_all_failed_gets_notes_not_a_crash() -> None:
     df = results.trial_frame(study_name="f", trial=0, attempt=1, state="FAIL", seed_rows=[],
-                             params={}, param_kinds={}, stages={}, values=[None],
+                             params={}, param_dtypes={}, stages={}, values=[None],
                              extra={"error": "boom", "wall_s": 3.0})
     st = optuna.create_study()
     a = report.analyse(df, st, [], {}, objectives=a_objectives(), methods=["fusiondistill"],

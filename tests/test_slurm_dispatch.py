@@ -17,8 +17,8 @@ import pytest
 from optuna.trial import TrialState
 from toy_studies import finished, journal_study, wait
 
-from study.config import load_study_file
-from study.slurm import sbatch_script
+from study.executors.slurm import sbatch_script
+from study.studyfile import load_study_file
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = [sys.executable, "-m", "study.cli"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -14,9 +16,24 @@ import pytest
 import yaml
 from scipy import stats
 
-from study import config
-from study.config import ConfigError
-from study.space import SearchSpace, parse_space, repair_subset, simplex_weights
+from study import config, studyfile
+from study.errors import ConfigError
+from study.space import (
+    GRID_LIMIT,
+    KINDS,
+    TYPES,
+    CategoricalParam,
+    FixedParam,
+    FloatParam,
+    IntParam,
+    Param,
+    SearchSpace,
+    SimplexParam,
+    SubsetParam,
+    parse_space,
+    repair_subset,
+    simplex_weights,
+)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -51,7 +68,7 @@ CONDITIONS = {  # param -> (the param it tests, the values that make it active)
 
 @pytest.fixture(scope="module")
 def tree() -> dict[str, Any]:
-    return config.resolve_tree(config.read_yaml(SMOKE), SOURCE)
+    return studyfile.resolve_tree(studyfile.read_yaml(SMOKE), SOURCE)
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +142,7 @@ def test_section_paths_prefix_and_plain_values(tree: dict[str, Any]) -> None:
         "study.seed": 3,
         "eval.degradations": ["jpeg"],
     }
-    sf = config.validate(space.apply(tree, {"study.seed": 3, "distill.lr": 0.01}), SOURCE)
+    sf = studyfile.validate(space.apply(tree, {"study.seed": 3, "distill.lr": 0.01}), SOURCE)
     assert sf.study.seed == 3 and sf.pipeline.distill.lr == 0.01
 
 
@@ -179,7 +196,7 @@ def test_samples_are_valid_canonical_and_reproducible(
         assert example.from_params(trial.user_attrs) == v
         assert example.from_params(trial.params) == v
         assert example.from_params(copy.deepcopy(v)) == v
-        sf = config.validate(example.apply(tree, v), SOURCE)
+        sf = studyfile.validate(example.apply(tree, v), SOURCE)
         for p in example.params:
             if p.name in v:
                 assert at_path(sf, p.path) == v[p.name], p.name
@@ -221,7 +238,7 @@ def test_simplex_over_a_fixed_list(tree: dict[str, Any]) -> None:
     )
     # -log(0.5) : -log(0.25) = 1 : 2
     assert v["fusion.weights"] == pytest.approx({"awgn": 1 / 3, "jpeg": 2 / 3}, abs=1e-12)
-    sf = config.validate(space.apply(tree, v), SOURCE)
+    sf = studyfile.validate(space.apply(tree, v), SOURCE)
     assert sf.pipeline.fused_experts == ["jpeg", "awgn"]
     assert sf.pipeline.fusion.weights == v["fusion.weights"]
 
@@ -272,7 +289,7 @@ def test_simplex_over_a_chosen_subset_is_uniform_on_the_chosen_items(
         assert list(v["fusion.weights"]) == v["degradations"] and len(v["degradations"]) == 2
         first.append(v["fusion.weights"][v["degradations"][0]])
         if len(first) <= 20:
-            config.validate(space.apply(tree, v), SOURCE)
+            studyfile.validate(space.apply(tree, v), SOURCE)
     assert stats.kstest(first, stats.uniform.cdf).pvalue > 1e-3
     assert abs(np.mean(np.array(first) < 0.5) - 0.5) < 0.04
 
@@ -523,3 +540,171 @@ def test_all_problems_are_reported_together(tree: dict[str, Any]) -> None:
         assert f"'{key}" in msg
     with pytest.raises(ConfigError, match="smoke.yaml: key 'space' must be a mapping"):
         parse_space(["distill.lr"], tree, SOURCE)
+
+
+# --- the parameter classes ----------------------------------------------------------------------
+
+
+KIND_SPACE = yaml.safe_load("""
+distill.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
+distill.ce_weight: {type: float, low: 0.0, high: 1.0, step: 0.25}
+distill.epochs: {type: int, low: 1, high: 5, step: 2}
+fusion.method: {type: categorical, choices: [uniform, weighted]}
+degradations: {type: subset, of: [jpeg, blur, awgn], min_size: 2}
+fusion.weights: {type: simplex, over: degradations}
+seed: 4
+""")
+
+
+@pytest.fixture(scope="module")
+def kinds(tree: dict[str, Any]) -> dict[str, Param]:
+    return {p.name: p for p in parse_space(KIND_SPACE, tree, SOURCE).params}
+
+
+def test_the_registry_maps_each_yaml_type_to_its_class(kinds: dict[str, Param]) -> None:
+    assert TYPES == tuple(KINDS) == ("float", "int", "categorical", "subset", "simplex", "fixed")
+    assert all(cls.kind == name and issubclass(cls, Param) for name, cls in KINDS.items())
+    expected = {
+        "distill.lr": FloatParam,
+        "distill.ce_weight": FloatParam,
+        "distill.epochs": IntParam,
+        "fusion.method": CategoricalParam,
+        "degradations": SubsetParam,
+        "fusion.weights": SimplexParam,
+        "seed": FixedParam,
+    }
+    assert {n: type(p) for n, p in kinds.items()} == expected
+    assert [n for n, p in kinds.items() if not p.searched] == ["seed"]
+    assert {n: p.column_dtype for n, p in kinds.items()} == {
+        n: {FloatParam: "Float64", IntParam: "Int64"}.get(cls, "string")
+        for n, cls in expected.items()
+    }
+    with pytest.raises(TypeError):
+        Param("x", ("pipeline", "x"), {}, {})  # type: ignore[abstract]
+
+
+def test_an_unknown_type_lists_the_registry(tree: dict[str, Any]) -> None:
+    for spec, got in [
+        ({"type": "floot"}, "type 'floot' (did you mean 'float'?)"),
+        ({"type": ["int"]}, "type ['int']"),
+        ({"low": 1}, "no 'type'"),
+    ]:
+        with pytest.raises(ConfigError) as e:
+            parse_space({"distill.lr": spec}, tree, SOURCE)
+        msg = str(e.value)
+        assert msg.startswith(SOURCE) and "key 'space.distill.lr'" in msg and got in msg, msg
+        assert f"valid types: {list(KINDS)}" in msg
+
+
+def test_each_kind_checks_a_stored_value(kinds: dict[str, Param]) -> None:
+    k = kinds
+    assert k["distill.lr"].check(1e-3) == 1e-3
+    assert k["distill.ce_weight"].check(0.5) == 0.5
+    assert k["distill.epochs"].check(3.0) == 3 and type(k["distill.epochs"].check(3.0)) is int
+    assert k["fusion.method"].check("weighted") == "weighted"
+    assert k["degradations"].check(["awgn", "jpeg"]) == ["jpeg", "awgn"]  # `of` order
+    chosen = {"degradations": ["jpeg", "awgn"]}
+    assert k["fusion.weights"].check({"awgn": 0.5, "jpeg": 0.5}, chosen) == {
+        "jpeg": 0.5,
+        "awgn": 0.5,
+    }
+    assert k["seed"].check(4) == 4
+    for name, value, values in [
+        ("distill.lr", 0.1, {}),
+        ("distill.ce_weight", 0.3, {}),  # off the 0.25 grid
+        ("distill.epochs", 2, {}),  # off the step-2 grid from 1
+        ("distill.epochs", True, {}),
+        ("fusion.method", "ties", {}),
+        ("degradations", ["jpeg"], {}),  # below min_size
+        ("degradations", ["jpeg", "jpeg"], {}),
+        ("fusion.weights", {"jpeg": 1.0}, chosen),  # awgn missing
+        ("fusion.weights", {"jpeg": 0.7, "awgn": 0.7}, chosen),
+        ("seed", 5, {}),
+    ]:
+        with pytest.raises(ValueError):
+            k[name].check(value, values)
+
+
+def test_each_kind_draws_from_a_suggester(kinds: dict[str, Param]) -> None:
+    raw = {
+        "distill.lr": 1e-3,
+        "distill.ce_weight": 0.75,
+        "distill.epochs": 5,
+        "fusion.method": "uniform",
+        "degradations.jpeg": True,
+        "degradations.blur": False,
+        "degradations.awgn": False,  # one chosen: repaired up to min_size 2
+        "fusion.weights.jpeg": 0.5,
+        "fusion.weights.blur": 0.25,
+        "fusion.weights.awgn": 0.9,
+    }
+    trial = optuna.trial.FixedTrial(raw)
+    k = kinds
+    assert k["distill.lr"].draw(trial) == 1e-3
+    assert k["distill.ce_weight"].draw(trial) == 0.75
+    assert k["distill.epochs"].draw(trial) == 5
+    assert k["fusion.method"].draw(trial) == "uniform"
+    assert k["degradations"].draw(trial) == ["jpeg", "blur"]
+    w = k["fusion.weights"].draw(trial, {"degradations": ["jpeg", "blur"]})
+    assert w == pytest.approx({"jpeg": 1 / 3, "blur": 2 / 3}, abs=1e-12)  # -log .5 : -log .25
+    assert k["seed"].draw(trial) == 4
+    assert k["fusion.weights"].inputs == ("degradations",)
+    assert k["fusion.weights"].raw_names() == [f"fusion.weights.{d}" for d in DEGS[:3]]
+    assert k["seed"].raw_names() == [] and k["seed"].distributions() == {}
+
+
+def test_each_kind_has_a_grid_and_a_display_line(kinds: dict[str, Param]) -> None:
+    k = kinds
+    assert k["distill.lr"].grid_size() is None and k["distill.lr"].grid() is None
+    assert k["distill.ce_weight"].grid() == {"distill.ce_weight": [0.0, 0.25, 0.5, 0.75, 1.0]}
+    assert k["distill.epochs"].grid() == {"distill.epochs": [1, 3, 5]}
+    assert k["fusion.method"].grid() == {"fusion.method": ["uniform", "weighted"]}
+    assert k["degradations"].grid_size() == 8
+    assert k["degradations"].grid() == {f"degradations.{d}": [False, True] for d in DEGS[:3]}
+    assert k["fusion.weights"].grid_size() is None
+    assert k["seed"].grid_size() == 1 and k["seed"].grid() == {}
+    for p in k.values():
+        grid = p.grid()
+        if grid is not None:
+            assert p.grid_size() == math.prod(len(v) for v in grid.values()), p.name
+    assert {n: p.display() for n, p in k.items()} == {
+        "distill.lr": "float [0.0001, 0.01] log",
+        "distill.ce_weight": "float [0.0, 1.0] step 0.25",
+        "distill.epochs": "int [1, 5] step 2",
+        "fusion.method": "categorical ['uniform', 'weighted']",
+        "degradations": "subset of ['jpeg', 'blur', 'awgn'], size 2..3",
+        "fusion.weights": "simplex weights over degradations",
+        "seed": "fixed 4",
+    }
+
+
+def test_only_equality_kinds_can_be_tested_by_when(kinds: dict[str, Param]) -> None:
+    testable = {n for n, p in kinds.items() if p.when_testable}
+    assert testable == {"distill.epochs", "fusion.method", "seed"}
+    assert kinds["distill.epochs"].can_take(3) and not kinds["distill.epochs"].can_take(3.0)
+    assert kinds["fusion.method"].can_take("uniform") and kinds["seed"].can_take(4)
+    with pytest.raises(TypeError):
+        kinds["distill.lr"].can_take(1e-3)
+
+
+def test_the_grid_is_bounded_without_being_enumerated(tree: dict[str, Any]) -> None:
+    def space(yaml_text: str) -> SearchSpace:
+        return parse_space(yaml.safe_load(yaml_text), tree, SOURCE)
+
+    huge = space("distill.epochs: {type: int, low: 1, high: 1000000000}")
+    t0 = time.perf_counter()
+    assert huge.grid_size() == 1_000_000_000 and huge.grid() is None
+    fine = space("distill.ce_weight: {type: float, low: 0.0, high: 1.0, step: 1.0e-9}")
+    assert fine.grid_size() == 1_000_000_001 and fine.grid() is None
+    assert time.perf_counter() - t0 < 1.0  # nothing a billion long was built
+    at_limit = space(f"distill.epochs: {{type: int, low: 1, high: {GRID_LIMIT}}}")
+    assert len(at_limit.grid()["distill.epochs"]) == GRID_LIMIT
+    # each parameter small, the product (47^3 = 103823) over the limit
+    product = space("""
+        distill.epochs: {type: int, low: 1, high: 47}
+        base.epochs: {type: int, low: 1, high: 47}
+        expert.epochs: {type: int, low: 1, high: 47}
+    """)
+    assert product.grid_size() == 47**3 and product.grid() is None
+    subset = space(f"eval.degradations: {{type: subset, of: {DEGS}}}")
+    assert subset.grid_size() == 16 and subset.grid() is not None

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import optuna
 
-from study import dispatch, storage
+from study import launcher, storage
 
 
 def journal_study(results: Path, name: str) -> optuna.Study:
@@ -21,7 +21,7 @@ def journal_study(results: Path, name: str) -> optuna.Study:
 
 def finished(st: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """Trials that count toward n_trials: finished, and not a FAIL that was retried."""
-    return [t for t in st.get_trials() if t.state in dispatch.FINISHED
+    return [t for t in st.get_trials() if t.state in launcher.FINISHED
             and not t.user_attrs.get("retried")]
 
 

@@ -1,6 +1,9 @@
-"""One trial, as a worker runs it: read the trial's parameters from the study storage, run the
-pipeline (once per replicate seed), report each epoch of the final stage to the pruner, write the
-trial's Parquet file, then tell the storage. Run as `python -m study.objective JOB.json`.
+"""The worker entry point: `python -m study.worker JOB.json` runs one trial to a final state.
+
+Read the trial's parameters from the study storage, run the pipeline (once per replicate seed),
+report each epoch of the watched stage to the pruner, write the trial's Parquet file, then tell
+the storage. The local executor starts it as a process, a SLURM job calls `run_job`, the debug
+executor calls it in the launcher's own process.
 
 Order matters for "nothing lost": the Parquet file is written before the tell, so a worker killed
 in between leaves a result the launcher recovers instead of recomputing.
@@ -19,18 +22,16 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import torch
 from optuna.trial import TrialState
 
-from study import evaluation, faults, results, space, storage
+from study import atomic, evaluation, faults, results, stages, storage, studyfile
 from study.cache import StageCache
-from study.config import StudyFile, read_yaml, resolve_space_path, resolve_tree, validate
+from study.config import StudyFile
 from study.pipeline import Pipeline, PipelineResult
 
 AGG_COLUMN = {"avg": "Avg", "clean": "Clean", "jpeg": "JPEG", "blur": "Blur", "awgn": "AWGN",
               "saltpepper": "SAPN"}
-# A stage name per method: the stage whose epochs the pruner watches.
-FINAL_STAGE = {"fusiondistill": "fusiondistill", "fusing": "fusing", "scratch": "scratch",
-               "vanilla_ft": "vanilla_ft"}
 
 
 @dataclass(frozen=True)
@@ -50,38 +51,13 @@ class Job:
     tree: dict[str, Any] | None = None
 
     def write(self, path: Path) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=1))
-        os.replace(tmp, path)
+        # 0600: the tree may hold a storage URL with its password
+        atomic.write_text(path, json.dumps(asdict(self), indent=1), mode=0o600)
         return path
 
     @classmethod
     def read(cls, path: str | Path) -> Job:
         return cls(**json.loads(Path(path).read_text()))
-
-
-@dataclass(frozen=True)
-class Loaded:
-    sf: StudyFile
-    tree: dict[str, Any]
-    space: space.SearchSpace
-    source: str
-
-
-def load(study_file: str, overrides: list[str]) -> Loaded:
-    path = resolve_space_path(study_file).resolve()   # workers may run in another cwd
-    return load_tree(resolve_tree(read_yaml(path), str(path), overrides), str(path))
-
-
-def load_tree(tree: dict[str, Any], source: str) -> Loaded:
-    sf = validate(tree, source)
-    sp = space.parse_space(tree.get("space") or {}, tree, source)
-    return Loaded(sf, tree, sp, source)
-
-
-def trial_config(ld: Loaded, values: dict[str, Any]) -> StudyFile:
-    return validate(ld.space.apply(ld.tree, values), ld.source)
 
 
 def objective_values(rows: list[dict[str, Any]], sf: StudyFile) -> list[float]:
@@ -95,22 +71,28 @@ def objective_values(rows: list[dict[str, Any]], sf: StudyFile) -> list[float]:
     return out
 
 
-def _frozen(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
-    trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
-    return study._storage.get_trial(trial_id)
+def use_allotted_cpus() -> None:
+    """torch threads = the CPUs this process was given: STUDY_THREADS first (a packed SLURM
+    job or the local executor splits its CPUs between trials), else SLURM's allocation (sites
+    without cgroups do not pin CPUs, and torch would take every core of the node)."""
+    n = os.environ.get("STUDY_THREADS") or os.environ.get("SLURM_CPUS_PER_TASK")
+    if n and n.isdigit() and int(n) > 0:
+        torch.set_num_threads(int(n))
 
 
 def run_job(job: Job, log: Any = print) -> str:
     """Run one trial to a final state; returns the state name. Never raises for a trial's own
     error: that is a FAIL with its traceback, stored with the trial and in its Parquet row."""
-    ld = (load(job.study_file, job.overrides) if job.tree is None
-          else load_tree(job.tree, job.study_file))
-    st = optuna.load_study(study_name=job.study_name, storage=storage.open_storage(job.storage))
-    frozen = _frozen(st, job.trial)
+    ld = (studyfile.load(job.study_file, job.overrides) if job.tree is None
+          else studyfile.from_tree(job.tree, job.study_file))
+    store = storage.open_storage(job.storage)
+    st = optuna.load_study(study_name=job.study_name, storage=store)
+    trial_id = storage.trial_id(store, job.study_name, job.trial)
+    frozen = store.get_trial(trial_id)
     if frozen.state != TrialState.RUNNING:
         log(f"trial {job.trial} is already {frozen.state.name}; nothing to do")
         return frozen.state.name
-    trial = optuna.trial.Trial(st, frozen._trial_id)
+    trial = optuna.trial.Trial(st, trial_id)
     trial.set_user_attr("worker", {"host": platform.node(), "pid": os.getpid(),
                                    "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
                                    "started": time.time()})
@@ -124,9 +106,9 @@ def run_job(job: Job, log: Any = print) -> str:
     state, error, fail_kind, objs = "COMPLETE", None, None, []
     sf: StudyFile | None = None
     try:
-        sf = trial_config(ld, values)
-        obj = sf.study.objectives[0]
-        final = FINAL_STAGE.get(obj.method) if len(sf.study.objectives) == 1 else None
+        sf = ld.trial_config(values)
+        final = (stages.METHODS[sf.study.objectives[0].method].watched_stage(sf.pipeline)
+                 if len(sf.study.objectives) == 1 else None)
 
         def on_epoch(epoch: int, val: float | None) -> None:
             if val is None:
@@ -147,7 +129,7 @@ def run_job(job: Job, log: Any = print) -> str:
     except optuna.TrialPruned as e:
         state, error = "PRUNED", str(e)
     except Exception as e:  # noqa: BLE001 - a trial's own error fails that trial, once
-        if isinstance(e, OSError) and e.errno in storage.DISK_FULL:
+        if atomic.is_disk_full(e):
             raise   # not the trial's fault: the worker dies, the launcher retries the trial
         state, error, fail_kind = "FAIL", "".join(traceback.format_exception(e)), "code"
     stage_info = {s.stage: {"key": s.key, "hit": s.hit, "build_s": s.build_s}
@@ -160,9 +142,9 @@ def run_job(job: Job, log: Any = print) -> str:
     df = results.trial_frame(
         study_name=job.study_name, trial=job.trial, attempt=attempt, state=state,
         seed_rows=seeds, params=values,
-        param_kinds={p.name: p.kind for p in ld.space.params},
+        param_dtypes={p.name: p.column_dtype for p in ld.space.params},
         stages=stage_info, values=objs or [None] * n_obj, extra=extra)
-    if _frozen(st, job.trial).state != TrialState.RUNNING:   # retried elsewhere meanwhile
+    if store.get_trial(trial_id).state != TrialState.RUNNING:   # retried elsewhere meanwhile
         log(f"trial {job.trial} was finished by someone else; result not written")
         return "STALE"
     # The launcher may fail this trial between the check above and the tell below (a job
@@ -184,7 +166,7 @@ def run_job(job: Job, log: Any = print) -> str:
         else:
             st.tell(job.trial, state=TrialState[state])
     except (RuntimeError, ValueError):
-        if _frozen(st, job.trial).state == TrialState.RUNNING:
+        if store.get_trial(trial_id).state == TrialState.RUNNING:
             raise
         log(f"trial {job.trial} was finished by someone else meanwhile; not told")
         return "STALE"
@@ -195,12 +177,7 @@ def run_job(job: Job, log: Any = print) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    # STUDY_THREADS first: a packed SLURM job splits its CPUs between its trials
-    n = os.environ.get("STUDY_THREADS") or os.environ.get("SLURM_CPUS_PER_TASK")
-    if n and n.isdigit():
-        import torch
-
-        torch.set_num_threads(int(n))
+    use_allotted_cpus()
     run_job(Job.read(argv[0]))
     return 0
 

@@ -3,7 +3,7 @@
 
 Jobs are Checkpointable: on preemption or the pre-timeout signal submitit requeues them, and the
 rerun resumes from the stage cache (finished stages) and the epoch checkpoint (the stage in
-progress). A code error inside a trial is caught by the worker (objective.run_job) and fails the
+progress). A code error inside a trial is caught by the worker (worker.run_job) and fails the
 trial once; a job that vanishes (scancel, OOM kill, node failure) leaves its trial RUNNING with no
 result, which the launcher sees in sacct and retries with the same parameters.
 """
@@ -15,23 +15,23 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import submitit
 from optuna.trial import FrozenTrial
 
+from study import adapter, worker
 from study.config import SlurmSettings
+from study.executors import local
+from study.executors.base import Driver, Executor, Handle, JobFiles
 
 # sacct states in which a job may still run (or run again after a requeue).
 ALIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING",
          "COMPLETING", "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD"}
 # sacct may not know a job for a moment after sbatch returns.
 UNKNOWN_GRACE_S = 60.0
-# Space parameters under these paths change the base or the experts: then they are not shared.
-SHARED_STAGE_INPUTS = ("pipeline.data", "pipeline.model", "pipeline.base", "pipeline.expert",
-                       "pipeline.seed", "pipeline.salt_value", "pipeline.selection")
 
 
 @contextlib.contextmanager
@@ -45,15 +45,6 @@ def submission_env() -> Iterator[None]:
         yield
 
 
-def _threads_from_slurm() -> None:
-    # No cgroups on many sites (and on the test cluster): take the CPUs the job was given.
-    n = os.environ.get("SLURM_CPUS_PER_TASK")
-    if n and n.isdigit():
-        import torch
-
-        torch.set_num_threads(int(n))
-
-
 class TrialJob(submitit.helpers.Checkpointable):
     """A trial's worker; checkpoint() (inherited) requeues the same call on preemption."""
 
@@ -61,10 +52,8 @@ class TrialJob(submitit.helpers.Checkpointable):
         self.job_path = job_path
 
     def __call__(self) -> str:
-        from study.objective import Job, run_job
-
-        _threads_from_slurm()
-        return run_job(Job.read(self.job_path))
+        worker.use_allotted_cpus()
+        return worker.run_job(worker.Job.read(self.job_path))
 
 
 class PackedTrialJob(submitit.helpers.Checkpointable):
@@ -82,7 +71,7 @@ class PackedTrialJob(submitit.helpers.Checkpointable):
         for path in self.job_paths:
             with open(Path(path).with_suffix(".log"), "ab") as log:
                 # argv list, no shell: user values never reach a shell string
-                procs.append(subprocess.Popen([sys.executable, "-m", "study.objective", path],
+                procs.append(subprocess.Popen([sys.executable, "-m", local.WORKER_MODULE, path],
                                               stdout=log, stderr=subprocess.STDOUT,
                                               stdin=subprocess.DEVNULL, env=env))
         codes = [p.wait() for p in procs]
@@ -92,37 +81,12 @@ class PackedTrialJob(submitit.helpers.Checkpointable):
 class StageJob(submitit.helpers.Checkpointable):
     """Builds one shared stage (base or an expert) into the cache; trials depend on it."""
 
-    def __init__(self, study_file: str, overrides: list[str], cache: str, stage: str, seed: int):
-        self.study_file, self.overrides, self.cache = study_file, overrides, cache
-        self.stage, self.seed = stage, seed
+    def __init__(self, build: Callable[[str, int], Any], stage: str, seed: int):
+        self.build, self.stage, self.seed = build, stage, seed
 
-    def __call__(self) -> str:
-        from study.cache import StageCache
-        from study.objective import load
-        from study.pipeline import Pipeline
-
-        _threads_from_slurm()
-        ld = load(self.study_file, self.overrides)
-        cfg = ld.sf.pipeline.model_copy(update={"seed": self.seed})
-        pipe = Pipeline(cfg, StageCache(self.cache))
-        pipe.network(self.stage)
-        return pipe.key(self.stage)
-
-
-class DriverJob(submitit.helpers.Checkpointable):
-    """`study launch` itself, as a small job: what keeps a --detach study going."""
-
-    def __init__(self, argv: list[str], cwd: str):
-        self.argv, self.cwd = argv, cwd
-
-    def __call__(self) -> int:
-        from study import cli
-
-        os.chdir(self.cwd)
-        code = cli.main(self.argv)
-        if code not in (0, None):
-            raise RuntimeError(f"study launch exited with {code}")
-        return 0
+    def __call__(self) -> Any:
+        worker.use_allotted_cpus()
+        return self.build(self.stage, self.seed)
 
 
 def sacct_states(job_ids: Iterable[str]) -> dict[str, str]:
@@ -147,8 +111,8 @@ def sacct_states(job_ids: Iterable[str]) -> dict[str, str]:
     return dict(line.split(None, 1) for line in out.stdout.splitlines() if " " in line)
 
 
-class SlurmExecutor:
-    kind = "slurm"
+class SlurmExecutor(Executor):
+    name: ClassVar[str] = "slurm"
 
     def __init__(self, settings: SlurmSettings, folder: Path, study_name: str):
         self.settings, self.folder, self.study_name = settings, Path(folder), study_name
@@ -156,7 +120,7 @@ class SlurmExecutor:
         self.submitted_at: dict[str, float] = {}
         self.dependency: list[str] = []     # shared-stage jobs the next trials wait for
 
-    def _executor(self, name: str, time_min: int, cpus: int | None = None,
+    def auto_executor(self, name: str, time_min: int, cpus: int | None = None,
                   dependency: list[str] | None = None) -> submitit.AutoExecutor:
         s = self.settings
         # a requeue per preemption or timeout, up to 10, each resuming from checkpoints
@@ -204,51 +168,60 @@ class SlurmExecutor:
         self.states[jid] = "PENDING"
         return jid
 
-    def submit(self, job_path: Path, job: Any, log_path: Path) -> dict[str, Any]:
-        ex = self._executor(f"study-{self.study_name}", self.settings.time_min,
-                            dependency=self._live_dependencies())
-        with submission_env():
-            j = ex.submit(TrialJob(str(job_path)))
-        jid = self._track(j)
-        return {"kind": self.kind, "job_id": jid, "submitted": time.time(),
-                "log": str(self.folder / jid / f"{jid}_0_log.out")}
-
     @property
-    def trials_per_job(self) -> int:
+    def trials_per_submission(self) -> int:
         return self.settings.trials_per_job
 
-    def submit_packed(self, job_paths: list[Path]) -> dict[str, Any]:
-        """One job for several trials (the launcher gives each trial this same handle)."""
-        ex = self._executor(f"study-{self.study_name}", self.settings.time_min,
+    def submit(self, trials: Sequence[JobFiles]) -> Handle:
+        """One job: a TrialJob, or a PackedTrialJob for several trials (one process each,
+        sharing the job's GPU). Every trial of the pack gets this same handle."""
+        ex = self.auto_executor(f"study-{self.study_name}", self.settings.time_min,
                             dependency=self._live_dependencies())
+        paths = [str(t.job) for t in trials]
         with submission_env():
-            j = ex.submit(PackedTrialJob([str(p) for p in job_paths]))
+            j = ex.submit(TrialJob(paths[0]) if len(paths) == 1 else PackedTrialJob(paths))
         jid = self._track(j)
-        return {"kind": self.kind, "job_id": jid, "submitted": time.time(),
-                "packed": len(job_paths), "log": str(self.folder / jid / f"{jid}_0_log.out")}
+        handle: Handle = {"kind": self.name, "job_id": jid, "submitted": time.time(),
+                          "log": str(self.folder / jid / f"{jid}_0_log.out")}
+        if len(paths) > 1:
+            handle["packed"] = len(paths)
+        return handle
 
-    def submit_stages(self, plan: list[tuple[str, int]], study_file: str, overrides: list[str],
-                      cache: str) -> dict[str, str]:
+    def build_shared_stages(self, plan: Sequence[tuple[str, int]],
+                            build: Callable[[str, int], Any]) -> dict[str, str]:
         """base first, then each expert depending on it; trials then depend on all of them."""
         time_min = self.settings.stage_time_min or self.settings.time_min
         ids: dict[str, str] = {}
         for stage, seed in plan:
             dep = [ids[f"base@{seed}"]] if stage != "base" and f"base@{seed}" in ids else None
-            ex = self._executor(f"study-{self.study_name}-{stage}", time_min, dependency=dep)
+            ex = self.auto_executor(f"study-{self.study_name}-{stage}", time_min, dependency=dep)
             with submission_env():
-                j = ex.submit(StageJob(study_file, overrides, cache, stage, seed))
+                j = ex.submit(StageJob(build, stage, seed))
             ids[f"{stage}@{seed}"] = self._track(j)
         self.dependency = list(ids.values())
         return ids
 
-    def submit_driver(self, argv: list[str], cwd: str) -> str:
-        ex = self._executor(f"study-{self.study_name}-driver", self.settings.driver_time_min,
+    def start_driver(self, driver: Driver) -> Handle:
+        ex = self.auto_executor(f"study-{self.study_name}-driver", self.settings.driver_time_min,
                             cpus=1)
         # The driver only asks, submits and tells: no GPU, whatever the trials need.
         ex.update_parameters(slurm_gres=None, gpus_per_node=None, mem_gb=2)
         with submission_env():
-            j = ex.submit(DriverJob(argv, cwd))
-        return self._track(j)
+            j = ex.submit(driver)
+        return {"kind": self.name, "job_id": self._track(j)}
+
+    def stop_driver(self, handle: Handle, wait_s: float) -> None:
+        jid = handle.get("job_id")
+        if not jid:
+            return
+        scancel([jid])
+        deadline = time.time() + wait_s
+        while time.time() < deadline and sacct_states([jid]).get(str(jid), "PENDING") in ALIVE:
+            time.sleep(1)
+
+    def cancel(self, handles: Sequence[Handle]) -> None:
+        scancel([h["job_id"] for h in handles if h.get("kind") == self.name and h.get("job_id")])
+        local.kill_local(handles)   # workers this machine runs (a single-node cluster)
 
     def refresh(self, handles: Iterable[dict[str, Any]]) -> None:
         ids = [h["job_id"] for h in handles if h.get("job_id")]
@@ -270,7 +243,7 @@ class SlurmExecutor:
         pass
 
 
-def cancel(job_ids: Iterable[str]) -> None:
+def scancel(job_ids: Iterable[str]) -> None:
     ids = [str(j) for j in job_ids if j]
     if ids:
         subprocess.run(["scancel", *ids], capture_output=True, timeout=60)
@@ -279,6 +252,5 @@ def cancel(job_ids: Iterable[str]) -> None:
 def sbatch_script(settings: SlurmSettings, folder: Path, name: str = "study-example") -> str:
     """The sbatch file submitit would write for a trial job under these settings (for the
     golden-file test and for users who want to see it)."""
-    ex = SlurmExecutor(settings, folder, name)._executor(name, settings.time_min)
-    inner = ex._executor
-    return inner._make_submission_file_text("python -u -m submitit.core._submit '%j'", "UID")
+    ex = SlurmExecutor(settings, folder, name).auto_executor(name, settings.time_min)
+    return adapter.sbatch_text(ex, "python -u -m submitit.core._submit '%j'")

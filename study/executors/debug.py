@@ -1,0 +1,38 @@
+"""Trials run in the launcher's own process, one after the other: for debugging and tests, the
+counterpart of submitit's `cluster="debug"`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+from optuna.trial import FrozenTrial
+
+from study import worker
+from study.executors import local
+from study.executors.base import Driver, Executor, Handle, JobFiles
+
+
+class DebugExecutor(Executor):
+    name: ClassVar[str] = "debug"
+    inline: ClassVar[bool] = True
+
+    def submit(self, trials: Sequence[JobFiles]) -> Handle:
+        for t in trials:
+            worker.run_job(worker.Job.read(t.job))
+        return {"kind": self.name}
+
+    def alive(self, handle: Handle, trial: FrozenTrial) -> bool:
+        return False   # a debug trial still RUNNING belongs to a launcher that died
+
+    def started(self, job: object) -> bool:
+        return False
+
+    def cancel(self, handles: Sequence[Handle]) -> None:
+        local.kill_local(handles)   # workers of an earlier launch with another backend
+
+    def start_driver(self, driver: Driver) -> Handle:
+        return local.start_process_driver(driver)   # the detached launcher runs trials inline
+
+    def stop_driver(self, handle: Handle, wait_s: float) -> None:
+        local.stop_process_driver(handle, wait_s)

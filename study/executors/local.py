@@ -1,0 +1,111 @@
+"""One process per trial on this machine, each in its own session so it outlives a killed
+launcher (`study launch` again adopts it). Liveness is read from /proc, never from a pid alone:
+pids are recycled, so a process counts only if its command line names the trial's job file."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar
+
+from optuna.trial import FrozenTrial
+
+from study.executors.base import Driver, Executor, Handle, JobFiles
+
+WORKER_MODULE = "study.worker"
+
+
+def pid_alive(pid: int, marker: str) -> bool:
+    """Alive and really ours (its command line contains `marker`), not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                return False
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return marker.encode() in f.read()
+    except (OSError, IndexError):
+        return False
+
+
+def kill_local(handles: Sequence[Handle]) -> None:
+    """SIGTERM to the process group of every handle that names a pid on this machine (workers
+    and drivers lead their own session, so their children go too)."""
+    for h in handles:
+        if h.get("pid") and h.get("host", platform.node()) == platform.node():
+            with contextlib.suppress(OSError):
+                os.killpg(int(h["pid"]), signal.SIGTERM)
+
+
+def start_process_driver(driver: Driver) -> Handle:
+    log_path = Path(driver.argv[-1]).with_suffix(".log")
+    with open(log_path, "ab") as log:
+        p = subprocess.Popen(driver.argv, stdout=log, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, start_new_session=True)
+    return {"kind": "local", "pid": p.pid, "host": platform.node(), "log": str(log_path)}
+
+
+def stop_process_driver(handle: Handle, wait_s: float) -> None:
+    if not handle.get("pid") or handle.get("host") != platform.node():
+        return
+    kill_local([handle])
+    deadline = time.time() + wait_s
+    while time.time() < deadline and pid_alive(int(handle["pid"]), "study.launcher"):
+        time.sleep(0.5)
+
+
+class LocalExecutor(Executor):
+    name: ClassVar[str] = "local"
+
+    def __init__(self, threads: int | None = None):
+        self.threads = threads     # torch threads per worker: the CPUs split between trials
+        self._children: list[subprocess.Popen[bytes]] = []
+
+    def submit(self, trials: Sequence[JobFiles]) -> Handle:
+        (t,) = trials   # one process per trial: trials_per_submission is 1
+        env = dict(os.environ)
+        if self.threads:
+            env["STUDY_THREADS"] = str(self.threads)
+        with open(t.log, "ab") as log:
+            # argv list, no shell: user values never reach a shell string.
+            p = subprocess.Popen([sys.executable, "-m", WORKER_MODULE, str(t.job)],
+                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 env=env, start_new_session=True)
+        self._children.append(p)
+        return {"kind": self.name, "pid": p.pid, "host": platform.node(), "marker": str(t.job),
+                "submitted": time.time()}
+
+    def alive(self, handle: Handle, trial: FrozenTrial) -> bool:
+        self.poll()
+        registered = trial.user_attrs.get("worker") or {}
+        if registered.get("host", handle.get("host")) != platform.node():
+            return True   # another machine's process: cannot look, assume alive
+        pid = registered.get("pid") or handle.get("pid")
+        return bool(pid) and pid_alive(int(pid), handle.get("marker", WORKER_MODULE))
+
+    def started(self, job: Path) -> bool | None:
+        if not Path("/proc").is_dir():
+            return None
+        return any(pid_alive(int(p.name), str(job)) for p in Path("/proc").iterdir()
+                   if p.name.isdigit())
+
+    def refresh(self, handles: Sequence[Handle]) -> None:
+        self.poll()
+
+    def poll(self) -> None:
+        self._children = [p for p in self._children if p.poll() is None]   # reap zombies
+
+    def cancel(self, handles: Sequence[Handle]) -> None:
+        kill_local(handles)
+
+    def start_driver(self, driver: Driver) -> Handle:
+        return start_process_driver(driver)
+
+    def stop_driver(self, handle: Handle, wait_s: float) -> None:
+        stop_process_driver(handle, wait_s)

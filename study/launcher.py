@@ -1,0 +1,481 @@
+"""The launcher: keep `parallel` trials in flight, reconcile what the storage says with what is
+really running, retry infrastructure failures, top the study up to n_trials; and cancel.
+
+Workers tell their own results (study/worker.py), so the launcher holds no state that matters:
+killing it loses nothing, and `study launch` again adopts the trials still running, recovers the
+ones that finished while it was away, and retries the ones whose worker vanished.
+A trial counts toward n_trials once it is COMPLETE, PRUNED or FAIL, except a FAIL that was retried.
+
+`launch(request)` is the whole of `study launch` after argument parsing: the CLI calls it, and
+so does the --detach driver (`python -m study.launcher REQUEST.json`, or a SLURM job), without
+going back through the CLI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import submitit
+from optuna.trial import FrozenTrial, TrialState
+
+from study import atomic, results, stages, storage, studyfile, worker
+from study.cache import StageCache
+from study.errors import StudyError
+from study.executors import Executor, Handle, JobFiles, make_executor
+from study.pipeline import Pipeline
+from study.studyfile import LoadedStudy
+from study.worker import Job
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+# A worker registers itself in its trial within seconds of starting (imports ~5 s here); one
+# that has not after this long, and whose job is gone, never will.
+REGISTER_GRACE_S = 180.0
+DEFAULT_RETRIES = 2   # infrastructure failures (vanished, preempted, killed) per configuration
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    """What `study launch` was asked: enough for a driver elsewhere to do the same."""
+
+    study_file: str
+    overrides: list[str]
+    results_dir: str
+    cache_dir: str
+    n_trials: int | None = None     # None: the study file's study.n_trials
+
+    def write(self, path: Path) -> Path:
+        atomic.write_text(path, json.dumps(asdict(self), indent=1), mode=0o600)
+        return path
+
+    @classmethod
+    def read(cls, path: str | Path) -> LaunchRequest:
+        return cls(**json.loads(Path(path).read_text()))
+
+
+def shared_stage_plan(ld: LoadedStudy, cache_dir: str) -> list[tuple[str, int]]:
+    """The shared stages (base, experts) every trial will need, not yet cached: (stage, seed) in
+    build order. Empty when the space varies a field one of them reads (then each trial builds
+    its own)."""
+    reads = [f"pipeline.{r}" for name in stages.SHARED for r in stages.STAGES[name].reads]
+    for p in ld.space.params:
+        path = ".".join(p.path)
+        if any(path == r or path.startswith(r + ".") or r.startswith(path + ".")
+               for r in reads):
+            return []
+    degradations = set(ld.sf.pipeline.degradations)
+    for p in ld.space.params:   # a searched subset of degradations needs every expert it names
+        if p.path == ("pipeline", "degradations"):
+            degradations |= set(p.spec.get("of", []))
+    cache = StageCache(cache_dir)
+    plan = []
+    for r in range(ld.sf.study.replicates):
+        seed = ld.sf.pipeline.seed + r
+        pipe = Pipeline(ld.sf.pipeline.model_copy(update={"seed": seed}), cache)
+        for name in stages.instance_names(sorted(degradations), stages=stages.SHARED):
+            if not pipe.cached(name):
+                plan.append((name, seed))
+    return plan
+
+
+def build_shared_stage(study_file: str, tree: dict[str, Any], cache_dir: str, name: str,
+                       seed: int) -> str:
+    """Build one shared stage of a study into the cache (a SLURM stage job runs this)."""
+    ld = studyfile.from_tree(tree, study_file)
+    pipe = Pipeline(ld.sf.pipeline.model_copy(update={"seed": seed}), StageCache(cache_dir))
+    pipe.network(name)
+    return pipe.key(name)
+
+
+@dataclass
+class Counts:
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+    running: int = 0
+    retried: int = 0
+    best: float | None = None
+    best_trial: int | None = None
+    by_state: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def done(self) -> int:
+        return self.complete + self.pruned + self.failed
+
+    def line(self, n_trials: int) -> str:
+        best = (f", best {self.best:.4f} (trial {self.best_trial})" if self.best is not None
+                else "")
+        retried = f", {self.retried} retried" if self.retried else ""
+        target = max(n_trials, self.done)   # a study topped up past its file's n_trials
+        return (f"[{time.strftime('%H:%M:%S')}] {self.done}/{target} done (complete "
+                f"{self.complete}, pruned {self.pruned}, failed {self.failed}{retried}), "
+                f"running {self.running}{best}")
+
+
+def count(study: optuna.Study, trials: list[FrozenTrial]) -> Counts:
+    c = Counts()
+    for t in trials:
+        if t.state == TrialState.FAIL and t.user_attrs.get("retried"):
+            c.retried += 1
+        elif t.state == TrialState.COMPLETE:
+            c.complete += 1
+        elif t.state == TrialState.PRUNED:
+            c.pruned += 1
+        elif t.state == TrialState.FAIL:
+            c.failed += 1
+        elif t.state == TrialState.RUNNING:   # WAITING = an enqueued retry, not yet asked
+            c.running += 1
+    if len(study.directions) == 1 and c.complete:
+        best = study.best_trial
+        c.best, c.best_trial = best.value, best.number
+    return c
+
+
+class Launcher:
+    def __init__(self, opened: Opened, executor: Executor, *, cache_dir: str, parallel: int,
+                 retries: int = DEFAULT_RETRIES, poll_s: float = 1.0, log: Log = print):
+        self.ld, self.study, self.store = opened.ld, opened.study, opened.store
+        self.storage_url, self.sdir = opened.url, opened.study_dir
+        self.executor, self.cache_dir = executor, cache_dir
+        self.parallel, self.retries, self.poll_s, self.log = parallel, retries, poll_s, log
+
+    # ------------------------------------------------------------ reconciliation
+    def _vanished(self, t: FrozenTrial) -> bool:
+        handle = t.user_attrs.get("job")
+        if handle is None and "worker" not in t.user_attrs:
+            # asked but never submitted (launcher killed in between) or not registered yet.
+            # This launcher records a handle before it reconciles again, so the trial is a
+            # killed launcher's: where the executor can look, that saves a 180 s wait.
+            started = self.executor.started(self.job_path(t.number))
+            if started is not None:
+                return not started
+            start = t.datetime_start.timestamp() if t.datetime_start else 0.0
+            return time.time() - start > REGISTER_GRACE_S
+        return not self.executor.alive(handle or {}, t)
+
+    def reconcile(self) -> None:
+        """Trials the storage calls RUNNING whose worker is gone: recover or retry them."""
+        running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        self.executor.refresh([t.user_attrs.get("job") or {} for t in running])
+        for t in running:
+            if not self._vanished(t):
+                continue
+            if results.has_trial(self.sdir, t.number):
+                self._recover(t)
+            else:
+                self._infrastructure_failure(t, "the worker vanished without a result "
+                                             "(killed, preempted, node failure or timeout)")
+
+    def _recover(self, t: FrozenTrial) -> None:
+        """The worker wrote its Parquet file but died before telling: tell from the file."""
+        df = results.read_trial(self.sdir, t.number)
+        state = str(df.state.iloc[0])
+        if state == "FAIL" and t.user_attrs.get("retried"):
+            self._enqueue_retry(t)   # its launcher was killed inside fail(), maybe before this
+        if state == "COMPLETE":
+            # values only here: a FAIL or PRUNED file holds NA, which float() refuses
+            values = [float(df[c].iloc[0]) for c in sorted(df.columns) if c.startswith("value_")]
+            self.study.tell(t.number, values)
+        else:
+            self.study.tell(t.number, state=TrialState[state])
+        self.log(f"  trial {t.number}: recovered {state} from its Parquet file")
+
+    def _infrastructure_failure(self, t: FrozenTrial, reason: str) -> None:
+        attempt = int(t.user_attrs.get("attempt", 1))
+        self.fail(t, reason, "infrastructure", retry=attempt <= self.retries)
+
+    def fail(self, t: FrozenTrial, reason: str, fail_kind: str, retry: bool) -> None:
+        """FAIL a RUNNING trial with a reason, in storage and Parquet; optionally enqueue a
+        retry with the same parameters."""
+        attempt = int(t.user_attrs.get("attempt", 1))
+        trial_id = storage.trial_id(self.store, self.study.study_name, t.number)
+        self.store.set_trial_user_attr(trial_id, "error", reason)
+        self.store.set_trial_user_attr(trial_id, "fail_kind", fail_kind)
+        if retry:
+            self.store.set_trial_user_attr(trial_id, "retried", True)
+        n_obj = len(self.study.directions)
+        results.write_trial(self.sdir, t.number, results.trial_frame(
+            study_name=self.ld.sf.study.name, trial=t.number, attempt=attempt, state="FAIL",
+            seed_rows=[], params=t.user_attrs.get("values", {}),
+            param_dtypes={p.name: p.column_dtype for p in self.ld.space.params}, stages={},
+            values=[None] * n_obj, extra={"error": reason, "fail_kind": fail_kind,
+                                          **results.provenance()}))
+        # Retry before tell: a launcher killed in between leaves the trial RUNNING with its
+        # FAIL file, which the next one recovers; the other order would lose the retry.
+        if retry:
+            self._enqueue_retry(t)
+        self.study.tell(t.number, state=TrialState.FAIL)
+        self.log(f"  trial {t.number}: {reason}; "
+                 + (f"retrying (attempt {attempt + 1})" if retry else "not retried"))
+
+    def _enqueue_retry(self, t: FrozenTrial) -> None:
+        """The same parameters as a new trial, once per failed trial."""
+        if any(x.user_attrs.get("retry_of") == t.number
+               for x in self.study.get_trials(deepcopy=False)):
+            return
+        self.study.enqueue_trial(t.params, user_attrs={
+            "attempt": int(t.user_attrs.get("attempt", 1)) + 1, "retry_of": t.number})
+
+    # ------------------------------------------------------------ submission
+    def job_path(self, number: int) -> Path:
+        return self.sdir / "jobs" / f"trial-{number:06d}.json"
+
+    def start_trial(self) -> int:
+        return self.start_trials(1)[0]
+
+    def start_trials(self, k: int) -> list[int]:
+        """Ask k trials and submit them as one unit (k > 1 where the executor packs trials)."""
+        asked = [self._ask() for _ in range(k)]
+        if self.executor.inline:   # finished when submit returns: no attribute can follow
+            for trial, _ in asked:
+                trial.set_user_attr("job", {"kind": self.executor.name})
+        handle = self.executor.submit([files for _, files in asked])
+        if not self.executor.inline:
+            for trial, _ in asked:
+                trial.set_user_attr("job", handle)
+        return [trial.number for trial, _ in asked]
+
+    def _ask(self) -> tuple[optuna.Trial, JobFiles]:
+        trial = self.study.ask()
+        # A retry was enqueued with its raw params fixed, so sampling reproduces its values.
+        values = self.ld.space.sample(trial)
+        trial.set_user_attr("values", values)
+        attempt = trial.user_attrs.get("attempt")
+        if attempt is None:
+            trial.set_user_attr("attempt", 1)
+        job = Job(study_file=self.ld.source, overrides=[], results=str(self.sdir.parent),
+                  cache=self.cache_dir, storage=self.storage_url,
+                  study_name=self.ld.sf.study.name, trial=trial.number, tree=self.ld.tree)
+        self.log(f"  trial {trial.number}: starting ({self.executor.name}) {values}")
+        path = job.write(self.job_path(trial.number))
+        return trial, JobFiles(path, path.with_suffix(".log"))
+
+    def prebuild_shared_stages(self) -> None:
+        """Where the executor does it (SLURM): base, then the experts in parallel, as their own
+        jobs; the trials submitted next depend on them, so no GPU waits on a cache entry."""
+        plan = shared_stage_plan(self.ld, self.cache_dir)
+        if not plan:
+            return
+        build = functools.partial(build_shared_stage, self.ld.source, self.ld.tree,
+                                  self.cache_dir)
+        ids = self.executor.build_shared_stages(plan, build)
+        if ids:
+            self.study.set_user_attr("stage_jobs", ids)
+            self.log("  shared stages as jobs: " + ", ".join(f"{k} {v}" for k, v in ids.items()))
+
+    def run(self, n_trials: int) -> Counts:
+        """Top the study up to n_trials. A full disk stops the launcher with one paragraph that
+        names the file (exit 2), never a traceback or a loop that waits forever; the workers in
+        flight go on, and `study launch` again picks everything up."""
+        try:
+            return self._run(n_trials)
+        except OSError as e:
+            raise atomic.disk_full(e, self.sdir) from None
+
+    def _run(self, n_trials: int) -> Counts:
+        last = ""
+        c = count(self.study, self.study.get_trials(deepcopy=False))
+        if c.done < n_trials:
+            self.prebuild_shared_stages()
+        while True:
+            if self.study.user_attrs.get("cancelled"):
+                self.log("study cancelled (`study cancel`); the launcher stops")
+                break
+            self.reconcile()
+            trials = self.study.get_trials(deepcopy=False)
+            c = count(self.study, trials)
+            if c.done >= n_trials and c.running == 0:
+                break
+            free = self.parallel - c.running
+            remaining = n_trials - c.done - c.running
+            # whole packs only (a packed job holds its GPU until its last trial ends), and
+            # what is left at the end of the study as one smaller pack
+            pack = self.executor.trials_per_submission
+            while 0 < min(pack, remaining) <= free:
+                k = min(pack, remaining)
+                self.start_trials(k)
+                free, remaining = free - k, remaining - k
+            line = count(self.study, self.study.get_trials(deepcopy=False)).line(n_trials)
+            if line.split("] ", 1)[1] != last:
+                self.log(line)
+                last = line.split("] ", 1)[1]
+            if not self.executor.inline:
+                time.sleep(self.poll_s)
+            self.executor.poll()
+        final = count(self.study, self.study.get_trials(deepcopy=False))
+        if final.line(n_trials).split("] ", 1)[1] != last:
+            self.log(final.line(n_trials))
+        return final
+
+
+# ---------------------------------------------------------------- the commands
+@contextlib.contextmanager
+def _launcher_lock(sdir: Path) -> Iterator[bool]:
+    """One launcher per study: two would both top the study up and overshoot n_trials."""
+    sdir.mkdir(parents=True, exist_ok=True)
+    with open(sdir / "launcher.lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def about(source: str) -> Iterator[None]:
+    """Storage errors name the study file too: the URL may come from it or from --set."""
+    try:
+        yield
+    except StudyError as e:
+        raise type(e)(f"{source}: {e}") from None
+
+
+@dataclass
+class Opened:
+    """A study file's study, opened in its storage."""
+
+    ld: LoadedStudy
+    study: optuna.Study
+    store: optuna.storages.BaseStorage
+    url: str
+    study_dir: Path
+
+
+def _paths(ld: LoadedStudy, results_dir: str) -> tuple[str, Path]:
+    return (storage.storage_url(ld.sf, results_dir),
+            storage.study_dir(results_dir, ld.sf.study.name))
+
+
+def open_study(ld: LoadedStudy, results_dir: str) -> Opened:
+    """An already launched study; a study never launched is a user error."""
+    url, sdir = _paths(ld, results_dir)
+    with about(ld.source):
+        st, store = storage.open_existing(ld.sf, results_dir)
+    return Opened(ld, st, store, url, sdir)
+
+
+def _create(ld: LoadedStudy, results_dir: str, n_trials: int) -> Opened:
+    """Create or resume the study; every check first, so a refused launch writes nothing."""
+    sf = ld.sf
+    url, sdir = _paths(ld, results_dir)
+    max_epochs = max(sf.pipeline.distill.epochs, sf.pipeline.fusing.epochs)
+    with about(ld.source):
+        sampler = storage.make_sampler(sf, ld.space.grid(), sf.executor.parallel)
+        store = storage.open_storage(url)
+        st = storage.load_or_create(sf, store, sampler, storage.make_pruner(sf, max_epochs),
+                                    fp=storage.fingerprint(ld.tree, ld.space.fingerprint()))
+    if st.trials:
+        st.sampler = storage.make_sampler(sf, ld.space.grid(), sf.executor.parallel,
+                                          resumed_at=len(st.trials))
+    sdir.mkdir(parents=True, exist_ok=True)
+    st.set_user_attr("n_trials", n_trials)   # the target `study status` reports against
+    st.set_user_attr("cancelled", False)
+    return Opened(ld, st, store, url, sdir)
+
+
+class Driver(submitit.helpers.Checkpointable):
+    """The launcher loop as a unit of work (`study launch --detach`): a SLURM job calls it, a
+    local process runs `argv`. Resumable, so it may be killed and requeued."""
+
+    def __init__(self, request_path: str):
+        self.request_path = request_path
+
+    @property
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "study.launcher", self.request_path]
+
+    def __call__(self) -> int:
+        launch(LaunchRequest.read(self.request_path), log=lambda m: print(m, flush=True))
+        return 0
+
+
+def launch(request: LaunchRequest, *, detach: bool = False, log: Log = print) -> Counts | None:
+    """Create or resume the study and run it to n_trials (or hand that to a driver: None).
+    A second launcher of the same study is refused."""
+    ld = studyfile.load(request.study_file, request.overrides)
+    sf = ld.sf
+    n_trials = request.n_trials or sf.study.n_trials
+    opened = _create(ld, request.results_dir, n_trials)
+    with _launcher_lock(opened.study_dir) as held:
+        lock = opened.study_dir / "launcher.lock"
+        if not held:
+            raise StudyError(f"another launcher is running study '{sf.study.name}' (lock {lock}: "
+                             f"{lock.read_text()}); `study status` follows it, `study cancel` "
+                             "stops it")
+        executor = make_executor(sf, opened.study_dir)
+        if detach:
+            path = LaunchRequest(ld.source, request.overrides, request.results_dir,
+                                 request.cache_dir, n_trials).write(
+                opened.study_dir / "launcher.json")
+            handle = executor.start_driver(Driver(str(path)))
+            opened.study.set_user_attr("driver", handle)
+            where = (f"SLURM job {handle['job_id']}" if handle.get("job_id")
+                     else f"process {handle['pid']} (log {handle.get('log')})")
+            log(f"study '{sf.study.name}' detached: the launcher runs as {where}; "
+                f"`study status --space {request.study_file}` follows it, `study cancel` "
+                "stops it")
+            return None
+        lock.write_text(f"pid {os.getpid()} on {platform.node()}")
+        log(f"study '{sf.study.name}': {len(opened.study.trials)} trials in storage "
+            f"{storage.masked(opened.url)}; topping up to {n_trials} finished "
+            f"({sf.executor.backend}, parallel {sf.executor.parallel})")
+        worker.use_allotted_cpus()   # the debug executor runs trials in this process
+        launcher = Launcher(opened, executor, cache_dir=request.cache_dir,
+                            parallel=sf.executor.parallel, retries=sf.executor.retries, log=log)
+        counts = launcher.run(n_trials)
+    log(f"results: {opened.study_dir}/trials ({counts.done} finished trials)")
+    return counts
+
+
+def cancel(ld: LoadedStudy, results_dir: str, cache_dir: str, log: Log = print) -> int:
+    """Stop a study: its driver first (so nothing is resubmitted), then its jobs; the trials in
+    flight FAIL as cancelled (not retried). `study launch` later resumes the study. Returns
+    how many trials were in flight."""
+    opened = open_study(ld, results_dir)
+    st = opened.study
+    executor = make_executor(ld.sf, opened.study_dir)
+    # First the launcher: it checks this flag every loop, and its job or process is stopped and
+    # awaited, so it cannot start a trial after the ones below are stopped.
+    st.set_user_attr("cancelled", True)
+    executor.stop_driver(st.user_attrs.get("driver") or {}, wait_s=120)
+    running = st.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    handles: list[Handle] = [t.user_attrs.get("job") or {} for t in running]
+    handles += [t.user_attrs.get("worker") or {} for t in running]
+    handles += [{"kind": "slurm", "job_id": j}
+                for j in (st.user_attrs.get("stage_jobs") or {}).values()]
+    executor.cancel(handles)
+    launcher = Launcher(opened, executor, cache_dir=cache_dir, parallel=1, log=log)
+    for t in running:
+        launcher.fail(t, "cancelled by `study cancel`", "cancelled", retry=False)
+    return len(running)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m study.launcher REQUEST.json`: the detached launcher on this machine."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        launch(LaunchRequest.read(argv[0]), log=lambda m: print(m, flush=True))
+    except StudyError as e:
+        print(f"study: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

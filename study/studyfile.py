@@ -1,0 +1,307 @@
+"""The one loader of study files, used by the CLI, the launcher, the worker and the report.
+
+    YAML (bounded, safe) -> preset merged under `pipeline` -> `--set key=value` overrides ->
+    validated StudyFile (study/config.py) + SearchSpace (study/space.py) = LoadedStudy
+
+Every error names the file and the dotted key, all errors of a file are reported together, and
+nothing is written. A worker gets the resolved tree in its job file and calls `from_tree`, so it
+runs exactly what the launcher validated even if the file is edited meanwhile.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import re
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from study import space as search_space
+from study.config import StudyFile, set_path
+from study.errors import ConfigError
+
+__all__ = ["LoadedStudy", "deep_merge", "from_tree", "load", "load_preset", "load_study_file",
+           "parse_override", "read_yaml", "resolve_space_path", "resolve_tree", "safe_yaml",
+           "validate"]
+
+PRESET_DIR = Path(__file__).parent / "presets"
+SEARCH_SPACE_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+# A YAML bomb (billion laughs) expands aliases into gigabytes; no real study file comes near this.
+MAX_FILE_BYTES = 1_000_000
+MAX_YAML_NODES = 200_000
+# A real study file nests about 6 deep; PyYAML's composer recurses per level and hits Python's
+# recursion limit a few hundred levels down.
+MAX_YAML_DEPTH = 50
+
+
+@dataclass(frozen=True)
+class LoadedStudy:
+    """A study file, loaded: the validated tree, the raw resolved tree (what job files carry
+    and the fingerprint hashes), the search space, and where it came from."""
+
+    sf: StudyFile
+    tree: dict[str, Any]
+    space: search_space.SearchSpace
+    source: str
+
+    def trial_config(self, values: Mapping[str, Any]) -> StudyFile:
+        """The study file with a trial's sampled values set at their paths, validated."""
+        return validate(self.space.apply(self.tree, values), self.source)
+
+
+def load(path: str | Path, overrides: Iterable[str] = ()) -> LoadedStudy:
+    p = resolve_space_path(path).resolve()   # workers may run in another cwd
+    return from_tree(resolve_tree(read_yaml(p), str(p), overrides), str(p))
+
+
+def from_tree(tree: dict[str, Any], source: str) -> LoadedStudy:
+    sf = validate(tree, source)
+    return LoadedStudy(sf, tree, search_space.parse_space(tree.get("space") or {}, tree, source),
+                       source)
+
+
+def resolve_space_path(path: str | Path) -> Path:
+    """`--space fusion.yaml` also finds search_spaces/fusion.yaml."""
+    p = Path(path)
+    if p.exists():
+        return p
+    for candidate in (SEARCH_SPACE_DIR / p.name, Path.cwd() / "search_spaces" / p.name):
+        if candidate.exists():
+            return candidate
+    raise ConfigError(
+        f"{path}: no such study file (also looked in {SEARCH_SPACE_DIR}); shipped files: "
+        f"{sorted(x.name for x in SEARCH_SPACE_DIR.glob('*.yaml'))}"
+    )
+
+
+def read_yaml(path: Path) -> Any:
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ConfigError(f"{path}: file is {size} bytes; a study file is at most "
+                              f"{MAX_FILE_BYTES} bytes")
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the file ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file") from None
+    try:
+        return safe_yaml(text, str(path))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+
+
+def safe_yaml(text: str, where: str) -> Any:
+    """yaml.safe_load after checking the node graph: size, depth, repeated keys."""
+    loader = yaml.SafeLoader(text)   # parsed once: composed, checked, then constructed
+    try:
+        try:
+            node = loader.get_single_node()
+        except RecursionError:
+            raise ConfigError(f"{where}: the YAML is nested too deep (over {MAX_YAML_DEPTH} "
+                              "levels); refused") from None
+        if node is None:
+            return None
+        _check_size(node, where)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _check_size(node: Any, where: str) -> None:
+    """Count nodes with aliases expanded, so a YAML bomb is refused before it is built; refuse
+    deep nesting and a key written twice in one mapping (PyYAML keeps the last one silently:
+    a second `space:` would replace the first)."""
+    count = 0
+    stack = [(node, (), 0)] if node is not None else []
+    while stack:
+        n, prefix, depth = stack.pop()
+        count += 1
+        if count > MAX_YAML_NODES:
+            raise ConfigError(f"{where}: the YAML expands to over {MAX_YAML_NODES} nodes "
+                              "(aliases nested too deep?); refused")
+        if depth > MAX_YAML_DEPTH:
+            raise ConfigError(f"{where}: the YAML is nested over {MAX_YAML_DEPTH} levels deep; "
+                              "refused")
+        if isinstance(n, yaml.SequenceNode):
+            stack.extend((v, prefix, depth + 1) for v in n.value)
+        elif isinstance(n, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for k, v in n.value:
+                if isinstance(k, yaml.ScalarNode) and k.value != "<<":
+                    line = k.start_mark.line + 1
+                    if k.value in seen:
+                        key = ".".join((*prefix, k.value))
+                        raise ConfigError(
+                            f"{where}: key '{key}' appears twice in one mapping (line "
+                            f"{seen[k.value]} and line {line}); YAML would silently keep the "
+                            "second: delete or merge one")
+                    seen[k.value] = line
+                    sub = (*prefix, k.value)
+                else:
+                    sub = prefix
+                stack.extend(((k, prefix, depth + 1), (v, sub, depth + 1)))
+
+
+def load_preset(name: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    path = PRESET_DIR / f"{name}.yaml"
+    # a plain name only: `../x` would read any YAML file on the machine as a preset
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(name)) or not path.exists() or name in _seen:
+        valid = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+        raise ConfigError(f"unknown preset '{name}'; allowed: {valid}")
+    tree = read_yaml(path) or {}
+    parent = tree.pop("extends", None)
+    return deep_merge(load_preset(parent, (*_seen, name)), tree) if parent else tree
+
+
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(dict(base))
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`distill.temperature=4` -> (['pipeline', 'distill', 'temperature'], 4.0).
+
+    Values are parsed as YAML scalars/lists; a path that does not start with a section name is
+    taken to be under `pipeline`, the section people override most.
+    """
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. distill.temperature=4")
+    try:
+        value = safe_yaml(raw, f"--set {key.strip()}") if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    path = key.strip().split(".")
+    if path[0] not in StudyFile.model_fields:
+        path = ["pipeline", *path]
+    return path, value
+
+
+def resolve_tree(raw: Any, source: str, overrides: Iterable[str] = ()) -> dict[str, Any]:
+    """The raw study tree with the pipeline preset expanded and overrides applied."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping with keys "
+                          f"{list(StudyFile.model_fields)}")
+    tree = copy.deepcopy(raw)
+    pipe = tree.get("pipeline") or {}
+    if not isinstance(pipe, dict):
+        raise ConfigError(f"{source}: key 'pipeline' must be a mapping")
+    parsed = [parse_override(item) for item in overrides]
+    preset = pipe.pop("preset", None)
+    for path, value in parsed:   # `--set pipeline.preset=x` picks the preset, as in the file
+        if path == ["pipeline", "preset"]:
+            preset = value
+    try:
+        tree["pipeline"] = deep_merge(load_preset(preset), pipe) if preset else pipe
+    except ConfigError as e:
+        raise ConfigError(f"{source}: key 'pipeline.preset': {e}") from None
+    for path, value in parsed:
+        if path == ["pipeline", "preset"]:
+            continue
+        if path[0] == "space" and len(path) > 1:
+            _set_space(tree, path[1:], value)
+        else:
+            set_path(tree, path, value)
+    slurm = (tree.get("executor") or {}).get("slurm") if isinstance(tree.get("executor"),
+                                                                      dict) else None
+    if isinstance(slurm, dict) and slurm.get("preset"):
+        name = slurm["preset"]
+        path = slurm_preset_path(name)
+        if path is None:
+            valid = sorted({p.stem for d in SLURM_PRESET_DIRS if d.exists()
+                            for p in d.glob("*.yaml")})
+            raise ConfigError(f"{source}: key 'executor.slurm.preset': unknown preset '{name}'; "
+                              f"allowed: {valid}")
+        tree["executor"]["slurm"] = deep_merge(read_yaml(path) or {}, slurm)
+    return tree
+
+
+def _set_space(tree: dict[str, Any], rest: list[str], value: Any) -> None:
+    """Space keys are dotted names themselves: `--set space.distill.lr.low=1e-4` sets option
+    `low` of parameter 'distill.lr', `--set space.seed={type: int, ...}` adds one."""
+    if not isinstance(tree.get("space"), dict):
+        tree["space"] = {}
+    space = tree["space"]
+    for i in range(len(rest), 0, -1):
+        name = ".".join(rest[:i])
+        if name in space and (i == len(rest) or isinstance(space[name], dict)):
+            break
+    else:
+        name, i = ".".join(rest), len(rest)
+    if i == len(rest):
+        space[name] = value
+    else:
+        set_path(space[name], rest[i:], value)
+
+
+SLURM_PRESET_DIRS = (SEARCH_SPACE_DIR.parent / "slurm" / "presets",
+                     Path.cwd() / "slurm" / "presets")
+
+
+def slurm_preset_path(name: str) -> Path | None:
+    for d in SLURM_PRESET_DIRS:
+        if (d / f"{name}.yaml").exists() and "/" not in name:
+            return d / f"{name}.yaml"
+    return None
+
+
+def validate(tree: dict[str, Any], source: str) -> StudyFile:
+    try:
+        return StudyFile.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(format_errors(e, source)) from None
+
+
+def format_errors(e: ValidationError, source: str) -> str:
+    lines = [f"{source}: {e.error_count()} error(s) in the study file:"]
+    for err in e.errors():
+        key = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
+        key = key.replace(".literal[", "[")
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            parent_loc = [p for p in err["loc"][:-1] if isinstance(p, str)]
+            allowed = _allowed_keys(parent_loc)
+            near = difflib.get_close_matches(str(err["loc"][-1]), allowed, n=1)
+            msg = "unknown key" + (f" (did you mean '{near[0]}'?)" if near else "")
+            msg += f"; allowed keys here: {allowed}"
+        elif "input" in err and err["type"] not in ("missing",):
+            got = repr(err["input"])
+            msg += f" (got {got if len(got) <= 200 else got[:200] + '...'})"
+        lines.append(f"  - key '{key or '<top>'}': {msg}")
+    return "\n".join(lines)
+
+
+def _allowed_keys(loc: list[str]) -> list[str]:
+    model: Any = StudyFile
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        model = _model_in(field.annotation)
+    return list(getattr(model, "model_fields", {}))
+
+
+def _model_in(ann: Any) -> Any:
+    """The model inside `X | None` or `list[X]` (study.objectives), else None."""
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    return next((m for a in typing.get_args(ann) if (m := _model_in(a)) is not None), None)
+
+
+def load_study_file(path: str | Path, overrides: Iterable[str] = ()) -> tuple[Path, StudyFile]:
+    """Path resolution, safe YAML, preset, overrides, validation: the one entry point."""
+    p = resolve_space_path(path)
+    tree = resolve_tree(read_yaml(p), str(p), overrides)
+    return p, validate(tree, str(p))
