@@ -7,7 +7,7 @@
 #   slurm/local_cluster.sh env    [STATE_DIR]   print the export line
 #
 # Use: eval "$(slurm/local_cluster.sh start)"   (progress goes to stderr, the export to stdout)
-# Needs root on Debian 12 without systemd (facts in shared/docs/SLURM_NOTES.md). Exit status 2
+# Needs root on Debian 12 without systemd (the facts behind it: slurm/README.md). Exit status 2
 # means "this machine cannot host it" (not root, no apt-get, packages not installable).
 # Everything (configs, munge key, MariaDB datadir, spool, logs, PID files) lives under
 # STATE_DIR (default /tmp/study-slurm); wiping it resets the cluster, job ids restart at 1.

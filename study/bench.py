@@ -78,9 +78,10 @@ def _stage_kind(name: str) -> StageKind:
     return StageKind(tuple(DEGRADATION_NAMES), len(DEGRADATION_NAMES), "distill")
 
 
-# The registry's stages whose steps a study's GPU time is made of; bench calls fusiondistill's
-# step "distill" (the paper's step 4), as its JSON records and `--stages` always have.
-_TIMED = ("base", "expert", "fusiondistill")
+# The registry's stages whose steps a study's GPU time is made of: the shared ones, trained once,
+# and FusionDistill's, trained by every trial. Bench calls the latter "distill" (the paper's
+# step 4), as its JSON records and `--stages` always have.
+_TIMED = (*stages.SHARED, "fusiondistill")
 STAGE_KINDS: dict[str, StageKind] = {
     ("distill" if n == "fusiondistill" else n): _stage_kind(n)
     for n in stages.instance_names(stages=_TIMED)}

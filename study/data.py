@@ -32,7 +32,7 @@ __all__ = [
     "split_validation",
 ]
 
-# Normalisation of the paper setting (METHOD.md), in [0, 1] units.
+# Normalisation of the paper setting (docs/method.md), in [0, 1] units.
 CIFAR10_MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)
 CIFAR10_STD = (63.0 / 255, 62.1 / 255, 66.7 / 255)
 CIFAR100_MEAN = (129.3 / 255, 124.1 / 255, 112.4 / 255)

@@ -1,4 +1,4 @@
-"""The four degradations of METHOD.md on uint8 RGB images: the CPU reference path.
+"""The four degradations of docs/method.md on uint8 RGB images: the CPU reference path.
 
 The reference is the PyPI package `imagedegrade` 0.2.3 as FusionDistill's datasets call it:
 jpeg gets the PIL image, the other three get `np.asarray(pil_image)` (uint8, H x W x 3) and their

@@ -1,4 +1,4 @@
-"""The level-wise test protocol of METHOD.md and the paper-style table.
+"""The level-wise test protocol of docs/method.md and the paper-style table.
 
 Every model is evaluated on the whole split once per integer level of each degradation (jpeg 101,
 blur 51, awgn 51, saltpepper 26 = 229 copies), plus clean. The number per degradation is the mean

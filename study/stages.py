@@ -130,17 +130,25 @@ def _stream_fields(cfg: PipelineConfig, names: list[str], env: KeyEnv) -> dict[s
     return out
 
 
-def _trained_fields(cfg: PipelineConfig, spec_name: str, names: list[str], env: KeyEnv
-                    ) -> dict[str, Any]:
-    """A trained stage: its spec, its stream, and how its checkpoint is selected. Validation
-    under degradations uses copies seeded with eval.seed, so with best_val selection that seed
-    picks the checkpoint (and is part of the key); with `last` it does not."""
+def _trained_fields(cfg: PipelineConfig, spec_name: str, env: KeyEnv,
+                    instance_of: str | None = None) -> dict[str, Any]:
+    """A trained stage: its spec, its stream, and how its checkpoint is selected. It trains on
+    the clean images (base), on its own degradation (`instance_of`, an expert) or on the
+    config's degradations. Validation under degradations uses copies seeded with eval.seed, so
+    with best_val selection that seed picks the checkpoint (and is part of the key); with
+    `last` it does not."""
+    if spec_name == "base":
+        names = [CLEAN]
+    elif instance_of is not None:
+        names = [instance_of]
+    else:
+        names = cfg.degradations
     out = {**_spec_fields(spec_name, getattr(cfg, spec_name)), "selection": cfg.selection,
            **_stream_fields(cfg, names, env)}
-    if names == cfg.degradations:
+    if instance_of is not None:
+        out[INSTANCE] = instance_of
+    elif spec_name != "base":
         out["degradations"] = names
-    elif names != [CLEAN]:    # an expert: the one degradation it is named after
-        out[INSTANCE] = names
     if cfg.selection == "best_val" and names != [CLEAN]:
         out["eval.seed"] = cfg.eval.seed
     return out
@@ -148,7 +156,7 @@ def _trained_fields(cfg: PipelineConfig, spec_name: str, names: list[str], env: 
 
 def _distill_fields(cfg: PipelineConfig, env: KeyEnv) -> dict[str, Any]:
     s = cfg.distill
-    out = _trained_fields(cfg, "distill", cfg.degradations, env)
+    out = _trained_fields(cfg, "distill", env)
     used = {"feature": ("ce_weight", "feature_weight", "feature_layers"),
             "logit": ("kd_weight", "temperature", "alpha")}
     for loss, fields in used.items():
@@ -239,12 +247,12 @@ _DATA = ("data", "model")
 STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("base", "base", shared=True, watched=False,
           reads=("base", *_DATA, *_TRAINING),
-          key_fields=lambda c, _, env: _trained_fields(c, "base", [CLEAN], env)
+          key_fields=lambda c, _, env: _trained_fields(c, "base", env)
           | _data_fields(c),
           parents=lambda c, _: [], build=_build_base),
     Stage("expert", "expert", shared=True, watched=False, per_degradation=True,
           reads=("expert", "eval.seed", *_TRAINING),
-          key_fields=lambda c, d, env: _trained_fields(c, "expert", [str(d)], env),
+          key_fields=lambda c, d, env: _trained_fields(c, "expert", env, instance_of=d),
           parents=lambda c, _: ["base"], build=_build_expert),
     Stage("modelsoups", "fuse", shared=False, watched=False,
           reads=("fusion", "degradations", "expert.batch_size", "expert.cutout",
@@ -255,7 +263,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           build=_build_modelsoups),
     Stage("fusing", "fusing", shared=False, watched=True,
           reads=("fusing", "degradations", "eval.seed", *_TRAINING),
-          key_fields=lambda c, _, env: _trained_fields(c, "fusing", c.degradations, env),
+          key_fields=lambda c, _, env: _trained_fields(c, "fusing", env),
           parents=lambda c, _: ["modelsoups"], build=_build_fusing),
     Stage("fusiondistill", "fusiondistill", shared=False, watched=True,
           reads=("distill", "degradations", "eval.seed", *_TRAINING),
@@ -264,12 +272,12 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           build=_build_fusiondistill),
     Stage("scratch", "scratch", shared=False, watched=True,
           reads=("scratch", "degradations", "eval.seed", *_DATA, *_TRAINING),
-          key_fields=lambda c, _, env: _trained_fields(c, "scratch", c.degradations, env)
+          key_fields=lambda c, _, env: _trained_fields(c, "scratch", env)
           | _data_fields(c),
           parents=lambda c, _: [], build=_build_scratch),
     Stage("vanilla_ft", "vanilla_ft", shared=False, watched=True,
           reads=("vanilla_ft", "degradations", "eval.seed", *_TRAINING),
-          key_fields=lambda c, _, env: _trained_fields(c, "vanilla_ft", c.degradations, env),
+          key_fields=lambda c, _, env: _trained_fields(c, "vanilla_ft", env),
           parents=lambda c, _: ["base"], build=_build_vanilla_ft),
 ]}
 SHARED = tuple(name for name, s in STAGES.items() if s.shared)
