@@ -14,6 +14,33 @@ Two streams with one interface (`steps_per_epoch`, `epoch(e) -> Iterator[Batch]`
   torch.Generators instead of numpy, so it is not the same stream: given the same draws (a
   `StepPlan`) blur, jpeg (bank) and identity levels give bit-identical batches, awgn and
   salt-and-pepper the same distribution (tests/test_device_degrade.py).
+
+What the chunks of a multi-degradation step share (`share`, both streams):
+- "nothing": each chunk is its own shuffle of the training set: other images, other draws;
+- "images": the same images in every chunk (one shuffle), each chunk drawing its own flips, crops,
+  levels and Cutout masks;
+- "geometry": the same images and, per image, the same flip and the same crop in every chunk
+  (the clean copies of the chunks are then identical); levels and masks still per chunk;
+- "reference": "geometry", plus the coupling the reference code gets from giving its four
+  per-degradation loaders identically seeded generators. Read from its code (not run): its
+  workers draw flip and crop from torch's RNG, the level from Python's `random.randint` and the
+  Cutout centre from numpy's global RNG, and the four loaders' workers start from equal states
+  of all three. Hence, per image: (a) flip and crop agree in every chunk (torch's RNG is used by
+  nothing else); (b) blur (0..50, /10) and awgn (0..50) call randint over the same 51 values
+  from equal states, so an image gets the same blur and noise level index; (c) jpeg and blur
+  draw no numpy numbers before Cutout (PIL, scipy), so their chunks' Cutout masks agree, while
+  the awgn and salt-and-pepper chunks draw their noise from numpy first and get other masks.
+  We reproduce (a), (b) and (c) exactly as couplings: the awgn chunk takes the blur chunk's level
+  per image and the blur chunk takes the jpeg chunk's Cutout centre per image (when both names
+  of a pair are among the degradations; any other chunk, "clean" included, draws its own).
+  What we do not reproduce: the reference's random streams themselves (ours are numpy
+  Generators or torch.Generators seeded from (seed, epoch)); and a transient coupling of the
+  jpeg and salt-and-pepper levels with the blur level: randint over 101, 51 and 26 values takes
+  the top 7, 6 and 5 bits of the same 32-bit words while no draw has been rejected, so the first
+  few images of each worker process get blur = (jpeg - 1) // 2 and saltpepper = blur // 2. The
+  first rejection (about 1 draw in 5) desynchronises the streams, and over 200,000 draws of one
+  state blur = (jpeg - 1) // 2 holds for 2.0% of images, chance level (1/51); as the reference's
+  workers are persistent and seeded once, that is a handful of images in a whole training run.
 """
 
 from __future__ import annotations
@@ -32,6 +59,12 @@ from study.device_degrade import JpegBank
 
 CLEAN = "clean"   # the pseudo-degradation of the base stage: the degraded copy is the clean one
 PAD = 4           # reference: RandomCrop(32, padding=4), fill 0
+SHARE = ("nothing", "images", "geometry", "reference")   # see the module docstring
+# Under share="reference": (source, follower) chunks where the follower takes the source's draw
+# per image. blur and awgn: both levels are randint(0, 50) from equal Python states (sigma =
+# level / 10 resp. level); jpeg and blur: equal numpy states at Cutout time.
+LEVEL_TWINS = ("blur", "awgn")
+MASK_TWINS = ("jpeg", "blur")
 
 
 @dataclass(frozen=True)
@@ -104,17 +137,34 @@ def flip_degrade(images: np.ndarray, flip: np.ndarray, degradation: str, levels:
     return clean, degradations.degrade_batch(clean, degradation, levels, rng, salt_value)
 
 
+def check_share(share: str) -> str:
+    if share not in SHARE:
+        raise ValueError(f"share must be one of {', '.join(SHARE)}, got {share!r}")
+    return share
+
+
+def twin_rows(chunks: Sequence[tuple[str, slice]], pair: tuple[str, str]
+              ) -> tuple[slice, slice] | None:
+    """(source rows, follower rows) of a LEVEL_TWINS / MASK_TWINS pair, None unless both chunks
+    are in the step."""
+    rows = dict(chunks)
+    src, dst = pair
+    return (rows[src], rows[dst]) if src in rows and dst in rows else None
+
+
 class TrainStream:
     """Epochs of augmented batches; epoch e is a pure function of (seed, e), so a resumed stage
-    sees the same data it would have seen without the interruption."""
+    sees the same data it would have seen without the interruption. `share`: what the chunks of
+    a step share (module docstring); "nothing" and "images" draw exactly as `same_images=False`
+    and `True` did before `share` existed."""
 
     def __init__(self, split: Split, mean: Sequence[float], std: Sequence[float], *,
                  degradations: Sequence[str], batch_size: int, cutout: int, cutout_on: str,
-                 same_images: bool, salt_value: int, seed: int, device: torch.device | str):
+                 share: str, salt_value: int, seed: int, device: torch.device | str):
         self.split, self.mean, self.std = split, tuple(mean), tuple(std)
         self.degradations = list(degradations)
         self.batch_size, self.cutout, self.cutout_on = batch_size, cutout, cutout_on
-        self.same_images, self.salt_value = same_images, salt_value
+        self.share, self.salt_value = check_share(share), salt_value
         self.seed, self.device = seed, device
 
     @property
@@ -125,17 +175,43 @@ class TrainStream:
         rng = np.random.default_rng([self.seed, epoch])
         n = len(self.split)
         shared = rng.permutation(n)
-        orders = [shared if self.same_images else rng.permutation(n) for _ in self.degradations]
+        orders = [shared if self.share != "nothing" else rng.permutation(n)
+                  for _ in self.degradations]
         for step in range(self.steps_per_epoch):
             yield self._batch([o[step * self.batch_size:(step + 1) * self.batch_size]
                                for o in orders], rng)
 
+    def _chunks(self, index: list[np.ndarray], rng: np.random.Generator
+                ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Per chunk (clean, degraded) uint8 after flip -> degrade -> shared pad-crop."""
+        if self.share in ("nothing", "images"):   # every chunk its own draws
+            pairs = [augment(self.split.images[idx], d, rng, self.salt_value)
+                     for d, idx in zip(self.degradations, index)]
+            return [c for c, _ in pairs], [g for _, g in pairs]
+        images = self.split.images[index[0]]      # one shuffle: every chunk holds these images
+        m = len(images)
+        flip = rng.random(m) < 0.5                # one flip and one crop per image, all chunks
+        oy, ox = rng.integers(0, 2 * PAD + 1, size=(2, m))
+        twin = None
+        if self.share == "reference" and set(LEVEL_TWINS) <= set(self.degradations):
+            twin = degradations.random_levels(LEVEL_TWINS[0], m, rng)
+        cleans, degs = [], []
+        for d in self.degradations:
+            if twin is not None and d in LEVEL_TWINS:
+                levels = twin
+            elif d == CLEAN:
+                levels = np.zeros(m, dtype=np.int64)
+            else:
+                levels = degradations.random_levels(d, m, rng)
+            c, g = flip_degrade(images, flip, d, levels, rng, self.salt_value)
+            cleans.append(pad_crop(c, oy, ox))
+            degs.append(pad_crop(g, oy, ox))
+        return cleans, degs
+
     def _batch(self, index: list[np.ndarray], rng: np.random.Generator) -> Batch:
-        cleans, degs, labels, chunks, start = [], [], [], [], 0
+        cleans, degs = self._chunks(index, rng)
+        labels, chunks, start = [], [], 0
         for d, idx in zip(self.degradations, index):
-            c, g = augment(self.split.images[idx], d, rng, self.salt_value)
-            cleans.append(c)
-            degs.append(g)
             labels.append(self.split.labels[idx])
             chunks.append((d, slice(start, start + len(idx))))
             start += len(idx)
@@ -143,7 +219,13 @@ class TrainStream:
         degraded = normalise(np.concatenate(degs), self.mean, self.std, self.device)
         if self.cutout > 0 and self.cutout_on != "none":
             _, _, h, w = clean.shape
-            mask = torch.from_numpy(cutout_mask(start, h, w, self.cutout, rng)).to(self.device)
+            cy = rng.integers(0, h, size=start)   # the draws of cutout_mask(start, ...)
+            cx = rng.integers(0, w, size=start)
+            rows = twin_rows(chunks, MASK_TWINS) if self.share == "reference" else None
+            if rows is not None:
+                cy[rows[1]], cx[rows[1]] = cy[rows[0]], cx[rows[0]]
+            mask = torch.from_numpy(cutout_from_centres(cy, cx, h, w, self.cutout))
+            mask = mask.to(self.device)
             if self.cutout_on in ("clean", "both"):
                 clean = clean * mask
             if self.cutout_on in ("degraded", "both"):
@@ -207,7 +289,7 @@ class DeviceTrainStream:
 
     def __init__(self, split: Split, mean: Sequence[float], std: Sequence[float], *,
                  degradations: Sequence[str], batch_size: int, cutout: int, cutout_on: str,
-                 same_images: bool, salt_value: int, seed: int, device: torch.device | str,
+                 share: str, salt_value: int, seed: int, device: torch.device | str,
                  jpeg_bank: JpegBank | None = None, cache: StageCache | None = None,
                  channels_last: bool = False):
         self.device = torch.device(device)
@@ -215,7 +297,7 @@ class DeviceTrainStream:
         for d in self.degradations:
             _known(d)
         self.batch_size, self.cutout, self.cutout_on = batch_size, cutout, cutout_on
-        self.same_images, self.salt_value, self.seed = same_images, salt_value, seed
+        self.share, self.salt_value, self.seed = check_share(share), salt_value, seed
         self.channels_last = channels_last
         self.n = len(split)
         # (N, 3, H, W) uint8: 3 KB per CIFAR image, 150 MB for all 50k
@@ -247,12 +329,15 @@ class DeviceTrainStream:
         return out[0], out[1]
 
     def plan(self, epoch: int, generator: torch.Generator | None = None) -> Iterator[StepPlan]:
-        """The epoch's draws, drawn at once (6 + 2 per degradation launches per epoch)."""
+        """The epoch's draws, drawn at once (6 + 2 per degradation launches per epoch). Every
+        `share` draws the same numbers; "geometry" and "reference" then copy the first chunk's
+        flips and crops to every chunk, and "reference" the twins' levels and centres, so
+        "nothing" and "images" are the streams of `same_images=False` and `True`."""
         g = generator or self.generators(epoch)[0]
         dev, n, k = self.device, self.n, len(self.degradations)
         _, _, h, w = self.images.shape
         shared = torch.randperm(n, generator=g, device=dev)
-        orders = torch.stack([shared if self.same_images or i == 0 else
+        orders = torch.stack([shared if self.share != "nothing" or i == 0 else
                               torch.randperm(n, generator=g, device=dev) for i in range(k)])
         flips = torch.rand((k, n), generator=g, device=dev) < 0.5
         levels = torch.zeros((k, n), dtype=torch.int64, device=dev)
@@ -266,6 +351,14 @@ class DeviceTrainStream:
         crops = torch.randint(0, 2 * PAD + 1, (k, n, 2), generator=g, device=dev)
         centres = torch.stack([torch.randint(0, h, (k, n), generator=g, device=dev),
                                torch.randint(0, w, (k, n), generator=g, device=dev)], dim=2)
+        if self.share in ("geometry", "reference"):   # column j is the same image in every row
+            flips, crops = flips[:1].expand(k, n), crops[:1].expand(k, n, 2)
+        if self.share == "reference":
+            at = {d: i for i, d in enumerate(self.degradations)}
+            if set(LEVEL_TWINS) <= at.keys():
+                levels[at[LEVEL_TWINS[1]]] = levels[at[LEVEL_TWINS[0]]]
+            if set(MASK_TWINS) <= at.keys():
+                centres[at[MASK_TWINS[1]]] = centres[at[MASK_TWINS[0]]]
         for step in range(self.steps_per_epoch):
             sl = slice(step * self.batch_size, (step + 1) * self.batch_size)
             m = len(range(n)[sl])

@@ -144,8 +144,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             job = t.user_attrs.get("job", {})
             where = job.get("job_id") or job.get("pid") or "-"
             state = states.get(str(job.get("job_id")), "")
+            gpu = (t.user_attrs.get("worker") or {}).get("gpu") or job.get("gpu")
             print(f"  trial {t.number} (attempt {t.user_attrs.get('attempt', 1)}): "
-                  f"{job.get('kind', '?')} {where} {state}".rstrip())
+                  f"{job.get('kind', '?')} {where} {state}".rstrip()
+                  + (f", gpu {gpu}" if gpu else ""))
     df = results.load(opened.study_dir)
     print(f"Parquet: {df.trial.nunique() if len(df) else 0} trial files")
     print(f"stage cache {cache_dir}: " + ", ".join(

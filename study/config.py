@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -126,6 +126,11 @@ class ComputeConfig(Strict):
     # torch.compile of the trained network ("reduce-overhead" = CUDA graphs): fewer launches
     # for a narrow ResNet56 at batch 128-512; the first epoch pays the compile.
     compile: Literal["none", "default", "reduce-overhead", "max-autotune"] = "none"
+    # Mixed precision of the training forward passes: bf16 autocast (on CUDA where the GPU has
+    # bf16, i.e. Ampere or newer; on CPU through CPU autocast). It changes the numbers, so it is
+    # part of every trained stage's cache key and of each trial's provenance; the paper setting
+    # trains in fp32 ("none").
+    amp: Literal["none", "bf16"] = "none"
 
 
 class PipelineConfig(Strict):
@@ -135,6 +140,13 @@ class PipelineConfig(Strict):
     salt_value: Literal[1, 255] = 1
     methods: list[str]
     selection: Literal["best_val", "last"] = "best_val"
+    # What the per-degradation chunks of a multi-degradation step share (Scratch, Vanilla FT,
+    # Fusing, FusionDistill, BN re-estimation), when they hold the same images: "images" only
+    # (each chunk its own flips, crops, levels, Cutout); "geometry" (and the same flip and crop
+    # per image in every chunk); "reference" (as the reference code's identically seeded
+    # loaders: geometry, plus blur and awgn at the same level per image, plus its Cutout
+    # sharing). distill.same_images_per_degradation false: no sharing at all.
+    chunk_sharing: Literal["images", "geometry", "reference"] = "reference"
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compute: ComputeConfig = ComputeConfig()
@@ -284,7 +296,19 @@ class ExecutorSection(Strict):
     backend: Literal["debug", "local", "slurm"] = "debug"
     parallel: int = Field(1, ge=1)
     retries: int = Field(2, ge=0)    # infrastructure failures retried per configuration
+    # GPUs the local executor hands out, one per worker (CUDA_VISIBLE_DEVICES): "auto" = every
+    # device this machine shows, "none" = none (workers run on CPU), or a list of device
+    # indices; K trials in flight spread over G GPUs, K/G each. SLURM jobs use the GPUs of
+    # their allocation (a packed job spreads its trials over executor.slurm.gpus_per_node).
+    gpus: Literal["auto", "none"] | list[Annotated[int, Field(ge=0)]] = "auto"
     slurm: SlurmSettings = SlurmSettings()
+
+    @field_validator("gpus")
+    @classmethod
+    def _distinct(cls, v: Any) -> Any:
+        if isinstance(v, list) and (not v or len(set(v)) != len(v)):
+            raise ValueError(f"a list of distinct device indices, e.g. [0, 1], got {v}")
+        return v
 
 
 class StudyFile(Strict):

@@ -52,15 +52,32 @@ def level_plan(names: Sequence[str], step: int) -> list[tuple[str, int]]:
     return plan
 
 
-def vote(logits: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Plurality vote of argmaxes; ties broken by the argmax of the summed logits."""
+TIE_RULES = ("all_classes", "tied_classes")
+
+
+def vote(logits: Sequence[torch.Tensor], tie: str = "all_classes") -> torch.Tensor:
+    """Plurality vote of the networks' argmaxes, (N,) class indices.
+
+    A tie (two or more classes with the most votes: 2-2 or 1-1-1-1 among four experts) is
+    broken by the logits summed over the networks:
+    - "all_classes" (the reference's rule, the default): the argmax of the summed logits over
+      every class, which need not be one of the tied classes;
+    - "tied_classes": the argmax of the summed logits among the tied classes only (the rule
+      of study 0.2 and earlier).
+    Without a tie both return the plurality class. tests/test_faithful.py measures how often
+    the two disagree on simulated experts.
+    """
+    if tie not in TIE_RULES:
+        raise ValueError(f"tie must be one of {', '.join(TIE_RULES)}, got {tie!r}")
     stacked = torch.stack(list(logits))                        # (M, N, C)
     n_classes = stacked.shape[-1]
-    votes = torch.nn.functional.one_hot(stacked.argmax(-1), n_classes).sum(0).float()  # (N, C)
-    # Among the classes with the most votes, the summed logits decide.
+    votes = torch.nn.functional.one_hot(stacked.argmax(-1), n_classes).sum(0)   # (N, C)
     summed = stacked.sum(0)
-    tied = votes == votes.max(1, keepdim=True).values
-    return summed.masked_fill(~tied, float("-inf")).argmax(1)
+    top = votes == votes.max(1, keepdim=True).values            # the classes with most votes
+    if tie == "tied_classes":
+        return summed.masked_fill(~top, float("-inf")).argmax(1)
+    # a single top class is the plurality winner; on a tie every class competes
+    return torch.where(top.sum(1) > 1, summed.argmax(1), votes.argmax(1))
 
 
 def evaluate(networks: Mapping[str, nn.Module], methods: Mapping[str, Combiner],

@@ -56,7 +56,8 @@ STAGES = instance_names()   # every network, so every file has the same key_ col
 # Every file of a study carries the same columns with the same types, so that
 # pd.read_parquet(<dir>) (which takes the schema of one file) loads them all.
 EXTRA_COLUMNS = {"wall_s": "Float64", "error": "string", "fail_kind": "string",
-                 "device": "string", "git_commit": "string", "host": "string",
+                 "device": "string", "gpu": "string", "amp": "string", "git_commit": "string",
+                 "host": "string",
                  "study_version": "string", "optuna_version": "string",
                  "torch_version": "string", "python_version": "string", "config_json": "string"}
 

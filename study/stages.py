@@ -120,6 +120,10 @@ def _data_fields(cfg: PipelineConfig) -> dict[str, Any]:
 def _stream_fields(cfg: PipelineConfig, names: list[str], env: KeyEnv) -> dict[str, Any]:
     """What a training stream over `names` draws from besides its spec."""
     out: dict[str, Any] = {"seed": cfg.seed}
+    if cfg.compute.amp != "none":   # another precision, other weights (fp32 adds no field)
+        out["compute.amp"] = cfg.compute.amp
+    if len(names) > 1:   # several chunks: what they share shapes every step
+        out["chunk_sharing"] = cfg.chunk_sharing
     if "saltpepper" in names:
         out["salt_value"] = cfg.salt_value
     if env.device_path:
@@ -157,6 +161,8 @@ def _trained_fields(cfg: PipelineConfig, spec_name: str, env: KeyEnv,
 def _distill_fields(cfg: PipelineConfig, env: KeyEnv) -> dict[str, Any]:
     s = cfg.distill
     out = _trained_fields(cfg, "distill", env)
+    if not s.same_images_per_degradation:   # each chunk its own images: nothing shared
+        out.pop("chunk_sharing", None)
     used = {"feature": ("ce_weight", "feature_weight", "feature_layers"),
             "logit": ("kd_weight", "temperature", "alpha")}
     for loss, fields in used.items():
@@ -241,7 +247,7 @@ def _experts(names: list[str]) -> list[str]:
 
 
 _TRAINING = ("seed", "selection", "salt_value", "device", "compute.data_path",
-             "compute.jpeg_bank_step")
+             "compute.jpeg_bank_step", "compute.amp", "chunk_sharing")
 _DATA = ("data", "model")
 
 STAGES: dict[str, Stage] = {s.name: s for s in [

@@ -116,10 +116,11 @@ def fit(model: nn.Module, *, epochs: int, optimizer: torch.optim.Optimizer,
         validate: Callable[[nn.Module], float] | None, select: str,
         checkpoint: Path | None = None,
         on_epoch: Callable[[int, float | None], None] | None = None,
-        forward: nn.Module | None = None) -> FitResult:
+        forward: nn.Module | None = None, autocast: torch.dtype | None = None) -> FitResult:
     """Train for `epochs`; `on_epoch(epoch, val)` may raise (e.g. optuna.TrialPruned) to stop.
     `forward`, when given, is what the loss calls (a torch.compile of `model`, sharing its
-    parameters); checkpoints and the result hold `model`'s own state dict."""
+    parameters); checkpoints and the result hold `model`'s own state dict. `autocast`: the
+    reduced precision of the forward passes (torch.bfloat16) or None for fp32."""
     step_model = model if forward is None else forward
     start, best_val, best_state, history = 0, None, None, []
     ck = load_checkpoint(checkpoint) if checkpoint is not None and checkpoint.exists() else None
@@ -136,7 +137,7 @@ def fit(model: nn.Module, *, epochs: int, optimizer: torch.optim.Optimizer,
         total, steps = torch.zeros(()), 0
         for batch in batches(epoch):
             # a 0-dim CPU tensor adds to one on any device
-            total = train_step(step_model, optimizer, loss_fn, batch) + total
+            total = train_step(step_model, optimizer, loss_fn, batch, autocast) + total
             steps += 1
         scheduler.step()
         val = validate(model) if validate is not None else None

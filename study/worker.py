@@ -93,9 +93,10 @@ def run_job(job: Job, log: Any = print) -> str:
         log(f"trial {job.trial} is already {frozen.state.name}; nothing to do")
         return frozen.state.name
     trial = optuna.trial.Trial(st, trial_id)
+    gpu = os.environ.get("CUDA_VISIBLE_DEVICES")   # its placement: one device, or unset
     trial.set_user_attr("worker", {"host": platform.node(), "pid": os.getpid(),
                                    "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-                                   "started": time.time()})
+                                   "gpu": gpu, "started": time.time()})
     faults.rendezvous()   # the storage concurrency test only
     values = frozen.user_attrs.get("values", {})
     attempt = int(frozen.user_attrs.get("attempt", 1))
@@ -136,7 +137,8 @@ def run_job(job: Job, log: Any = print) -> str:
                   for s in (first.stages if first else [])}
     prov = results.provenance()
     extra = {"wall_s": time.perf_counter() - t0, "error": error, "fail_kind": fail_kind,
-             "device": first.device if first else None,
+             "device": first.device if first else None, "gpu": gpu,
+             "amp": sf.pipeline.compute.amp if sf else None,
              "config_json": sf.pipeline.model_dump() if sf else None, **prov}
     n_obj = len(ld.sf.study.objectives)
     df = results.trial_frame(

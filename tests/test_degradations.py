@@ -69,7 +69,8 @@ def test_registry_ranges_parameters_and_levels():
         d = get(name)
         assert (d.name, d.lo, d.hi, d.identity_level, d.stochastic) == (name, lo, hi, ident, stoch)
         assert d.levels() == list(range(lo, hi + 1)) and len(d.levels()) == n
-    assert sum(len(d.levels()) for d in DEGRADATIONS.values()) == 229  # docs/method.md's test protocol
+    # the test protocol of docs/method.md
+    assert sum(len(d.levels()) for d in DEGRADATIONS.values()) == 229
 
     # The reference divides the integer level: deg_lev / deg_adj.
     assert get("jpeg").parameter(1) == 1.0 and get("jpeg").parameter(101) == 101.0

@@ -199,7 +199,7 @@ def _split(n: int = 40) -> tuple[Split, tuple, tuple]:
 def _stream(split: Split, mean: tuple, std: tuple, names: list[str], **kw: object
             ) -> DeviceTrainStream:
     args = dict(degradations=names, batch_size=16, cutout=8, cutout_on="degraded",
-                same_images=True, salt_value=1, seed=3, device="cpu")
+                share="images", salt_value=1, seed=3, device="cpu")
     return DeviceTrainStream(split, mean, std, **(args | kw))
 
 
@@ -226,12 +226,15 @@ def _reference(stream: DeviceTrainStream, split: Split, mean: tuple, std: tuple,
     return Batch(clean, degraded, torch.from_numpy(split.labels[idx]), p.chunks), clean_u8, deg_u8
 
 
-@pytest.mark.parametrize("cutout_on", ["degraded", "both", "clean"])
-def test_device_stream_equals_reference_on_the_same_draws(cutout_on: str) -> None:
+@pytest.mark.parametrize(("cutout_on", "share"), [("degraded", "nothing"), ("both", "nothing"),
+                                                   ("clean", "nothing"), ("both", "reference")])
+def test_device_stream_equals_reference_on_the_same_draws(cutout_on: str, share: str) -> None:
+    # "reference": the plan's shared flips, crops and jpeg/blur Cutout centres replay through
+    # the CPU operators as well
     split, mean, std = _split()
     bank = dd.build_jpeg_bank(split.images, qualities=(1, 20, 40, 60, 80, 100))
     s = _stream(split, mean, std, ["clean", "blur", "jpeg"], jpeg_bank=bank,
-                cutout_on=cutout_on, same_images=False)
+                cutout_on=cutout_on, share=share)
     plan_g, noise_g = s.generators(0)
     steps = 0
     for p in s.plan(0, plan_g):
@@ -289,9 +292,9 @@ def test_device_stream_is_a_pure_function_of_seed_and_epoch() -> None:
     other = _stream(split, mean, std, names, jpeg_bank=bank, seed=4)
     assert not torch.equal(next(iter(other.epoch(1))).labels, e1[0].labels)
     # the TrainStream interface: same steps, shapes, chunk layout; the four chunks hold the
-    # same images (same_images) but independent flips
+    # same images (share="images") but independent flips
     ref = augment.TrainStream(split, mean, std, degradations=names, batch_size=16, cutout=8,
-                              cutout_on="degraded", same_images=True, salt_value=1, seed=3,
+                              cutout_on="degraded", share="images", salt_value=1, seed=3,
                               device="cpu")
     r0 = next(iter(ref.epoch(0)))
     assert a.steps_per_epoch == ref.steps_per_epoch and e0.chunks == r0.chunks

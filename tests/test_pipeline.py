@@ -275,3 +275,33 @@ def test_device_data_path_runs_the_pipeline_deterministically(tmp_path: Path) ->
     again = _device_pipeline(tmp_path / "b").run()
     assert all(s.hit for s in again.stages)
     assert [r["accuracy"] for r in again.rows] == [r["accuracy"] for r in b.rows]
+
+
+def test_evaluation_reuses_degraded_copies_and_results_across_trials(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every degraded copy (noise and salt-and-pepper too) is built once and cached; a second
+    trial that shares the experts evaluates oracle from the cache and builds no copy."""
+    quick = ["data.synthetic_train=200", "data.val_size=40", "data.synthetic_test=40",
+             "degradations=[awgn, saltpepper]", "methods=[oracle, fusiondistill]",
+             "base.epochs=1", "base.milestones=[1]", "expert.epochs=1", "expert.t_max=1",
+             "distill.epochs=1", "distill.milestones=[1]", "eval.test_level_step=10",
+             "eval.val_level_step=25", "eval.degradations=[awgn, saltpepper]"]
+    built: list[tuple[str, int]] = []
+    real = evaluation.degraded_copy
+
+    def counting(images: np.ndarray, name: str, level: int, seed: int, salt: int) -> np.ndarray:
+        built.append((name, level))
+        return real(images, name, level, seed, salt)
+
+    monkeypatch.setattr(evaluation, "degraded_copy", counting)
+    first = _pipeline(tmp_path, *quick)
+    first.run()
+    # validation every 25th level, test every 10th: 15 noisy copies (identity levels need none)
+    assert len(built) >= 10
+    assert first.cache.summary()["bank"] == len(built)   # each one stored as a bank
+    built.clear()
+    second = _pipeline(tmp_path, *quick, "distill.lr=0.002")
+    rows = second.run().rows
+    assert built == []                                   # every copy came from a bank
+    assert any(h.startswith("eval/") for h in second.cache.hits)   # oracle's rows reused
+    assert {r["model"] for r in rows} == {"oracle", "fusiondistill"}

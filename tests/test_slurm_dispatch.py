@@ -40,7 +40,7 @@ def _sacct(*fields: str) -> list[dict[str, str]]:
     return [dict(zip(fields, line.split("|"))) for line in out.splitlines() if line]
 
 
-@pytest.mark.parametrize("preset", ["local", "gpu"])
+@pytest.mark.parametrize("preset", ["local", "gpu", "node"])
 def test_generated_sbatch_script_matches_golden_file(preset: str, tmp_path: Path) -> None:
     _, sf = load_study_file("smoke.yaml", [f"executor.slurm.preset={preset}",
                                            "executor.slurm.account=proj42"])

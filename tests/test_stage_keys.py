@@ -65,6 +65,7 @@ TABLE: dict[str, tuple[Any, frozenset[str]]] = {
     "salt_value": (255, frozenset({"expert_saltpepper", M, *TRAINED_ON_DEGRADATIONS})),
     "methods": (["fusiondistill"], NONE),
     "selection": ("last", ALL),
+    "chunk_sharing": ("images", frozenset(TRAINED_ON_DEGRADATIONS)),
     "seed": (1, ALL),                          # replicates: every trained stage
     # auto on a machine without a GPU is this same CPU run; with one, the device data path
     "device": ("auto", ALL if torch.cuda.is_available() else NONE),
@@ -73,6 +74,7 @@ TABLE: dict[str, tuple[Any, frozenset[str]]] = {
     "compute.bank_workers": (3, NONE),
     "compute.channels_last": (True, NONE),     # how, not what
     "compute.compile": ("default", NONE),
+    "compute.amp": ("bf16", ALL),              # another precision: other weights
     "eval.test_level_step": (5, NONE),
     "eval.val_level_step": (5, NONE),
     "eval.batch_size": (100, NONE),
@@ -125,6 +127,9 @@ CONDITIONAL = [
      {"expert_jpeg", M, *TRAINED_ON_DEGRADATIONS}),
     ({}, "compute.data_path", "device", ALL),   # torch's streams: other weights
     ({"base.cutout": 0}, "base.cutout_on", "both", set()),   # no hole, wherever it would go
+    ({"distill.same_images_per_degradation": False}, "chunk_sharing", "geometry", {F, S, V}),
+    ({"degradations": ["jpeg"]}, "chunk_sharing", "geometry", set()),   # one chunk per step
+    ({"fusion.bn": "recompute"}, "chunk_sharing", "geometry", {M, *TRAINED_ON_DEGRADATIONS}),
     # an expert is keyed on its own degradation, also when it is the only one trained
     ({}, "degradations", ["jpeg"], {M, *TRAINED_ON_DEGRADATIONS}),
 ]
@@ -205,11 +210,11 @@ GOLDEN = {
     "expert_blur": "7baebc1c3084817f55a6",
     "expert_awgn": "bf0f4e8c096072c5ae5a",
     "expert_saltpepper": "2fa4fde788f9b4b6f34b",
-    "scratch": "b11e255260d504b0c6d3",
-    "vanilla_ft": "fd43820291431796946f",
+    "scratch": "7115f4e75371150c8df3",
+    "vanilla_ft": "500b668d4ba73a897f91",
     "modelsoups": "db99bed43227768509a6",
-    "fusing": "9d0998b056027be71108",
-    "fusiondistill": "17e475cf87679ad70c03",
+    "fusing": "67b5c60fbf14053e2c3d",
+    "fusiondistill": "21c1af9d64e9cb59e30c",
 }
 
 

@@ -25,7 +25,8 @@ def make_executor(sf: StudyFile, study_dir: Path) -> Executor:
     backend = sf.executor.backend
     if backend == "local":
         # the cores split between the trials in flight: 2 on a 2-core box at --parallel 1
-        return LocalExecutor(threads=max(1, (os.cpu_count() or 1) // sf.executor.parallel))
+        return LocalExecutor(threads=max(1, (os.cpu_count() or 1) // sf.executor.parallel),
+                             gpus=sf.executor.gpus)
     if backend == "slurm":
         return SlurmExecutor(sf.executor.slurm, study_dir / "jobs" / "slurm", sf.study.name)
     return DebugExecutor()

@@ -13,11 +13,14 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from optuna.trial import FrozenTrial
 
+from study.executors import placement
 from study.executors.base import Driver, Executor, Handle, JobFiles
+
+GpuSetting = Literal["auto", "none"] | list[int]
 
 WORKER_MODULE = "study.worker"
 
@@ -63,13 +66,18 @@ def stop_process_driver(handle: Handle, wait_s: float) -> None:
 class LocalExecutor(Executor):
     name: ClassVar[str] = "local"
 
-    def __init__(self, threads: int | None = None):
+    def __init__(self, threads: int | None = None, gpus: GpuSetting = "auto"):
         self.threads = threads     # torch threads per worker: the CPUs split between trials
+        self.devices = placement.visible_devices(gpus)
+        self.hide_gpus = gpus == "none"
+        self._in_use: list[str | None] = []   # the device of every trial in flight
         self._children: list[subprocess.Popen[bytes]] = []
 
     def submit(self, trials: Sequence[JobFiles]) -> Handle:
         (t,) = trials   # one process per trial: trials_per_submission is 1
-        env = dict(os.environ)
+        device = placement.least_loaded(self.devices, self._in_use)
+        self._in_use.append(device)
+        env = placement.child_env(device, hide_all=self.hide_gpus)
         if self.threads:
             env["STUDY_THREADS"] = str(self.threads)
         with open(t.log, "ab") as log:
@@ -79,7 +87,7 @@ class LocalExecutor(Executor):
                                  env=env, start_new_session=True)
         self._children.append(p)
         return {"kind": self.name, "pid": p.pid, "host": platform.node(), "marker": str(t.job),
-                "submitted": time.time()}
+                "submitted": time.time(), "gpu": device}
 
     def alive(self, handle: Handle, trial: FrozenTrial) -> bool:
         self.poll()
@@ -97,6 +105,8 @@ class LocalExecutor(Executor):
 
     def refresh(self, handles: Sequence[Handle]) -> None:
         self.poll()
+        # the trials in flight, this launcher's and those it adopted from an earlier one
+        self._in_use = [h.get("gpu") for h in handles if h.get("kind") == self.name]
 
     def poll(self) -> None:
         self._children = [p for p in self._children if p.poll() is None]   # reap zombies

@@ -11,6 +11,7 @@ result, which the launcher sees in sacct and retries with the same parameters.
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from optuna.trial import FrozenTrial
 
 from study import adapter, worker
 from study.config import SlurmSettings
-from study.executors import local
+from study.executors import local, placement
 from study.executors.base import Driver, Executor, Handle, JobFiles
 
 # sacct states in which a job may still run (or run again after a requeue).
@@ -57,18 +58,24 @@ class TrialJob(submitit.helpers.Checkpointable):
 
 
 class PackedTrialJob(submitit.helpers.Checkpointable):
-    """Several trials in one job, one process each, sharing the job's GPU(s) and splitting its
-    CPUs. A requeue reruns them all: finished trials return at once, the others resume from
-    the stage cache and their epoch checkpoints."""
+    """Several trials in one job, one process each, spread over the job's GPUs (K/G per GPU,
+    each process seeing one) and splitting its CPUs. A requeue reruns them all: finished trials
+    return at once, the others resume from the stage cache and their epoch checkpoints."""
 
     def __init__(self, job_paths: list[str]):
         self.job_paths = job_paths
 
+    def environments(self, environ: dict[str, str] | None = None) -> list[dict[str, str]]:
+        """Each process's environment: its GPU of the allocation and its share of the CPUs."""
+        base = dict(os.environ if environ is None else environ)
+        cpus = int(base.get("SLURM_CPUS_PER_TASK", "0") or 0)
+        threads = str(max(1, cpus // len(self.job_paths)))
+        devices = placement.spread(len(self.job_paths), placement.visible_devices("auto", base))
+        return [placement.child_env(d, base) | {"STUDY_THREADS": threads} for d in devices]
+
     def __call__(self) -> list[str]:
-        cpus = int(os.environ.get("SLURM_CPUS_PER_TASK", "0") or 0)
-        env = dict(os.environ, STUDY_THREADS=str(max(1, cpus // len(self.job_paths))))
         procs = []
-        for path in self.job_paths:
+        for path, env in zip(self.job_paths, self.environments(), strict=True):
             with open(Path(path).with_suffix(".log"), "ab") as log:
                 # argv list, no shell: user values never reach a shell string
                 procs.append(subprocess.Popen([sys.executable, "-m", local.WORKER_MODULE, path],
@@ -79,14 +86,36 @@ class PackedTrialJob(submitit.helpers.Checkpointable):
 
 
 class StageJob(submitit.helpers.Checkpointable):
-    """Builds one shared stage (base or an expert) into the cache; trials depend on it."""
+    """Builds shared stages (the base, or experts) into the cache; trials depend on it. Several
+    stages (the experts, independent of each other) build side by side, one process and one GPU
+    of the allocation each: on a 4-GPU node the four experts train at once."""
 
-    def __init__(self, build: Callable[[str, int], Any], stage: str, seed: int):
-        self.build, self.stage, self.seed = build, stage, seed
+    def __init__(self, build: Callable[[str, int], Any], stages: list[tuple[str, int]]):
+        self.build, self.stages = build, stages
 
-    def __call__(self) -> Any:
-        worker.use_allotted_cpus()
-        return self.build(self.stage, self.seed)
+    def __call__(self) -> list[Any]:
+        if len(self.stages) == 1:
+            worker.use_allotted_cpus()
+            return [self.build(*self.stages[0])]
+        devices = placement.spread(len(self.stages), placement.visible_devices("auto"))
+        cpus = int(os.environ.get("SLURM_CPUS_PER_TASK", "0") or 0)
+        threads = max(1, cpus // len(self.stages))
+        # spawn, not fork: each child sets its device before torch first touches CUDA
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Pool(len(self.stages)) as pool:
+            runs = [pool.apply_async(_build_on, (self.build, stage, seed, device, threads))
+                    for (stage, seed), device in zip(self.stages, devices, strict=True)]
+            return [r.get() for r in runs]
+
+
+def _build_on(build: Callable[[str, int], Any], stage: str, seed: int, device: str | None,
+              threads: int) -> Any:
+    """One stage in a process of its own, on one device of the job's allocation."""
+    if device is not None:
+        os.environ[placement.ENV] = device
+    os.environ["STUDY_THREADS"] = str(threads)
+    worker.use_allotted_cpus()
+    return build(stage, seed)
 
 
 def sacct_states(job_ids: Iterable[str]) -> dict[str, str]:
@@ -189,16 +218,22 @@ class SlurmExecutor(Executor):
 
     def build_shared_stages(self, plan: Sequence[tuple[str, int]],
                             build: Callable[[str, int], Any]) -> dict[str, str]:
-        """base first, then each expert depending on it; trials then depend on all of them."""
+        """base first, then the experts depending on it (one job each, or, where a job has
+        several GPUs, the experts of a seed together, one GPU each); trials then depend on all
+        of them."""
         time_min = self.settings.stage_time_min or self.settings.time_min
         ids: dict[str, str] = {}
-        for stage, seed in plan:
+        for group in stage_groups(plan, self.settings.gpus_per_node or 1):
+            stage, seed = group[0]
             dep = [ids[f"base@{seed}"]] if stage != "base" and f"base@{seed}" in ids else None
-            ex = self.auto_executor(f"study-{self.study_name}-{stage}", time_min, dependency=dep)
+            name = "+".join(s for s, _ in group)
+            ex = self.auto_executor(f"study-{self.study_name}-{name}", time_min, dependency=dep)
             with submission_env():
-                j = ex.submit(StageJob(build, stage, seed))
-            ids[f"{stage}@{seed}"] = self._track(j)
-        self.dependency = list(ids.values())
+                j = ex.submit(StageJob(build, group))
+            jid = self._track(j)
+            for s, sd in group:
+                ids[f"{s}@{sd}"] = jid
+        self.dependency = sorted(set(ids.values()))
         return ids
 
     def start_driver(self, driver: Driver) -> Handle:
@@ -241,6 +276,21 @@ class SlurmExecutor(Executor):
 
     def poll(self) -> None:
         pass
+
+
+def stage_groups(plan: Sequence[tuple[str, int]], gpus_per_job: int
+                 ) -> list[list[tuple[str, int]]]:
+    """The stage jobs of a plan ((stage, seed) in build order): the base alone, then the
+    experts of the same seed together, up to one per GPU of a job."""
+    groups: list[list[tuple[str, int]]] = []
+    for stage, seed in plan:
+        last = groups[-1] if groups else []
+        if (stage != "base" and last and last[0][0] != "base" and last[0][1] == seed
+                and len(last) < gpus_per_job):
+            last.append((stage, seed))
+        else:
+            groups.append([(stage, seed)])
+    return groups
 
 
 def scancel(job_ids: Iterable[str]) -> None:
