@@ -140,6 +140,12 @@ class PipelineConfig(Strict):
     salt_value: Literal[1, 255] = 1
     methods: list[str]
     selection: Literal["best_val", "last"] = "best_val"
+    # holdout: data.val_size training images are the validation split that picks checkpoints
+    # and trials; test is reported apart (honest). reference: the reference code's protocol, to
+    # compare with the paper's tables: every training image trains, the "validation" is the
+    # test set (one random level per image), ties go to the later epoch. Optimistic: every
+    # place that shows its numbers says so.
+    protocol: Literal["holdout", "reference"] = "holdout"
     # What the per-degradation chunks of a multi-degradation step share (Scratch, Vanilla FT,
     # Fusing, FusionDistill, BN re-estimation), when they hold the same images: "images" only
     # (each chunk its own flips, crops, levels, Cutout); "geometry" (and the same flip and crop
@@ -246,6 +252,9 @@ class StudySection(Strict):
     pruner: Literal["median", "hyperband", "none"] = "median"
     seed: int = 0
     replicates: int = Field(1, ge=1)
+    # Trial 0 of a new study runs the study file's own pipeline exactly (enqueued), when those
+    # values lie inside the space: the reference every paired difference of the report uses.
+    baseline: bool = True
     storage: str | None = None      # None = JournalStorage at results/<study>/optuna.journal
 
     @field_validator("storage")

@@ -225,8 +225,9 @@ class Launcher:
         if any(x.user_attrs.get("retry_of") == t.number
                for x in self.study.get_trials(deepcopy=False)):
             return
+        keep = {k: t.user_attrs[k] for k in ("baseline", "baseline_values") if k in t.user_attrs}
         self.study.enqueue_trial(t.params, user_attrs={
-            "attempt": int(t.user_attrs.get("attempt", 1)) + 1, "retry_of": t.number})
+            "attempt": int(t.user_attrs.get("attempt", 1)) + 1, "retry_of": t.number, **keep})
 
     # ------------------------------------------------------------ submission
     def job_path(self, number: int) -> Path:
@@ -251,6 +252,8 @@ class Launcher:
         trial = self.study.ask()
         # A retry was enqueued with its raw params fixed, so sampling reproduces its values.
         values = self.ld.space.sample(trial)
+        if trial.user_attrs.get("baseline"):   # exactly the file's values, not a round trip
+            values = trial.user_attrs["baseline_values"]
         trial.set_user_attr("values", values)
         attempt = trial.user_attrs.get("attempt")
         if attempt is None:
@@ -383,10 +386,24 @@ def _create(ld: LoadedStudy, results_dir: str, n_trials: int) -> Opened:
     if st.trials:
         st.sampler = storage.make_sampler(sf, ld.space.grid(), sf.executor.parallel,
                                           resumed_at=len(st.trials))
+    elif sf.study.baseline:
+        _enqueue_baseline(ld, st)
     sdir.mkdir(parents=True, exist_ok=True)
     st.set_user_attr("n_trials", n_trials)   # the target `study status` reports against
     st.set_user_attr("cancelled", False)
     return Opened(ld, st, store, url, sdir)
+
+
+def _enqueue_baseline(ld: LoadedStudy, st: optuna.Study) -> None:
+    """Trial 0 of a new study: the study file's own pipeline, exactly (its canonical values are
+    kept with the trial; the raw suggestions only tell the sampler what ran). Where those
+    values lie outside the space, the reason is kept for `study report`."""
+    values, why = ld.space.baseline(ld.sf.model_dump())
+    if values is None:
+        st.set_user_attr("baseline_skipped", why)
+        return
+    st.enqueue_trial(ld.space.raw_params(values),
+                     user_attrs={"baseline": True, "baseline_values": values})
 
 
 class Driver(submitit.helpers.Checkpointable):

@@ -8,10 +8,11 @@ The HTML is one self-contained file: plotly.js (about 4.8 MB) is embedded once i
 opens offline, on a login node without internet, or attached to an e-mail.
 
 Two choices a reader should know:
-- The paper setting is the study file's own pipeline (its preset and overrides) with nothing
-  searched. Its trial is the completed trial that equals it on every discrete parameter
-  (categorical, int, subset); continuous ones (floats, simplex weights) are rarely sampled
-  exactly, so the nearest such trial stands in, and the report says by how much it differs.
+- The baseline is the study file's own pipeline (its preset and overrides, the paper setting
+  for the paper_* files) with nothing searched. When it lies inside the space, the launcher
+  enqueues it exactly as the study's first trial (`study.baseline`, on by default); paired
+  differences compare the best trial against it. Without one (outside the space, switched off,
+  or not completed yet) the report says so and shows no differences.
 - The best configuration is chosen on validation (the study's first objective); every number
   shown for it is on test, so the choice does not leak into what is reported.
 """
@@ -40,14 +41,13 @@ from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 from scipy import stats
 
-from study import atomic, evaluation, results, storage, studyfile
+from study import atomic, evaluation, published, results, storage, studyfile
 from study.config import DEGRADATION_NAMES, METHOD_NAMES
 from study.space import (
     KINDS,
     CategoricalParam,
     FixedParam,
     FloatParam,
-    IntParam,
     Param,
     SimplexParam,
     SubsetParam,
@@ -57,8 +57,8 @@ __all__ = [
     "PUSHED", "Analysis", "Rendered", "SeedTable", "analyse", "best_trial", "budget",
     "build_report", "export_png", "fig_budget", "fig_heatmap", "fig_history", "fig_importance",
     "fig_levels", "fig_paired", "fig_pareto", "fig_slices", "fig_surface", "fig_weights",
-    "fusion_weights", "importances", "level_curves", "paired_differences", "paper_setting",
-    "paper_trial", "pareto_front", "per_trial", "push_to_dashboard", "render", "seed_table",
+    "fusion_weights", "importances", "level_curves", "paired_differences", "baseline_trial",
+    "pareto_front", "per_trial", "push_to_dashboard", "render", "seed_table",
     "slices", "subset_ablation", "surface", "t_interval",
 ]
 
@@ -127,58 +127,56 @@ def best_trial(pt: pd.DataFrame, directions: Sequence[str]) -> int | None:
     return int(done.trial.iloc[int(np.argmax(score))])
 
 
-def paper_setting(params: Sequence[Param], config: Mapping[str, Any],
-                  fused_experts: Sequence[str]) -> dict[str, Any]:
-    """Each searched parameter's value in the study file's own pipeline (nothing searched)."""
-    out: dict[str, Any] = {}
-    for p in params:
-        if not p.searched:
-            continue
-        node: Any = config
-        for k in p.path:
-            node = node.get(k) if isinstance(node, Mapping) else None
-        if p.path == ("pipeline", "fusion", "experts") and node is None:
-            node = list(fused_experts)   # None means "every trained expert"
-        out[p.name] = node
-    return out
+def baseline_trial(pt: pd.DataFrame, study: Any) -> tuple[int | None, str]:
+    """The completed trial that runs the study file's own pipeline exactly (the launcher
+    enqueued it with user attribute `baseline`), and a sentence for the report."""
+    done = set(_complete(pt).trial.astype(int)) if len(pt) else set()
+    marked = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("baseline")]
+    for t in marked:
+        if t.number in done:
+            return t.number, (f"Trial {t.number} is the baseline: the study file's own "
+                              "pipeline, run exactly (enqueued as the study's first trial).")
+    if marked:
+        return None, ("The baseline trial (the study file's own pipeline) has not completed "
+                      f"(trial {', '.join(str(t.number) for t in marked)}): no paired "
+                      "differences yet.")
+    why = study.user_attrs.get("baseline_skipped")
+    return None, ("No baseline trial: " + (why or "this study was launched without one "
+                                           "(study.baseline: false, or an older release)")
+                  + ". Paired differences need it.")
 
 
-def paper_trial(pt: pd.DataFrame, params: Sequence[Param], paper: Mapping[str, Any]
-                ) -> tuple[int | None, str]:
-    """The completed trial that runs the paper setting: equal on every discrete parameter it has
-    active, nearest on the continuous ones (distance in units of each range, log ranges in log
-    units). Returns (trial or None, a sentence for the report)."""
-    best: tuple[float, int] | None = None
-    for _, row in _complete(pt).iterrows():
-        dist, ok = 0.0, True
-        for p in params:
-            v, want = row.get(f"param_{p.name}"), paper.get(p.name)
-            if p.name not in paper or _missing(v):
-                continue                     # inactive in this trial (its `when` is false)
-            if isinstance(p, (CategoricalParam, IntParam)):
-                ok = ok and _same(v, want)
-            elif isinstance(p, SubsetParam):
-                ok = ok and want is not None and set(v) == set(want)
-            elif isinstance(p, FloatParam) and want is not None:
-                f = math.log if p.spec["log"] else float
-                dist += abs(f(v) - f(want)) / (f(p.spec["high"]) - f(p.spec["low"]))
-            elif isinstance(p, SimplexParam) and isinstance(want, Mapping):
-                dist += sum(abs(v.get(k, 0.0) - want.get(k, 0.0)) for k in {*v, *want}) / 2
-        if ok and (best is None or dist < best[0]):
-            best = (dist, int(row.trial))
-    if best is None:
-        shown = ", ".join(f"{k}={json.dumps(v)}" for k, v in paper.items())
-        return None, (f"No completed trial runs the paper setting ({shown}). Run it as one "
-                      "trial of the study to get paper-setting numbers and paired differences.")
-    trial = best[1]
-    row = pt[pt.trial == trial].iloc[0]
-    off = [f"{p.name} {_fmt(row[f'param_{p.name}'])} (paper {_fmt(paper[p.name])})"
-           for p in params if isinstance(p, (FloatParam, SimplexParam)) and p.name in paper
-           and not _missing(row.get(f"param_{p.name}")) and paper[p.name] is not None
-           and not _same(row[f"param_{p.name}"], paper[p.name])]
-    note = f"Trial {trial} runs the paper setting"
-    return trial, note + ("." if not off else "; nearest sampled continuous values: "
-                          + "; ".join(off) + ".")
+OPTIMISTIC = ("Reference protocol (protocol: reference): every training image trained and the "
+              "checkpoints were chosen on the test set, as the reference code does. These test "
+              "numbers are optimistic; they are for comparing with the paper's tables only.")
+
+
+def published_comparison(measured: pd.DataFrame, dataset: str | None
+                         ) -> tuple[pd.DataFrame | None, str]:
+    """The baseline's test table beside the paper's published one, and a note. Rows: methods
+    both have; columns (measured, published, diff) x JPEG..Avg. CIFAR-10 has only a remark:
+    the measured FusionDistill Avg minus the best of Scratch, Vanilla FT and Fusing."""
+    if dataset == "cifar10":
+        avg = measured["Avg"] if "Avg" in measured else pd.Series(dtype=float)
+        others = [m for m in ("scratch", "vanilla_ft", "fusing") if m in avg.index]
+        if "fusiondistill" in avg.index and others:
+            gap = float(avg["fusiondistill"] - avg[others].max())
+            return None, (f"{published.CIFAR10_NOTE} Measured here: {gap:+.1f} points over "
+                          f"the best of {', '.join(others)}.")
+        return None, published.CIFAR10_NOTE
+    table = published.PUBLISHED.get(dataset or "")
+    if table is None:
+        return None, (f"The paper publishes no numbers for dataset '{dataset}': no comparison "
+                      "(it has CIFAR-100 and Tiny ImageNet tables and a CIFAR-10 remark).")
+    methods = [m for m in measured.index if m in table]
+    cols = [c for c in published.COLUMNS if c in measured.columns]
+    if not methods or not cols:
+        return None, "No method of the paper's table was measured in the baseline trial."
+    pub = pd.DataFrame({m: dict(zip(published.COLUMNS, table[m])) for m in methods}).T[cols]
+    mes = measured.loc[methods, cols].astype(float)
+    out = pd.concat({"measured": mes, "published": pub, "diff": mes - pub}, axis=1)
+    return out, (f"The baseline trial's test accuracy beside the paper's published "
+                 f"{dataset} table (mean over levels, %); diff = measured - published.")
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -276,26 +274,26 @@ def subset_ablation(df: pd.DataFrame, pt: pd.DataFrame, param: str, method: str,
     return out.sort_values(["size", "subset"], ascending=[False, True]).drop(columns="size")
 
 
-def paired_differences(df: pd.DataFrame, best: int, paper: int, method: str,
+def paired_differences(df: pd.DataFrame, best: int, baseline: int, method: str,
                        split: str = "test") -> pd.DataFrame:
-    """Best minus paper setting, seed by seed (replicate r of both trials shares its seed, so
+    """Best minus baseline, seed by seed (replicate r of both trials shares its seed, so
     the data split, initialisations and degraded copies are the same), for `method` on `split`.
-    Index: JPEG.. Avg, Clean; columns best, paper, diff, half (95% t half-width; NaN with one
+    Index: JPEG.. Avg, Clean; columns best, baseline, diff, half (95% t half-width; NaN with one
     seed), lo, hi, n."""
     def per_seed(trial: int) -> dict[int, pd.Series]:
         rows = df[(df.trial == trial) & (df.split == split) & (df.model == method)]
         rows = rows.dropna(subset=["accuracy"])
         return {int(s): evaluation.table(rows[rows.seed == s]).iloc[0] for s in rows.seed.unique()}
 
-    b, p = per_seed(best), per_seed(paper)
+    b, p = per_seed(best), per_seed(baseline)
     seeds = sorted(set(b) & set(p))
     if not seeds:
-        return pd.DataFrame(columns=["best", "paper", "diff", "half", "lo", "hi", "n"])
+        return pd.DataFrame(columns=["best", "baseline", "diff", "half", "lo", "hi", "n"])
     cols = [c for c in COLUMNS if c in b[seeds[0]].index]
     bs = np.stack([b[s].reindex(cols).to_numpy(dtype=float, na_value=np.nan) for s in seeds])
     ps = np.stack([p[s].reindex(cols).to_numpy(dtype=float, na_value=np.nan) for s in seeds])
     diff, half = t_interval(bs - ps)
-    return pd.DataFrame({"best": bs.mean(0), "paper": ps.mean(0), "diff": diff, "half": half,
+    return pd.DataFrame({"best": bs.mean(0), "baseline": ps.mean(0), "diff": diff, "half": half,
                          "lo": diff - half, "hi": diff + half, "n": len(seeds)}, index=cols)
 
 
@@ -403,8 +401,11 @@ class Analysis:
     method: str                    # the first objective's method: the one ablations follow
     methods: list[str]
     per_trial: pd.DataFrame
-    paper: int | None
-    paper_note: str
+    baseline: int | None
+    baseline_note: str
+    published: pd.DataFrame | None   # the baseline beside the paper's table
+    published_note: str
+    protocol: str                    # holdout, or reference (optimistic: test picks)
     best: int | None
     tables: dict[str, SeedTable]   # heading -> test table
     level_step: dict[str, int]     # split -> level step of the protocol
@@ -420,24 +421,31 @@ class Analysis:
     pareto: list[int]
     paired: pd.DataFrame | None
     in_flight: int
+    learning: pd.DataFrame | None = None       # learning_curves: best, baseline, pruned
+    compute: dict[str, Any] | None = None      # results.compute_summary
 
 
-def analyse(df: pd.DataFrame, study: Any, params: Sequence[Param], paper: Mapping[str, Any],
+def analyse(df: pd.DataFrame, study: Any, params: Sequence[Param],
             *, objectives: Sequence[Mapping[str, str]], methods: Sequence[str],
-            study_name: str) -> Analysis:
+            study_name: str, dataset: str | None = None,
+            protocol: str = "holdout", curves_df: pd.DataFrame | None = None) -> Analysis:
     """All computations of the report. objectives: [{method, metric, direction}]."""
     directions = [o["direction"] for o in objectives]
     method = objectives[0]["method"]
     pt = per_trial(df)
-    p_trial, p_note = paper_trial(pt, params, paper) if len(pt) else (None, "No trials yet.")
+    p_trial, p_note = baseline_trial(pt, study)
     best = best_trial(pt, directions) if len(pt) else None
     tables: dict[str, SeedTable] = {}
     test = df[df.split == "test"] if len(df) else df
-    for label, t in ((f"Paper setting (trial {p_trial})", p_trial),
+    for label, t in ((f"Baseline: the study file's pipeline (trial {p_trial})", p_trial),
                      (f"Best on validation (trial {best})", best)):
         if t is not None and test[test.trial == t].accuracy.notna().any():
             tables[label] = seed_table(test[test.trial == t], methods)
     curves = level_curves(test[test.trial == best]) if best is not None else None
+    base_table = next((t for label, t in tables.items() if label.startswith("Baseline")), None)
+    pub, pub_note = (published_comparison(base_table.mean, dataset) if base_table is not None
+                     else (None, "No completed baseline trial: nothing to put beside the "
+                           "paper's published numbers."))
     subsets = {p.name: subset_ablation(df, pt, p.name, method, directions[0])
                for p in params if isinstance(p, SubsetParam)}
     imp, imp_note = importances(study)
@@ -454,12 +462,15 @@ def analyse(df: pd.DataFrame, study: Any, params: Sequence[Param], paper: Mappin
         study_name=study_name,
         objectives=[f"{o['metric']} of {o['method']} ({o['direction']})" for o in objectives],
         directions=directions, method=method, methods=list(methods), per_trial=pt,
-        paper=p_trial, paper_note=p_note, best=best, tables=tables, level_step=steps,
+        baseline=p_trial, baseline_note=p_note, published=pub, published_note=pub_note,
+        protocol=protocol,
+        best=best, tables=tables, level_step=steps,
         curves=curves, subsets=subsets, slices=slices(pt, params), importance=imp,
         importance_note=imp_note, surface=surface(pt), weights=fusion_weights(pt),
         budget=info, stages=stages,
         pareto=pareto_front(pt, directions) if len(directions) > 1 and len(pt) else [],
-        paired=paired, in_flight=len(running))
+        paired=paired, in_flight=len(running),
+        learning=learning_curves(curves_df, best, p_trial), compute=_compute(df, pt, study))
 
 
 # ---------------------------------------------------------------- draw
@@ -618,10 +629,10 @@ def fig_paired(paired: pd.DataFrame, method: str) -> Any:
         x=list(paired.index), y=paired["diff"], marker_color=PALETTE[2],
         error_y={"type": "data", "array": err, "visible": bool(paired.half.notna().any())}))
     fig.add_hline(y=0, line_color="#444")
-    fig.update_yaxes(title_text="best - paper setting (accuracy points)")
+    fig.update_yaxes(title_text="best - baseline (accuracy points)")
     n = int(paired.n.iloc[0])
     what = f"95% t-interval, {n} seeds" if n > 1 else "one seed, no interval"
-    return _layout(fig, f"Best - paper setting, {method}, test ({what})", 400)
+    return _layout(fig, f"Best - baseline, {method}, test ({what})", 400)
 
 
 # ---------------------------------------------------------------- render
@@ -684,7 +695,9 @@ def render(a: Analysis, where: str = "report.html") -> Rendered:
         f"Generated {time.strftime('%Y-%m-%d %H:%M')}.</p>")
 
     section("1. Paper-style table (test accuracy, %)")
-    note(a.paper_note)
+    if a.protocol == "reference":
+        parts.append(f"<p><b>{esc(OPTIMISTIC)}</b></p>")
+    note(a.baseline_note)
     for label, t in a.tables.items():
         n = len(t.seeds)
         how = (f"mean ± 95% t-interval half-width over {n} seeds {t.seeds}" if n > 1 else
@@ -693,6 +706,11 @@ def render(a: Analysis, where: str = "report.html") -> Rendered:
                      f"Avg = mean of the degradations; {esc(how)}.</p>{_table_html(t)}")
     if not a.tables:
         note("No completed trial with test results yet.")
+    parts.append("<h3>The baseline beside the paper's published numbers</h3>")
+    note(a.published_note)
+    if a.published is not None:
+        parts.append(a.published.to_html(classes="acc", border=0, float_format="{:.1f}".format,
+                                         na_rep="-"))
 
     section("2. Accuracy against degradation level")
     if a.curves is not None and len(a.curves):
@@ -746,6 +764,7 @@ def render(a: Analysis, where: str = "report.html") -> Rendered:
         f"sum of trial wall times, one device per trial). Saved by the stage cache: "
         f"<b>{b['saved_s'] / 3600:.3f} h</b> (recorded build time of every stage a trial "
         "found cached; first replicate only).</p>")
+    parts.append(_projection_html(a))
     if len(a.stages):
         st = a.stages.assign(build_min=a.stages.build_s / 60, saved_min=a.stages.saved_s / 60
                              ).drop(columns=["build_s", "saved_s"])
@@ -761,23 +780,24 @@ def render(a: Analysis, where: str = "report.html") -> Rendered:
     else:
         note("Single objective: no Pareto front.")
 
-    section("6. Paired differences against the paper setting")
+    section("6. Paired differences against the baseline")
     if a.paired is None:
-        note("Needs both a paper-setting trial and a best trial. " + a.paper_note)
-    elif a.best == a.paper:
-        note(f"The best configuration is the paper setting (trial {a.best}): no difference.")
+        note("Needs both a baseline trial and a best trial. " + a.baseline_note)
+    elif a.best == a.baseline:
+        note(f"The best configuration is the baseline (trial {a.best}): no difference.")
     elif not len(a.paired):
-        note("The best and paper-setting trials share no seed.")
+        note("The best and baseline trials share no seed.")
     else:
         n = int(a.paired.n.iloc[0])
-        note(f"Trial {a.best} minus trial {a.paper}, {a.method}, test accuracy points; " + (
+        note(f"Trial {a.best} minus trial {a.baseline}, {a.method}, test accuracy points; " + (
             f"mean and 95% t-interval over {n} paired seeds." if n > 1 else
             "one seed: the difference alone, no interval is possible (set study.replicates)."))
-        shown = a.paired[["best", "paper", "diff", "lo", "hi", "n"]]
+        shown = a.paired[["best", "baseline", "diff", "lo", "hi", "n"]]
         parts.append(shown.to_html(classes="acc", border=0, float_format="{:.2f}".format,
                                    na_rep="-"))
         figure("paired", fig_paired(a.paired, a.method))
 
+    _render_learning(a, section, note, figure)
     page = (
         "<!DOCTYPE html><html><head><meta charset='utf-8'>"
         f"<title>study report: {esc(a.study_name)}</title><style>{_CSS}</style>"
@@ -799,7 +819,7 @@ def _note(a: Analysis, where: str) -> str:
     lines = [f"## study report ({time.strftime('%Y-%m-%d %H:%M')})", "",
              f"Trials: {', '.join(f'{k.lower()} {v}' for k, v in sorted(s.items()))}. "
              f"Compute spent {a.budget['spent_s'] / 3600:.3f} device-hours, saved by the "
-             f"stage cache {a.budget['saved_s'] / 3600:.3f} h.", "", a.paper_note, ""]
+             f"stage cache {a.budget['saved_s'] / 3600:.3f} h.", "", a.baseline_note, ""]
     if a.best is not None:
         row = a.per_trial[a.per_trial.trial == a.best].iloc[0]
         params = {c.removeprefix("param_"): row[c] for c in a.per_trial.columns
@@ -809,9 +829,9 @@ def _note(a: Analysis, where: str) -> str:
                                                             for k, v in params.items()), ""]
     for label, t in a.tables.items():
         lines += [f"### {label}: test accuracy (%)", "", _md_table(t.mean), ""]
-    if a.paired is not None and len(a.paired) and a.best != a.paper:
+    if a.paired is not None and len(a.paired) and a.best != a.baseline:
         shown = a.paired[["diff", "lo", "hi", "n"]]
-        lines += [f"### Best minus paper setting ({a.method}, test, points)", "",
+        lines += [f"### Best minus baseline ({a.method}, test, points)", "",
                   _md_table(shown, digits=2), ""]
     lines.append("The figures on this page titled like the report's were pushed by `study "
                  f"report`; the full report is {where}.")
@@ -864,15 +884,19 @@ def build_report(study_file: str, overrides: Sequence[str] = (),
     st, _ = storage.open_existing(sf, results_dir)
     sdir = storage.study_dir(results_dir, sf.study.name)
     df = results.load(sdir)
-    paper = paper_setting(ld.space.params, sf.model_dump(), sf.pipeline.fused_experts)
-    a = analyse(df, st, ld.space.params, paper,
+    a = analyse(df, st, ld.space.params,
                 objectives=[o.model_dump() for o in sf.study.objectives],
-                methods=sf.pipeline.methods, study_name=sf.study.name)
+                methods=sf.pipeline.methods, study_name=sf.study.name,
+                dataset=sf.pipeline.data.dataset, protocol=sf.pipeline.protocol,
+                curves_df=results.load_curves(sdir))
     out = sdir / "report.html"
     rendered = render(a, str(out))
     sdir.mkdir(parents=True, exist_ok=True)
     atomic.write_text(out, rendered.html)   # a browser open on the old report never sees half
     log(f"report: {out} ({len(rendered.figures)} figures, {out.stat().st_size / 1e6:.1f} MB)")
+    log(a.published_note)
+    if a.published is not None:
+        log(a.published.round(1).to_string())
     if push:
         ids = push_to_dashboard(st, rendered)
         log(f"dashboard: {len(ids)} figures and a note pushed to study '{sf.study.name}' "
@@ -881,3 +905,90 @@ def build_report(study_file: str, overrides: Sequence[str] = (),
         export_png(rendered.figures, sdir / "report_png", log)
     log(f"report took {time.perf_counter() - t0:.1f}s")
     return out
+
+
+# ---------------------------------------------------------------- learning curves and compute
+def learning_curves(curves: pd.DataFrame | None, best: int | None, baseline: int | None
+                    ) -> pd.DataFrame | None:
+    """The epoch records (results.load_curves) of the best trial, the baseline (the first
+    trial where the study has none) and every pruned trial up to where it stopped; first seed
+    of each trial. Column `role`: best, baseline or pruned (a trial both best and baseline is
+    drawn once, as best)."""
+    if curves is None or not len(curves):
+        return None
+    c = curves[curves.epoch.notna()]
+    if not len(c):
+        return None
+    first_seed = c.groupby("trial").seed.transform("min")
+    c = c[(c.seed == first_seed) | c.seed.isna()]
+    if baseline is None:
+        baseline = int(c.trial.min())
+    parts = []
+    for role, trials in (("best", [best] if best is not None else []),
+                         ("baseline", [baseline] if baseline != best else []),
+                         ("pruned", sorted(set(c[c.state == "PRUNED"].trial)))):
+        part = c[c.trial.isin(trials)]
+        if len(part):
+            parts.append(part.assign(role=role))
+    if not parts:
+        return None
+    return pd.concat(parts, ignore_index=True)
+
+
+def fig_learning(lc: pd.DataFrame) -> Any:
+    """Per trained stage: validation accuracy against epoch (the loss where a stage has no
+    validation), best against baseline, pruned trials in grey where they stopped."""
+    order = {name: i for i, name in enumerate(results.STAGES)}
+    names = sorted(set(lc.stage), key=lambda n: (order.get(n, len(order)), n))
+    cols = min(3, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=names, vertical_spacing=0.12)
+    colour = {"best": PALETTE[1], "baseline": PALETTE[0], "pruned": "#BBBBBB"}
+    shown: set[str] = set()
+    for i, name in enumerate(names):
+        part = lc[lc.stage == name]
+        y = "val" if part.val.notna().any() else "loss"
+        for (role, trial), g in part.groupby(["role", "trial"], sort=False):
+            g = g.sort_values("epoch")
+            fig.add_trace(go.Scatter(
+                x=g.epoch.astype(float), y=g[y].astype(float), mode="lines+markers",
+                name=f"{role}" if role == "pruned" else f"{role} (trial {trial})",
+                legendgroup=str(role), showlegend=role not in shown,
+                line={"color": colour[str(role)], "width": 1 if role == "pruned" else 2.5},
+                marker={"size": 4 if role == "pruned" else 6},
+                hovertemplate=f"trial {trial}, epoch %{{x}}: {y} %{{y:.4f}}<extra></extra>"),
+                row=i // cols + 1, col=i % cols + 1)
+            shown.add(str(role))
+        fig.update_yaxes(title_text="val accuracy" if y == "val" else "train loss",
+                         row=i // cols + 1, col=i % cols + 1)
+    fig.update_xaxes(title_text="epoch")
+    return _layout(fig, "Learning curves per stage: best trial vs baseline, pruned trials "
+                   "where they stopped", max(420, 300 * rows))
+
+
+def _render_learning(a: Analysis, section: Callable[[str], None], note: Callable[[str], None],
+                     figure: Callable[[str, Any], None]) -> None:
+    section("7. Learning curves")
+    if a.learning is None or not len(a.learning):
+        note("No learning curves yet (results/<study>/curves/, written by each trial's "
+             "worker).")
+        return
+    note("Per epoch, from results/<study>/curves/ (pandas.read_parquet of that folder). "
+         "Stages a trial found in the cache show the history recorded when they were built, "
+         "so base and experts coincide for trials that share them. First seed of each trial.")
+    figure("learning", fig_learning(a.learning))
+
+
+def _compute(df: pd.DataFrame, pt: pd.DataFrame, study: Any) -> dict[str, Any]:
+    target = study.user_attrs.get("n_trials") if hasattr(study, "user_attrs") else None
+    return results.compute_summary(df, (int(target) - len(pt)) if target else 0)
+
+
+def _projection_html(a: Analysis) -> str:
+    c = a.compute
+    if not c or c.get("mean_trial_s") is None or not c.get("remaining"):
+        return ""
+    return (f"<p>Projected for the {c['remaining']} trials still to run (the study's "
+            f"target): {c['remaining']} x {c['mean_trial_s'] / 60:.1f} min (mean trial wall "
+            f"time, shared stages built once left out) = <b>{c['projected_s'] / 3600:.3f} "
+            "device-hours</b>.</p>")

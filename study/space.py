@@ -178,6 +178,11 @@ class Param(ABC):
         """The names Optuna suggests for this parameter."""
         return [self.name]
 
+    def raw_params(self, value: Any, values: Mapping[str, Any] = _NO_VALUES) -> dict[str, Any]:
+        """Raw Optuna suggestions that make `draw` return the (checked) `value`: what
+        `study.enqueue_trial` takes to run a given configuration."""
+        return {self.name: value}
+
     @abstractmethod
     def distributions(self) -> dict[str, BaseDistribution]:
         """Each raw name -> its Optuna distribution."""
@@ -460,6 +465,9 @@ class SubsetParam(Param):
     def raw_names(self) -> list[str]:
         return [f"{self.name}.{i}" for i in self.spec["of"]]
 
+    def raw_params(self, value: Any, values: Mapping[str, Any] = _NO_VALUES) -> dict[str, Any]:
+        return {raw: _in(i, value) for i, raw in zip(self.spec["of"], self.raw_names())}
+
     def distributions(self) -> dict[str, BaseDistribution]:
         return {raw: CategoricalDistribution((False, True)) for raw in self.raw_names()}
 
@@ -567,6 +575,12 @@ class SimplexParam(Param):
     def raw_names(self) -> list[str]:
         return [f"{self.name}.{i}" for i in self.items]
 
+    def raw_params(self, value: Any, values: Mapping[str, Any] = _NO_VALUES) -> dict[str, Any]:
+        # draw weighs -log(u_i) / sum_j -log(u_j): u_i = exp(-w_i) gives back w (sum 1); the
+        # items not chosen are suggested too (the space keeps its shape) and are not used
+        return {raw: math.exp(-float(value[i])) if i in value else 0.5
+                for i, raw in zip(self.items, self.raw_names())}
+
     def distributions(self) -> dict[str, BaseDistribution]:
         return {raw: FloatDistribution(0.0, 1.0) for raw in self.raw_names()}
 
@@ -622,6 +636,9 @@ class FixedParam(Param):
 
     def raw_names(self) -> list[str]:
         return []
+
+    def raw_params(self, value: Any, values: Mapping[str, Any] = _NO_VALUES) -> dict[str, Any]:
+        return {}
 
     def distributions(self) -> dict[str, BaseDistribution]:
         return {}
@@ -717,6 +734,33 @@ class SearchSpace:
                 )
         if errors:
             raise ConfigError(_report(self.source, "the given parameter values", errors))
+        return out
+
+    def baseline(self, tree: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str]:
+        """The sample that stands for the study file's own pipeline: each active parameter's
+        value read at its path in the (validated, defaults filled) `tree`. (None, why) when a
+        value lies outside the space or is missing."""
+        values: dict[str, Any] = {}
+        for p in self.params:
+            if not self._active(p, values):
+                continue
+            node: Any = tree
+            for k in p.path:
+                node = node.get(k) if isinstance(node, Mapping) else None
+            if node is None:
+                return None, f"'{p.name}' has no value in the study file's pipeline"
+            try:
+                values[p.name] = p.check(node, values)
+            except ValueError as e:
+                return None, f"the study file's '{p.name}' ({node!r}) is outside the space: {e}"
+        return values, ""
+
+    def raw_params(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """The raw Optuna suggestions of a sample (see Param.raw_params)."""
+        out: dict[str, Any] = {}
+        for p in self.params:
+            if p.name in values:
+                out.update(p.raw_params(values[p.name], values))
         return out
 
     def apply(self, tree: dict[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:

@@ -104,9 +104,12 @@ def _spec_fields(prefix: str, spec: TrainSpec) -> dict[str, Any]:
 def _data_fields(cfg: PipelineConfig) -> dict[str, Any]:
     """The training split and the network: what a stage trained from scratch reads."""
     d = cfg.data
-    out: dict[str, Any] = {"data.dataset": d.dataset, "data.val_size": d.val_size,
-                           "data.seed": d.seed, "data.train_subset": d.train_subset,
-                           "model": cfg.model}
+    out: dict[str, Any] = {"data.dataset": d.dataset, "data.seed": d.seed,
+                           "data.train_subset": d.train_subset, "model": cfg.model}
+    if cfg.protocol == "holdout":
+        out["data.val_size"] = d.val_size   # how many training images are held out
+    else:                                   # every training image trains; test selects
+        out["protocol"] = cfg.protocol
     if d.dataset == "synthetic":
         # synthetic_test draws from its own stream: the training images do not depend on it
         out["data.synthetic_train"] = d.synthetic_train
@@ -248,7 +251,7 @@ def _experts(names: list[str]) -> list[str]:
 
 _TRAINING = ("seed", "selection", "salt_value", "device", "compute.data_path",
              "compute.jpeg_bank_step", "compute.amp", "chunk_sharing")
-_DATA = ("data", "model")
+_DATA = ("data", "model", "protocol")
 
 STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("base", "base", shared=True, watched=False,

@@ -296,6 +296,22 @@ def test_imagefolder_sorted_classes_and_exact_pngs(tmp_path: Path) -> None:
     assert ds.std == pytest.approx(tuple(pixels.std(axis=0)), abs=1e-9)
 
 
+SHIPPED = Path(__file__).resolve().parent.parent / "data" / "cifar10-mini"
+
+
+def test_shipped_cifar10_mini_loads_through_imagefolder() -> None:
+    # data/cifar10-mini: the real images of search_spaces/smoke_real.yaml, 200 train and 50 test
+    # JPEGs per class
+    ds = load_dataset("imagefolder", str(SHIPPED))
+    assert ds.classes == CIFAR10_NAMES and ds.num_classes == 10
+    assert ds.train.images.shape == (2000, 32, 32, 3) and ds.test.images.shape == (500, 32, 32, 3)
+    assert ds.train.images.dtype == ds.test.images.dtype == np.uint8 and ds.image_size == 32
+    assert np.bincount(ds.train.labels).tolist() == [200] * 10
+    assert np.bincount(ds.test.labels).tolist() == [50] * 10
+    # real photographs, not a blank fixture: CIFAR-10's channel means are ~0.49, 0.48, 0.45
+    assert all(0.4 < m < 0.55 for m in ds.mean) and all(0.2 < s < 0.3 for s in ds.std)
+
+
 def test_imagefolder_given_classes_fix_order_and_must_exist(tmp_path: Path) -> None:
     write_imagefolder(tmp_path)
     (tmp_path / "train" / "zebra").mkdir()  # not asked for: ignored

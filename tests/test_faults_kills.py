@@ -174,7 +174,7 @@ def test_launcher_killed_between_ask_and_submit(tmp_path: Path) -> None:
     worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)",
                                str(job_path)])
     try:
-        assert wait(lambda: launcher.executor.running(str(job_path)), 30)
+        assert wait(lambda: launcher.executor.started(job_path), 30)
         launcher.reconcile()
         assert st.trials[0].state == TrialState.RUNNING
     finally:

@@ -33,9 +33,10 @@ import torch
 from optuna.trial import TrialState
 from toy_studies import free_port, wait
 
-from study import launcher, results, storage
+from study import results, storage
 from study.cache import META, StageCache
 from study.errors import DiskFullError
+from study.launcher import FINISHED
 
 pytestmark = pytest.mark.faults
 
@@ -86,7 +87,7 @@ def _record(kind: str, figures: dict) -> None:
 def _check_nothing_lost(st: optuna.Study, sdir: Path, n_trials: int) -> dict[str, int]:
     """The invariants after every fault; returns the figures (lost, duplicated asserted 0)."""
     trials = st.get_trials()
-    finished = {t.number: t for t in trials if t.state in launcher.FINISHED}
+    finished = {t.number: t for t in trials if t.state in FINISHED}
     counted = [t for t in finished.values() if not t.user_attrs.get("retried")]
     assert not [t.number for t in trials if t.state in (TrialState.RUNNING,
                                                           TrialState.WAITING)]
@@ -276,7 +277,7 @@ def test_disk_full_mid_study_stops_clearly_and_resumes_without_loss(
         st = optuna.load_study(study_name=name, storage=storage.open_storage(
             str(sdir / "optuna.journal")))
         return {t.number: (t.state.name, t.value) for t in st.get_trials()
-                if t.state in launcher.FINISHED}
+                if t.state in FINISHED}
 
     filler: Filler | None = None
     with open(out, "wb") as log:

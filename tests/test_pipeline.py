@@ -58,7 +58,7 @@ def _tiny_fit(tmp_path: Path, stop_after: int | None, ckpt: Path) -> train.FitRe
 
     model = build_model("tiny", 10)
     stream = augment.TrainStream(ds.train, ds.mean, ds.std, degradations=["jpeg", "awgn"],
-                                 batch_size=32, cutout=8, cutout_on="degraded", same_images=True,
+                                 batch_size=32, cutout=8, cutout_on="degraded", share="images",
                                  salt_value=1, seed=0, device="cpu")
     opt = train.make_optimizer(model.parameters(), "radam", 1e-3, 0.9, 1e-4)
     sched = train.make_scheduler(opt, "multistep", 4, [2], 0.2, None)
@@ -113,7 +113,7 @@ def test_altered_epoch_checkpoint_restarts_the_stage(tmp_path: Path, damage: str
 def test_train_stream_pairs_and_chunks() -> None:
     ds = make_synthetic(100, 10, seed=0)
     s = augment.TrainStream(ds.train, ds.mean, ds.std, degradations=["jpeg", "blur", "clean"],
-                            batch_size=16, cutout=8, cutout_on="degraded", same_images=True,
+                            batch_size=16, cutout=8, cutout_on="degraded", share="images",
                             salt_value=1, seed=3, device="cpu")
     batches = list(s.epoch(0))
     assert len(batches) == s.steps_per_epoch == 7
@@ -130,7 +130,7 @@ def test_train_stream_pairs_and_chunks() -> None:
     assert not torch.equal(next(iter(s.epoch(1))).degraded, b.degraded)
     independent = augment.TrainStream(ds.train, ds.mean, ds.std, degradations=["jpeg", "blur"],
                                       batch_size=16, cutout=0, cutout_on="none",
-                                      same_images=False, salt_value=1, seed=3, device="cpu")
+                                      share="nothing", salt_value=1, seed=3, device="cpu")
     ib = next(iter(independent.epoch(0)))
     assert not torch.equal(ib.labels[:16], ib.labels[16:])
 

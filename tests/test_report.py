@@ -121,8 +121,8 @@ def _build(tmp: Path) -> Built:
                              directions=["maximize"])
     # The fixed trials go through the worker's own code (worker.run_job), each asked right
     # after it is enqueued, as the launcher asks.
-    for params in FIXED:
-        st.enqueue_trial(params)
+    for i, params in enumerate(FIXED):   # trial 0 as the launcher enqueues the baseline
+        st.enqueue_trial(params, user_attrs={"baseline": True} if i == 0 else None)
         trial = st.ask()
         trial.set_user_attr("values", ld.space.sample(trial))
         trial.set_user_attr("attempt", 1)
@@ -144,8 +144,7 @@ def _build(tmp: Path) -> Built:
 
 def _analysis(b: Built, df: pd.DataFrame | None = None) -> report.Analysis:
     sf = b.ld.sf
-    paper = report.paper_setting(b.ld.space.params, sf.model_dump(), sf.pipeline.fused_experts)
-    return report.analyse(b.df if df is None else df, b.study, b.ld.space.params, paper,
+    return report.analyse(b.df if df is None else df, b.study, b.ld.space.params,
                           objectives=[o.model_dump() for o in sf.study.objectives],
                           methods=sf.pipeline.methods, study_name=NAME)
 
@@ -191,10 +190,10 @@ def test_report_cli_writes_a_self_contained_html_in_under_30s(built: Built) -> N
 def test_paper_and_best_tables_equal_evaluation_table_per_seed(built: Built) -> None:
     df, a = built.df, _analysis(built)
     best = _hand_best(df)
-    assert (a.best, a.paper) == (best, 0)
-    assert a.paper_note == "Trial 0 runs the paper setting."
+    assert (a.best, a.baseline) == (best, 0)
+    assert a.baseline_note.startswith("Trial 0 is the baseline")
     assert sorted(df.seed.unique()) == [0, 1]
-    for label, trial in (("Paper setting (trial 0)", 0),
+    for label, trial in (("Baseline: the study file's pipeline (trial 0)", 0),
                          (f"Best on validation (trial {best})", best)):
         t = a.tables[label]
         t0, t1 = _hand_table(df, trial, 0), _hand_table(df, trial, 1)
@@ -266,7 +265,7 @@ def test_one_seed_report_says_no_interval_is_possible(built: Built) -> None:
     assert t.seeds == [0] and t.half.isna().all().all()
     r = report.render(a)
     assert "one seed (0): no interval" in r.html
-    if a.best != a.paper:
+    if a.best != a.baseline:
         assert a.paired.half.isna().all() and "no interval is possible" in r.html
 
 
@@ -332,35 +331,25 @@ def _params(space_yaml: str) -> list:
     return list(space.parse_space(yaml.safe_load(space_yaml), tree, "x").params)
 
 
-def test_paper_trial_is_exact_on_discrete_and_nearest_on_continuous() -> None:
-    params = _params("""
-fusion.method: {type: categorical, choices: [uniform, ties]}
-distill.loss: {type: categorical, choices: [feature, logit]}
-distill.temperature: {type: float, low: 1.0, high: 8.0, log: true, when: {distill.loss: logit}}
-distill.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
-""")
-    paper = {"fusion.method": "uniform", "distill.loss": "feature", "distill.temperature": 4.0,
-             "distill.lr": 1e-3}
-
-    def pt(rows: list[tuple]) -> pd.DataFrame:
-        return pd.DataFrame(rows, columns=["trial", "state", "value_0", "param_fusion.method",
-                                           "param_distill.loss", "param_distill.temperature",
-                                           "param_distill.lr"])
-
-    frame = pt([(0, "COMPLETE", 0.5, "ties", "feature", None, 1e-3),      # wrong method
-                (1, "COMPLETE", 0.5, "uniform", "logit", 4.0, 1e-3),      # wrong loss
-                (2, "COMPLETE", 0.5, "uniform", "feature", None, 3e-3),   # log distance .24
-                (3, "COMPLETE", 0.5, "uniform", "feature", None, 5e-4),   # log distance .15
-                (4, "FAIL", None, "uniform", "feature", None, 1e-3)])     # not completed
-    trial, note = report.paper_trial(frame, params, paper)
-    assert trial == 3 and "distill.lr 0.0005 (paper 0.001)" in note
-    trial, note = report.paper_trial(frame[frame.trial < 2], params, paper)
-    assert trial is None and "No completed trial runs the paper setting" in note
-    # a smoke-style study file: the paper values are its pipeline's
+def test_baseline_is_the_enqueued_trial_and_its_absence_is_explained(tmp_path: Path) -> None:
+    """The baseline is the trial the launcher enqueued with the file's own values; a study
+    without one says why (here: the file's distill.lr lies outside the space)."""
     ld = studyfile.load("smoke.yaml", [])
-    got = report.paper_setting(ld.space.params, ld.sf.model_dump(), ld.sf.pipeline.fused_experts)
-    assert got["fusion.method"] == "uniform" and got["distill.loss"] == "feature"
-    assert got["distill.lr"] == pytest.approx(1e-3)
+    values, why = ld.space.baseline(ld.sf.model_dump())
+    assert values is not None and why == ""
+    assert ld.space.from_params(ld.space.raw_params(values)) == values
+    outside = studyfile.load("smoke.yaml", ["space.distill.lr.low=0.01",
+                                            "space.distill.lr.high=0.1"])
+    values, why = outside.space.baseline(outside.sf.model_dump())
+    assert values is None and "distill.lr" in why and "outside the space" in why
+    st = optuna.create_study(storage=optuna.storages.InMemoryStorage())
+    st.set_user_attr("baseline_skipped", why)
+    frame = pd.DataFrame({"trial": [0], "state": ["COMPLETE"], "value_0": [0.5]})
+    trial, note = report.baseline_trial(frame, st)
+    assert trial is None and "outside the space" in note
+    st.enqueue_trial({}, user_attrs={"baseline": True})
+    st.tell(st.ask(), 0.5)
+    assert report.baseline_trial(frame, st)[0] == 0
 
 
 def test_pareto_front_and_best_of_two_objectives() -> None:
@@ -547,7 +536,7 @@ def test_dashboard_lists_the_study_its_trials_and_the_pushed_figures_and_note(
     assert all(g["data"] for g in pushed.values())
     best = _hand_best(built.df)
     body = detail["note"]["body"]
-    assert f"Best on validation: trial {best}" in body and "Trial 0 runs the paper setting" in body
+    assert f"Best on validation: trial {best}" in body and "Trial 0 is the baseline" in body
     assert "| fusiondistill |" in body
     # the study page itself draws them (plotly titles land in the SVG text)
     ARTIFACTS.mkdir(exist_ok=True)
@@ -556,3 +545,18 @@ def test_dashboard_lists_the_study_its_trials_and_the_pushed_figures_and_note(
     for g in pushed.values():
         title = g["layout"]["title"]["text"]
         assert title.split(" (")[0].replace("&", "&amp;") in dom, title
+
+
+def test_published_numbers_beside_the_baseline() -> None:
+    measured = pd.DataFrame({"JPEG": [65.0, 50.0], "Blur": [58.0, 40.0], "AWGN": [66.0, 45.0],
+                             "SAPN": [74.0, 52.0], "Avg": [65.75, 46.75], "Clean": [70.0, 60.0]},
+                            index=["fusiondistill", "scratch"])
+    table, note = report.published_comparison(measured, "cifar100")
+    assert table is not None and "cifar100" in note
+    assert table.loc["fusiondistill", ("published", "Avg")] == 65.8
+    assert table.loc["fusiondistill", ("diff", "JPEG")] == pytest.approx(65.0 - 64.5)
+    assert table.loc["scratch", ("diff", "Avg")] == pytest.approx(46.75 - 60.1)
+    table, note = report.published_comparison(measured, "cifar10")
+    assert table is None and "+19.0 points over the best of scratch" in note
+    table, note = report.published_comparison(measured, "synthetic")
+    assert table is None and "no numbers for dataset 'synthetic'" in note

@@ -65,6 +65,7 @@ TABLE: dict[str, tuple[Any, frozenset[str]]] = {
     "salt_value": (255, frozenset({"expert_saltpepper", M, *TRAINED_ON_DEGRADATIONS})),
     "methods": (["fusiondistill"], NONE),
     "selection": ("last", ALL),
+    "protocol": ("reference", ALL),            # other training images, other selection
     "chunk_sharing": ("images", frozenset(TRAINED_ON_DEGRADATIONS)),
     "seed": (1, ALL),                          # replicates: every trained stage
     # auto on a machine without a GPU is this same CPU run; with one, the device data path
@@ -130,6 +131,7 @@ CONDITIONAL = [
     ({"distill.same_images_per_degradation": False}, "chunk_sharing", "geometry", {F, S, V}),
     ({"degradations": ["jpeg"]}, "chunk_sharing", "geometry", set()),   # one chunk per step
     ({"fusion.bn": "recompute"}, "chunk_sharing", "geometry", {M, *TRAINED_ON_DEGRADATIONS}),
+    ({"protocol": "reference"}, "data.val_size", 1000, set()),   # nothing is held out
     # an expert is keyed on its own degradation, also when it is the only one trained
     ({}, "degradations", ["jpeg"], {M, *TRAINED_ON_DEGRADATIONS}),
 ]

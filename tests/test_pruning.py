@@ -1,0 +1,91 @@
+"""Pruning end to end, with controlled validation values: three finished trials whose reported
+validation accuracy is 1.0 at every epoch, then real toy trials, whose accuracy is below that
+median at epoch 2, so Optuna's median pruner (3 startup trials, 1 warm-up epoch) stops each of
+them there. The pruned trial is in storage and Parquet with its last epoch, counts toward
+n_trials, leaves no epoch checkpoint behind, and on SLURM its job ends and frees its slot."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+from optuna.trial import TrialState
+from toy_studies import finished, journal_study
+
+from study import cli, storage, studyfile
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = ["data.synthetic_train=300", "data.val_size=60", "data.synthetic_test=60",
+         "degradations=[jpeg]", "methods=[fusiondistill]", "base.epochs=1",
+         "base.milestones=[1]", "expert.epochs=1", "expert.t_max=1", "distill.epochs=4",
+         "distill.milestones=[3]", "eval.test_level_step=50", "eval.val_level_step=50",
+         "study.pruner=median", "study.baseline=false"]
+EPOCHS = 4
+
+
+def _seed_study(results: Path, sets: list[str]) -> optuna.Study:
+    """The study as `study launch` creates it, holding three finished trials that reported a
+    validation accuracy of 1.0 after every epoch (no real trial reaches that)."""
+    ld = studyfile.load("smoke.yaml", sets)
+    st = storage.load_or_create(
+        ld.sf, storage.open_storage(storage.storage_url(ld.sf, results)),
+        storage.make_sampler(ld.sf, None, 1), storage.make_pruner(ld.sf, EPOCHS),
+        fp=storage.fingerprint(ld.tree, ld.space.fingerprint()))
+    for _ in range(3):
+        st.add_trial(optuna.trial.create_trial(
+            state=TrialState.COMPLETE, value=1.0,
+            intermediate_values={e: 1.0 for e in range(1, EPOCHS + 1)}))
+    return st
+
+
+def _check_pruned(results: Path, name: str, t: optuna.trial.FrozenTrial) -> None:
+    assert t.state == TrialState.PRUNED
+    assert sorted(t.intermediate_values) == [1, 2]           # stopped after epoch 2 of 4
+    assert all(v < 1.0 for v in t.intermediate_values.values())
+    df = pd.read_parquet(results / name / "trials" / f"trial-{t.number:06d}.parquet")
+    assert set(df.state) == {"PRUNED"} and df.error.str.contains("pruned at epoch 2").all()
+    stale = list((results / "cache" / ".work").glob("fusiondistill-*.pt"))
+    assert stale == [], "the pruned stage left its epoch checkpoint behind"
+
+
+def test_median_pruner_prunes_a_local_trial(tmp_path: Path) -> None:
+    name = "prune"
+    sets = [*QUICK, f"study.name={name}"]
+    _seed_study(tmp_path, sets)
+    argv = ["launch", "--space", "smoke.yaml", "--executor", "debug", "--n-trials", "4",
+            "--results", str(tmp_path), *[x for s in sets for x in ("--set", s)]]
+    assert cli.main(argv) == 0
+    st = journal_study(tmp_path, name)
+    assert len(st.trials) == 4 and len(finished(st)) == 4   # the pruned one counts
+    _check_pruned(tmp_path, name, st.trials[3])
+    assert cli.main(argv) == 0 and len(journal_study(tmp_path, name).trials) == 4
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_pruned_slurm_job_ends_and_frees_its_slot(slurm_cluster: str, tmp_path: Path) -> None:
+    """parallel 1: the second real trial can only start once the first one's job has ended."""
+    name = f"pruneslurm{os.getpid()}"
+    sets = [*QUICK, f"study.name={name}", "executor.slurm.preset=local"]
+    _seed_study(tmp_path, sets)
+    cmd = [sys.executable, "-m", "study.cli", "launch", "--space", "smoke.yaml", "--executor",
+           "slurm", "--parallel", "1", "--n-trials", "5", "--results", str(tmp_path),
+           *[x for s in sets for x in ("--set", s)]]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    st = journal_study(tmp_path, name)
+    real = st.trials[3:]
+    assert len(real) == 2
+    for t in real:
+        _check_pruned(tmp_path, name, t)
+    jobs = [t.user_attrs["job"]["job_id"] for t in real]
+    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobIDRaw,State", "-j",
+                          ",".join(jobs)], capture_output=True, text=True, timeout=60).stdout
+    states = dict(line.split("|", 1) for line in out.splitlines() if "|" in line)
+    assert {states[j].split()[0] for j in jobs} == {"COMPLETED"}
+    assert real[1].datetime_start >= real[0].datetime_complete   # started in the freed slot
