@@ -5,16 +5,30 @@ and calls the part that does the work (launcher, pipeline, report, bench)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import optuna_dashboard
 import pandas as pd
 import yaml
 
-from study import bench, data, evaluation, launcher, report, results, storage, studyfile, worker
+from study import (
+    bench,
+    data,
+    evaluation,
+    launcher,
+    progress,
+    report,
+    results,
+    storage,
+    studyfile,
+    worker,
+)
 from study.cache import StageCache
 from study.errors import DataError, StudyError
 from study.executors.slurm import sacct_states
@@ -34,6 +48,34 @@ def _add_space(p: argparse.ArgumentParser) -> None:
                    help="stage cache shared across studies (default: <results>/cache)")
 
 
+def _add_verbosity(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress and no per-stage lines (same as --log-level warning)")
+    p.add_argument("--log-level", choices=progress.LEVELS, default=None,
+                   help=f"debug: a line every epoch and level; info: a live bar on a terminal, "
+                   f"else lines; warning: results only (default: ${progress.ENV_LEVEL} or info)")
+    p.add_argument("--progress-interval", type=float, default=None, metavar="SECONDS",
+                   help="log lines within a long epoch every SECONDS (default: "
+                   f"${progress.ENV_LINE_S} or {progress.LINE_S:g})")
+
+
+def _apply_verbosity(args: argparse.Namespace) -> str:
+    """Into the environment, so the workers this command starts (local processes, SLURM jobs:
+    sbatch exports the environment) show the same."""
+    if args.quiet:
+        progress.set_log_level("warning")
+    elif args.log_level:
+        progress.set_log_level(args.log_level)
+    if args.progress_interval is not None:
+        if not args.progress_interval > 0:
+            raise StudyError(f"--progress-interval must be > 0, got {args.progress_interval}")
+        os.environ[progress.ENV_LINE_S] = str(args.progress_interval)
+    progress.line_interval()   # a bad value in the environment: exit 2 here, not in a worker
+    with contextlib.suppress(AttributeError, ValueError):
+        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    return progress.log_level()
+
+
 def _dirs(args: argparse.Namespace) -> tuple[str, str]:
     results_dir = str(Path(args.results).resolve())
     cache_dir = str(Path(args.cache).resolve() if args.cache else Path(results_dir) / "cache")
@@ -47,13 +89,15 @@ def _positive(**flags: int | None) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    level = _apply_verbosity(args)
     path, sf = studyfile.load_study_file(args.space, args.overrides)
     _, cache_dir = _dirs(args)
     print(f"study run: {path} (pipeline of '{sf.study.name}', methods {sf.pipeline.methods})")
     worker.use_allotted_cpus()
     t0 = time.perf_counter()
     try:
-        result = run_pipeline(sf.pipeline, cache_dir)
+        result = run_pipeline(sf.pipeline, cache_dir,
+                              log=(lambda _: None) if level == "warning" else print)
     except DataError as e:
         raise DataError(f"{path}: key 'pipeline.data.root': {e}") from None
     hits = [s for s in result.stages if s.hit]
@@ -67,6 +111,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 steps = sorted(set(part.level_step))
                 note = "every level" if steps == [1] else f"every {steps[0]}th level"
                 print(f"\n{split} accuracy (%), mean over levels ({note}):")
+                if sf.pipeline.protocol == "reference":
+                    print(f"{report.OPTIMISTIC}")
                 print(evaluation.table(part, sf.pipeline.methods).to_string())
     print(f"\nwall time {time.perf_counter() - t0:.1f}s")
     return 0
@@ -92,6 +138,7 @@ def _print_dry_run(ld: studyfile.LoadedStudy, results_dir: str, cache_dir: str,
 
 def cmd_launch(args: argparse.Namespace) -> int:
     _positive(n_trials=args.n_trials, parallel=args.parallel)
+    _apply_verbosity(args)
     overrides = list(args.overrides)
     if args.executor:
         overrides.append(f"executor.backend={args.executor}")
@@ -119,40 +166,107 @@ def _opened(args: argparse.Namespace) -> tuple[launcher.Opened, str, str]:
 
 def cmd_status(args: argparse.Namespace) -> int:
     _positive(n_trials=args.n_trials)
+    if args.stale_after is not None and not args.stale_after > 0:
+        raise StudyError(f"--stale-after must be > 0, got {args.stale_after}")
     opened, results_dir, cache_dir = _opened(args)
+    if args.watch is None:
+        print("\n".join(status_lines(opened, cache_dir, args)))
+        return 0
+    if not args.watch > 0:
+        raise StudyError(f"--watch must be > 0 seconds, got {args.watch}")
+    tty = sys.stdout.isatty()
+    try:
+        while True:
+            lines = status_lines(opened, cache_dir, args)
+            stamp = (f"every {args.watch:g}s, Ctrl-C stops; {time.strftime('%H:%M:%S')}")
+            if tty:   # home, the page, then clear what an older, longer page left below it
+                sys.stdout.write("\x1b[H" + "\n".join(f"{ln}\x1b[K" for ln in [stamp, *lines])
+                                 + "\n\x1b[J")
+            else:
+                sys.stdout.write("\n".join(["", f"--- {stamp}", *lines]) + "\n")
+            sys.stdout.flush()
+            time.sleep(args.watch)
+    except KeyboardInterrupt:
+        print()
+        return 0
+
+
+def status_lines(opened: launcher.Opened, cache_dir: str, args: argparse.Namespace
+                 ) -> list[str]:
+    """What `study status` prints, as lines (--watch redraws them in place)."""
     ld, st = opened.ld, opened.study
+    out: list[str] = []
     trials = st.get_trials(deepcopy=False)
     c = launcher.count(st, trials)
-    print(f"study '{ld.sf.study.name}' ({storage.masked(opened.url)})")
-    print(c.line(args.n_trials or st.user_attrs.get("n_trials") or ld.sf.study.n_trials))
+    target = args.n_trials or st.user_attrs.get("n_trials") or ld.sf.study.n_trials
+    out.append(f"study '{ld.sf.study.name}' ({storage.masked(opened.url)})")
+    out.append(c.line(target))
     if c.best_trial is not None:
-        print(f"best trial {c.best_trial}: value {c.best:.4f}; parameters:")
+        out.append(f"best trial {c.best_trial}: value {c.best:.4f}; parameters:")
         for k, v in st.best_trial.user_attrs.get("values", {}).items():
-            print(f"  {k} = {v}")
+            out.append(f"  {k} = {v}")
     elif len(st.directions) > 1:
-        print(f"Pareto front: trials {[t.number for t in st.best_trials]}")
+        out.append(f"Pareto front: trials {[t.number for t in st.best_trials]}")
     driver = st.user_attrs.get("driver")
     if driver:
-        print(f"launcher: {driver.get('kind')} {driver.get('job_id') or driver.get('pid')}")
+        out.append(f"launcher: {driver.get('kind')} {driver.get('job_id') or driver.get('pid')}")
+    df = results.load(opened.study_dir)
+    summary = results.compute_summary(df, max(target - c.done, 0))
     running = [t for t in trials if t.state.name == "RUNNING"]
     if running:
         # one sacct call for every job in flight, never one per job
         ids = [t.user_attrs.get("job", {}).get("job_id") for t in running]
         states = sacct_states([i for i in ids if i]) if any(ids) else {}
-        print("in flight:")
+        now = time.time()
+        stale = 0
+        out.append("in flight:")
         for t in running:
             job = t.user_attrs.get("job", {})
             where = job.get("job_id") or job.get("pid") or "-"
             state = states.get(str(job.get("job_id")), "")
             gpu = (t.user_attrs.get("worker") or {}).get("gpu") or job.get("gpu")
-            print(f"  trial {t.number} (attempt {t.user_attrs.get('attempt', 1)}): "
-                  f"{job.get('kind', '?')} {where} {state}".rstrip()
-                  + (f", gpu {gpu}" if gpu else ""))
-    df = results.load(opened.study_dir)
-    print(f"Parquet: {df.trial.nunique() if len(df) else 0} trial files")
-    print(f"stage cache {cache_dir}: " + ", ".join(
+            out.append(f"  trial {t.number} (attempt {t.user_attrs.get('attempt', 1)}): "
+                       f"{job.get('kind', '?')} {where} {state}".rstrip()
+                       + (f", gpu {gpu}" if gpu else ""))
+            hb = progress.read_heartbeat(progress.heartbeat_path(opened.study_dir, t.number))
+            started = (hb or {}).get("started_at") or (t.user_attrs.get("worker") or {}).get(
+                "started")
+            eta = (summary["mean_trial_s"] - (now - float(started))
+                   if summary["mean_trial_s"] is not None and started else None)
+            if eta is not None and eta <= 0:
+                eta = None   # past the mean trial time: no honest guess
+            text, is_stale = progress.describe_heartbeat(hb, now, args.stale_after, eta)
+            stale += is_stale
+            out.append(f"    {text}")
+        if stale:
+            out.append(f"{stale} trial(s) with a stale heartbeat: `study launch` again "
+                       "reconciles them (a dead worker's trial is retried)")
+    out.append(f"Parquet: {df.trial.nunique() if len(df) else 0} trial files")
+    out += _compute_lines(summary, ld.sf.executor.parallel)
+    out.append(f"stage cache {cache_dir}: " + ", ".join(
         f"{k} {v}" for k, v in StageCache(cache_dir).summary().items()))
-    return 0
+    return out
+
+
+def _compute_lines(summary: Mapping[str, Any], parallel: int) -> list[str]:
+    """Device-hours (results.compute_summary): a trial holds one device for its wall time."""
+    stages = summary["stages"]
+    if not stages and not summary["spent_s"]:
+        return []
+    h = 3600.0
+    out = [f"compute: {summary['spent_s'] / h:.3f} device-hours spent by "
+           f"{summary['trials_timed']} trials; stages built {summary['built_s'] / h:.3f} h, "
+           f"saved by the cache {summary['saved_s'] / h:.3f} h"]
+    for name, st in stages.items():
+        out.append(f"  {name:<17} built {st['built']} ({st['built_s'] / h:.3f} h), "
+                   f"cache hits {st['hits']} (saved {st['saved_s'] / h:.3f} h)")
+    mean, remaining = summary["mean_trial_s"], summary["remaining"]
+    if mean is not None and remaining:
+        proj = summary["projected_s"]
+        out.append(f"projected: {remaining} trials to go x {progress.fmt_duration(mean)} "
+                   f"(mean trial, shared stages left out) = {proj / h:.3f} device-hours, "
+                   f"~{progress.fmt_duration(proj / max(parallel, 1))} at parallel {parallel}")
+    return out
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
@@ -212,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run one pipeline (all methods asked for) and print the "
                        "paper-style table for validation and test.")
     _add_space(p)
+    _add_verbosity(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("launch", help="create or resume the study and run it to N trials",
@@ -228,11 +343,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="submit and return; the study goes on without this process")
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved space, the fixed pipeline and what a trial runs")
+    _add_verbosity(p)
     p.set_defaults(func=cmd_launch)
 
-    p = sub.add_parser("status", help="trials by state, best so far, jobs in flight, cache")
+    p = sub.add_parser("status", help="trials by state, best so far, where each running trial "
+                       "is (from its heartbeat), compute spent and projected, cache")
     _add_space(p)
     p.add_argument("--n-trials", type=int, default=None, metavar="N")
+    p.add_argument("--watch", type=float, nargs="?", const=5.0, default=None, metavar="SECONDS",
+                   help="redraw every SECONDS (default 5) until Ctrl-C")
+    p.add_argument("--stale-after", type=float, default=None, metavar="SECONDS",
+                   help="call a heartbeat older than this stale (default: "
+                   f"{progress.STALE_BEATS} missed beats of the trial's own interval)")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("cancel", help="stop a study's launcher and jobs (resumable later)")

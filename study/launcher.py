@@ -21,6 +21,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -383,6 +384,9 @@ def _create(ld: LoadedStudy, results_dir: str, n_trials: int) -> Opened:
         store = storage.open_storage(url)
         st = storage.load_or_create(sf, store, sampler, storage.make_pruner(sf, max_epochs),
                                     fp=storage.fingerprint(ld.tree, ld.space.fingerprint()))
+    with warnings.catch_warnings():   # set_metric_names is marked experimental in Optuna 5
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        st.set_metric_names(results.metric_names(sf))   # the dashboard: "fusiondistill val.avg"
     if st.trials:
         st.sampler = storage.make_sampler(sf, ld.space.grid(), sf.executor.parallel,
                                           resumed_at=len(st.trials))

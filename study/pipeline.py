@@ -26,6 +26,7 @@ from study.augment import CLEAN, DeviceTrainStream, TrainStream
 from study.cache import StageCache, content_key
 from study.config import PipelineConfig, TrainSpec
 from study.errors import ConfigError
+from study.progress import Progress
 
 EpochHook = Callable[[int, "float | None"], None]
 
@@ -61,8 +62,11 @@ class Pipeline:
 
     def __init__(self, cfg: PipelineConfig, cache: StageCache, *,
                  log: Callable[[str], None] = print,
-                 on_epoch: EpochHook | None = None, final_stage: str | None = None):
+                 on_epoch: EpochHook | None = None, final_stage: str | None = None,
+                 progress: Progress | None = None):
         self.cfg, self.cache, self.log = cfg, cache, log
+        # bars or lines while stages train (study/progress.py); a worker adds its heartbeat
+        self.progress = progress or Progress.from_env(log)
         self.on_epoch, self.final_stage = on_epoch, final_stage
         self.device = resolve_device(cfg.device)
         self.stages: list[StageRecord] = []
@@ -84,6 +88,8 @@ class Pipeline:
         d, tr = self.cfg.data, self.dataset.train
         if d.train_subset is not None and d.train_subset < len(tr):
             tr = tr.subset(np.random.default_rng(d.seed).permutation(len(tr))[:d.train_subset])
+        if self.cfg.protocol == "reference":   # all of train trains; test picks checkpoints
+            return tr, self.dataset.test
         return data.split_validation(tr, d.val_size, d.seed)
 
     @property
@@ -238,13 +244,17 @@ class Pipeline:
         # the compiled module runs the steps; `model` keeps the plain state dict keys
         forward = None if mode == "none" else cast(nn.Module, torch.compile(
             model, mode=None if mode == "default" else mode))   # an OptimizedModule
-        result = train.fit(model, epochs=spec.epochs, optimizer=opt, scheduler=sched,
-                           batches=stream.epoch, loss_fn=objective,
-                           validate=lambda m: self._val_accuracy(m, degradations),
-                           select=self.cfg.selection,
-                           checkpoint=self._checkpoint(name, self.key(name)),
-                           on_epoch=hook, forward=forward,
-                           autocast=torch.bfloat16 if self.cfg.compute.amp == "bf16" else None)
+        with self.progress.stage(name, stream.steps_per_epoch) as watch:
+            result = train.fit(model, epochs=spec.epochs, optimizer=opt, scheduler=sched,
+                               batches=stream.epoch, loss_fn=objective,
+                               validate=lambda m: self._val_accuracy(m, degradations),
+                               select=self.cfg.selection,
+                               checkpoint=self._checkpoint(name, self.key(name)),
+                               on_epoch=hook, forward=forward, progress=watch,
+                               autocast=torch.bfloat16 if self.cfg.compute.amp == "bf16"
+                               else None,
+                               # the reference code keeps the later of equally scored epochs
+                               ties="later" if self.cfg.protocol == "reference" else "earlier")
         if result.resumed_from:
             self.log(f"  {name:<17} resumed   from epoch {result.resumed_from}")
         self.histories[name] = result.history
@@ -323,10 +333,12 @@ class Pipeline:
         if todo:
             nets = {n: self.network(n) for m in todo for n in self._method_networks(m)}
             t0 = time.perf_counter()
-            new = evaluation.evaluate(
-                nets, {m: self._combiner(m) for m in todo}, sp.images, sp.labels,
-                evaluation.level_plan(e.degradations, step), self.degraded_copies(split, sp.images),
-                self.dataset.mean, self.dataset.std, e.batch_size, self.device)
+            plan = evaluation.level_plan(e.degradations, step)
+            with self.progress.evaluation(split, len(plan)) as watched:   # levels done of all
+                new = evaluation.evaluate(
+                    nets, {m: self._combiner(m) for m in todo}, sp.images, sp.labels, plan,
+                    watched(self.degraded_copies(split, sp.images)),
+                    self.dataset.mean, self.dataset.std, e.batch_size, self.device)
             for r in new:
                 r["split"] = split
                 r["level_step"] = step

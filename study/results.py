@@ -23,7 +23,7 @@ import torch
 
 import study
 from study import atomic
-from study.stages import instance_names
+from study.stages import SHARED, instance_names
 
 ROW_COLUMNS = ["model", "split", "degradation", "level", "level_step", "accuracy", "n_images"]
 
@@ -53,10 +53,12 @@ def provenance() -> dict[str, str]:
 
 
 STAGES = instance_names()   # every network, so every file has the same key_ columns
+SHARED_STAGES = instance_names(stages=SHARED)   # base and the experts
 # Every file of a study carries the same columns with the same types, so that
 # pd.read_parquet(<dir>) (which takes the schema of one file) loads them all.
 EXTRA_COLUMNS = {"wall_s": "Float64", "error": "string", "fail_kind": "string",
-                 "device": "string", "gpu": "string", "amp": "string", "git_commit": "string",
+                 "device": "string", "gpu": "string", "amp": "string", "protocol": "string",
+                 "git_commit": "string",
                  "host": "string",
                  "study_version": "string", "optuna_version": "string",
                  "torch_version": "string", "python_version": "string", "config_json": "string"}
@@ -136,3 +138,107 @@ def load(study_dir: str | Path) -> pd.DataFrame:
     if not files:
         return pd.DataFrame()
     return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+
+
+# ---------------------------------------------------------------- learning curves
+# One row per (trial, seed, stage, epoch): every stage the trial got, built or a cache hit
+# (whose history comes from the cache entry's meta, recorded when it was built), and the
+# watched stage of a pruned trial up to the epoch where it stopped. The same columns and types
+# in every file, so pd.read_parquet("results/<study>/curves") loads a whole study.
+CURVE_COLUMNS = {"study": "string", "trial": "int64", "seed": "Int64", "stage": "string",
+                 "epoch": "Int64", "loss": "Float64", "val": "Float64", "lr": "Float64",
+                 "images_per_s": "Float64", "wall_s": "Float64", "hit": "boolean",
+                 "state": "string"}
+
+
+def curves_dir(study_dir: str | Path) -> Path:
+    return Path(study_dir) / "curves"
+
+
+def curves_path(study_dir: str | Path, number: int) -> Path:
+    return curves_dir(study_dir) / f"trial-{number:06d}.parquet"
+
+
+def curve_frame(*, study_name: str, trial: int, state: str,
+                histories: Sequence[tuple[int | None, str, bool,
+                                          Sequence[Mapping[str, Any]]]]) -> pd.DataFrame:
+    """histories: (seed, stage, hit, epoch records as train.fit writes them) per stage."""
+    rows = [{"study": study_name, "trial": trial, "seed": seed, "stage": stage, "hit": hit,
+             "state": state, **{k: rec.get(k) for k in
+                                ("epoch", "loss", "val", "lr", "images_per_s", "wall_s")}}
+            for seed, stage, hit, records in histories for rec in records]
+    return pd.DataFrame({c: pd.array([_finite(r[c]) for r in rows], dtype=dtype)
+                         for c, dtype in CURVE_COLUMNS.items()})
+
+
+def _finite(v: Any) -> Any:
+    # NaN (no validation set) is a missing value here, not a number
+    return None if isinstance(v, float) and v != v else v
+
+
+def write_curves(study_dir: str | Path, number: int, df: pd.DataFrame) -> Path | None:
+    """Replaced by a later attempt's run of the same trial number (a requeued job)."""
+    return atomic.write_file(curves_path(study_dir, number),
+                             lambda f: df.to_parquet(f, index=False))
+
+
+def load_curves(study_dir: str | Path) -> pd.DataFrame:
+    d = curves_dir(study_dir)
+    files = sorted(d.glob("trial-*.parquet")) if d.exists() else []
+    if not files:
+        return pd.DataFrame({c: pd.array([], dtype=t) for c, t in CURVE_COLUMNS.items()})
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+
+
+# ---------------------------------------------------------------- compute summary
+def compute_summary(df: pd.DataFrame, remaining: int) -> dict[str, Any]:
+    """Device-hours per stage from the trials' Parquet files (first replicate's stage columns,
+    as the worker records them): `built_s` the build time of stages a trial built, `saved_s`
+    the recorded build time of those it found cached; `spent_s` the trials' wall times; the
+    projection for `remaining` more trials is their mean wall time (trials that ran a
+    pipeline: wall_s recorded, so not a launcher-written FAIL) times `remaining`."""
+    out: dict[str, Any] = {"stages": {}, "spent_s": 0.0, "built_s": 0.0, "saved_s": 0.0,
+                           "mean_trial_s": None, "remaining": max(remaining, 0),
+                           "projected_s": None, "trials_timed": 0}
+    if not len(df) or "trial" not in df.columns:
+        return out
+    first = df.drop_duplicates("trial")
+    for st in STAGES:
+        if f"hit_{st}" not in first.columns:
+            continue
+        hit = first[f"hit_{st}"].astype("boolean")
+        b = first[f"build_s_{st}"].astype("Float64")
+        built = float(b[(hit == False).fillna(False)].sum())  # noqa: E712
+        saved = float(b[hit.fillna(False)].sum())
+        n_built, n_hit = int((hit == False).sum()), int((hit == True).sum())  # noqa: E712
+        if n_built or n_hit:
+            out["stages"][st] = {"built": n_built, "hits": n_hit, "built_s": built,
+                                 "saved_s": saved}
+    out["built_s"] = sum(s["built_s"] for s in out["stages"].values())
+    out["saved_s"] = sum(s["saved_s"] for s in out["stages"].values())
+    if "wall_s" not in first.columns:
+        return out
+    wall = first.wall_s.astype("Float64")
+    out["spent_s"] = float(wall.sum())
+    # A later trial finds base and experts cached (trial 0 of the smoke study spends ~70% of
+    # its time on them), so the projection leaves out the shared stages each trial built;
+    # unless the study builds one per trial (its space varies a field it reads: no hits and
+    # more than one build).
+    own = wall.copy()
+    for st in SHARED_STAGES:
+        info = out["stages"].get(st)
+        if info and (info["hits"] or info["built"] <= 1):
+            built = (first[f"hit_{st}"].astype("boolean") == False).fillna(False)  # noqa: E712
+            own = own - first[f"build_s_{st}"].astype("Float64").where(built, 0.0).fillna(0.0)
+    own = own.dropna()
+    if len(own):
+        out["trials_timed"] = int(len(own))
+        out["mean_trial_s"] = float(own.clip(lower=0).mean())
+        out["projected_s"] = out["mean_trial_s"] * out["remaining"]
+    return out
+
+
+def metric_names(sf: Any) -> list[str]:
+    """Names of the study's objective values on optuna-dashboard, e.g. "fusiondistill val.avg"
+    (the launcher sets them when it creates the study: study.set_metric_names)."""
+    return [f"{o.method} {o.metric}" for o in sf.study.objectives]

@@ -11,10 +11,11 @@ from __future__ import annotations
 import copy
 import hashlib
 import io
-from collections.abc import Callable, Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -75,6 +76,19 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer,
     return loss.detach()
 
 
+class FitProgress(Protocol):
+    """What `fit` tells a progress display (study/progress.py) while it trains; all optional
+    to `fit`. `step` runs after every optimiser step, so it must stay cheap (a counter and a
+    clock read): `loss_sum` is the epoch's loss sum so far, still on the device, read (a sync)
+    only when a line is shown."""
+
+    def begin(self, epochs: int, start: int) -> None: ...
+
+    def step(self, epoch: int, steps: int, images: int, loss_sum: torch.Tensor) -> None: ...
+
+    def end_epoch(self, record: Mapping[str, float]) -> None: ...
+
+
 @dataclass
 class FitResult:
     state: dict[str, torch.Tensor]        # the selected weights
@@ -116,11 +130,18 @@ def fit(model: nn.Module, *, epochs: int, optimizer: torch.optim.Optimizer,
         validate: Callable[[nn.Module], float] | None, select: str,
         checkpoint: Path | None = None,
         on_epoch: Callable[[int, float | None], None] | None = None,
-        forward: nn.Module | None = None, autocast: torch.dtype | None = None) -> FitResult:
+        forward: nn.Module | None = None, autocast: torch.dtype | None = None,
+        progress: FitProgress | None = None, ties: str = "earlier") -> FitResult:
     """Train for `epochs`; `on_epoch(epoch, val)` may raise (e.g. optuna.TrialPruned) to stop.
     `forward`, when given, is what the loss calls (a torch.compile of `model`, sharing its
     parameters); checkpoints and the result hold `model`'s own state dict. `autocast`: the
-    reduced precision of the forward passes (torch.bfloat16) or None for fp32."""
+    reduced precision of the forward passes (torch.bfloat16) or None for fp32. `progress`
+    sees every step and every epoch's record (a live bar, log lines, a heartbeat).
+
+    Each history record: epoch, loss (mean over the epoch's steps), val (when validated), lr
+    (the rate the epoch trained with), images, images_per_s (training images over the time
+    to the end of the epoch's last step), wall_s (the epoch's steps and validation). Records
+    resumed from a checkpoint of an older release lack the last four."""
     step_model = model if forward is None else forward
     start, best_val, best_state, history = 0, None, None, []
     ck = load_checkpoint(checkpoint) if checkpoint is not None and checkpoint.exists() else None
@@ -131,25 +152,44 @@ def fit(model: nn.Module, *, epochs: int, optimizer: torch.optim.Optimizer,
         start, best_val, best_state, history = (ck["epoch"], ck["best_val"], ck["best_state"],
                                                 ck["history"])
     resumed_from = start
+    if progress is not None:
+        progress.begin(epochs, start)
     for epoch in range(start, epochs):
         model.train()
+        t0 = time.perf_counter()
+        lr = float(optimizer.param_groups[0]["lr"])   # before scheduler.step() moves it
         # summed on the device: a .item() per step would wait for the GPU 350 times an epoch
-        total, steps = torch.zeros(()), 0
+        total, steps, images = torch.zeros(()), 0, 0
         for batch in batches(epoch):
             # a 0-dim CPU tensor adds to one on any device
             total = train_step(step_model, optimizer, loss_fn, batch, autocast) + total
             steps += 1
+            images += batch.labels.shape[0]   # a shape, no sync
+            if progress is not None:
+                progress.step(epoch, steps, images, total)
+        loss = float(total) / max(steps, 1)   # the epoch's one sync: the steps are done here
+        train_s = time.perf_counter() - t0
         scheduler.step()
         val = validate(model) if validate is not None else None
-        history.append({"epoch": epoch + 1, "loss": float(total) / max(steps, 1),
-                        **({"val": val} if val is not None else {})})
-        if select == "best_val" and val is not None and (best_val is None or val > best_val):
+        record = {"epoch": epoch + 1, "loss": loss, **({"val": val} if val is not None else {}),
+                  "lr": lr, "images": images,
+                  "images_per_s": images / train_s if train_s > 0 else float("nan")}
+        # ties go to the earlier epoch, or to the later one as the reference code keeps them
+        better = (val is not None and (best_val is None or val > best_val
+                                       or (ties == "later" and val == best_val)))
+        if select == "best_val" and better:
             best_val, best_state = val, copy.deepcopy(model.state_dict())
+        # taken before the checkpoint write, which stores this record: the write itself
+        # (0.1-1 s a ResNet56 checkpoint with its optimiser state) is left out
+        record["wall_s"] = time.perf_counter() - t0
+        history.append(record)
         if checkpoint is not None:
             _save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                           "scheduler": scheduler.state_dict(), "epoch": epoch + 1,
                           "best_val": best_val, "best_state": best_state, "history": history},
                          checkpoint)
+        if progress is not None:
+            progress.end_epoch(record)
         if on_epoch is not None:
             on_epoch(epoch + 1, val)
     if select == "last" or best_state is None:

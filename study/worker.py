@@ -11,6 +11,7 @@ in between leaves a result the launcher recovers instead of recomputing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -25,10 +26,14 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from study import atomic, evaluation, faults, results, stages, storage, studyfile
+from study import atomic, evaluation, faults, progress, results, stages, storage, studyfile
 from study.cache import StageCache
 from study.config import StudyFile
 from study.pipeline import Pipeline, PipelineResult
+
+# The trial's `progress` user attribute: a journal line per update, so at most one every 10 s
+# (a paper base of 200 x ~18 s epochs adds ~360 lines to a study's journal, not 70,000 steps).
+PROGRESS_ATTR_S = 10.0
 
 AGG_COLUMN = {"avg": "Avg", "clean": "Clean", "jpeg": "JPEG", "blur": "Blur", "awgn": "AWGN",
               "saltpepper": "SAPN"}
@@ -80,9 +85,62 @@ def use_allotted_cpus() -> None:
         torch.set_num_threads(int(n))
 
 
+class ProgressAttr:
+    """Optuna user attribute `progress` = {stage: "epochs done/epochs"} of a running trial, for
+    optuna-dashboard's trial page; a Progress listener, throttled to PROGRESS_ATTR_S."""
+
+    def __init__(self, trial: optuna.Trial, every_s: float = PROGRESS_ATTR_S):
+        self.trial, self.every_s = trial, every_s
+        self.progress: dict[str, str] = {}
+        self._sent: dict[str, str] = {}
+        self._last = -float("inf")
+
+    def __call__(self, snap: progress.Snapshot) -> None:
+        if snap.phase != "train":
+            return
+        self.progress[snap.stage] = f"{snap.epochs_done}/{snap.epochs}"
+        if time.monotonic() - self._last >= self.every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.progress == self._sent:
+            return
+        self._last = time.monotonic()
+        try:
+            self.trial.set_user_attr("progress", dict(self.progress))
+            self._sent = dict(self.progress)
+        except Exception:  # noqa: BLE001 - a display attribute never fails the trial
+            pass
+
+
+def curve_histories(pipe: Pipeline, hub: progress.Progress, seed: int
+                    ) -> list[tuple[int | None, str, bool, list[dict[str, Any]]]]:
+    """Every stage this pipeline got, with its epoch records: built ones from this run, cache
+    hits from the entry's meta (recorded when it was built), and a stage stopped midway (a
+    pruned trial's watched stage) up to where it stopped."""
+    out: list[tuple[int | None, str, bool, list[dict[str, Any]]]] = []
+    seen = set()
+    for rec in pipe.stages:
+        seen.add(rec.stage)
+        if rec.hit:
+            try:
+                history = pipe.cache.meta(stages.parse_instance(rec.stage)[0].folder,
+                                          rec.key).get("history") or []
+            except (OSError, ValueError):
+                history = []
+        else:
+            history = pipe.histories.get(rec.stage) or hub.records.get(rec.stage) or []
+        out.append((seed, rec.stage, rec.hit, list(history)))
+    for stage, records in hub.records.items():
+        if stage not in seen and records:
+            out.append((seed, stage, False, list(records)))
+    return out
+
+
 def run_job(job: Job, log: Any = print) -> str:
     """Run one trial to a final state; returns the state name. Never raises for a trial's own
-    error: that is a FAIL with its traceback, stored with the trial and in its Parquet row."""
+    error: that is a FAIL with its traceback, stored with the trial and in its Parquet row.
+    While it runs, a heartbeat file beside its job file says where it is (`study status`)."""
     ld = (studyfile.load(job.study_file, job.overrides) if job.tree is None
           else studyfile.from_tree(job.tree, job.study_file))
     store = storage.open_storage(job.storage)
@@ -98,14 +156,35 @@ def run_job(job: Job, log: Any = print) -> str:
                                    "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
                                    "gpu": gpu, "started": time.time()})
     faults.rendezvous()   # the storage concurrency test only
-    values = frozen.user_attrs.get("values", {})
     attempt = int(frozen.user_attrs.get("attempt", 1))
     sdir = storage.study_dir(job.results, job.study_name)
+    beat = progress.Heartbeat(progress.heartbeat_path(sdir, job.trial),
+                              {"study": job.study_name, "trial": job.trial, "attempt": attempt,
+                               "gpu": gpu}).start()
+    state = "died"   # what the last beat says if the worker raises (a full disk)
+    try:
+        state = _run_trial(job, log, ld, store, st, trial, trial_id, frozen, sdir, gpu, beat)
+    finally:
+        beat.stop(state)
+    return state
+
+
+def _run_trial(job: Job, log: Any, ld: studyfile.LoadedStudy,
+               store: optuna.storages.BaseStorage, st: optuna.Study, trial: optuna.Trial,
+               trial_id: int, frozen: optuna.trial.FrozenTrial, sdir: Path, gpu: str | None,
+               beat: progress.Heartbeat) -> str:
+    values = frozen.user_attrs.get("values", {})
+    attempt = int(frozen.user_attrs.get("attempt", 1))
+    quiet = progress.log_level() == "warning"
+    stage_log = (lambda _: None) if quiet else log
+    attr = ProgressAttr(trial)
     t0 = time.perf_counter()
     seeds: list[tuple[int, list[dict[str, Any]]]] = []
     first: PipelineResult | None = None
     state, error, fail_kind, objs = "COMPLETE", None, None, []
     sf: StudyFile | None = None
+    final: str | None = None
+    runs: list[tuple[int, Pipeline, progress.Progress]] = []
     try:
         sf = ld.trial_config(values)
         final = (stages.METHODS[sf.study.objectives[0].method].watched_stage(sf.pipeline)
@@ -121,24 +200,40 @@ def run_job(job: Job, log: Any = print) -> str:
         for r in range(sf.study.replicates):
             seed = sf.pipeline.seed + r
             cfg = sf.pipeline.model_copy(update={"seed": seed})
-            pipe = Pipeline(cfg, StageCache(job.cache), log=log,
-                            on_epoch=on_epoch if r == 0 else None, final_stage=final)
+            hub = progress.Progress.from_env(
+                log, listeners=[beat, attr],
+                prefix=f"trial {job.trial}" + (f" seed {seed}" if sf.study.replicates > 1
+                                               else ""))
+            pipe = Pipeline(cfg, StageCache(job.cache), log=stage_log,
+                            on_epoch=on_epoch if r == 0 else None, final_stage=final,
+                            progress=hub)
+            runs.append((seed, pipe, hub))
             res = pipe.run()
             first = first or res
             seeds.append((seed, [dict(row) for row in res.rows]))
         objs = objective_values([row for _, rows in seeds for row in rows], sf)
     except optuna.TrialPruned as e:
         state, error = "PRUNED", str(e)
+        if runs and final is not None:
+            # A pruned trial never resumes its watched stage, so its epoch checkpoint (for
+            # ResNet56 ~14 MB: weights, best weights, two RAdam moments; one per pruned trial)
+            # would only stay behind; a killed worker's stays, for its requeue to resume from.
+            pruned = runs[0][1]
+            pruned._checkpoint(final, pruned.key(final)).unlink(missing_ok=True)  # noqa: SLF001
     except Exception as e:  # noqa: BLE001 - a trial's own error fails that trial, once
         if atomic.is_disk_full(e):
             raise   # not the trial's fault: the worker dies, the launcher retries the trial
         state, error, fail_kind = "FAIL", "".join(traceback.format_exception(e)), "code"
+    # a pruned first replicate has no result, but its pipeline knows what it built or loaded
+    # (the compute summary counts a pruned trial's stages too)
+    records = first.stages if first else (runs[0][1].stages if runs else [])
     stage_info = {s.stage: {"key": s.key, "hit": s.hit, "build_s": s.build_s}
-                  for s in (first.stages if first else [])}
+                  for s in records}
     prov = results.provenance()
     extra = {"wall_s": time.perf_counter() - t0, "error": error, "fail_kind": fail_kind,
              "device": first.device if first else None, "gpu": gpu,
              "amp": sf.pipeline.compute.amp if sf else None,
+             "protocol": sf.pipeline.protocol if sf else None,
              "config_json": sf.pipeline.model_dump() if sf else None, **prov}
     n_obj = len(ld.sf.study.objectives)
     df = results.trial_frame(
@@ -155,6 +250,13 @@ def run_job(job: Job, log: Any = print) -> str:
     if results.write_trial(sdir, job.trial, df, replace=False) is None:
         log(f"trial {job.trial}: a result is already on disk; this one is not written")
         return "STALE"
+    try:   # the learning curves: a view of the trial, never a reason to lose its result
+        results.write_curves(sdir, job.trial, results.curve_frame(
+            study_name=job.study_name, trial=job.trial, state=state,
+            histories=[h for seed, p, hub in runs for h in curve_histories(p, hub, seed)]))
+    except (OSError, ValueError, TypeError) as e:
+        log(f"trial {job.trial}: learning curves not written ({e})")
+    attr.flush()
     try:
         trial.set_user_attr("provenance", prov)
         trial.set_user_attr("stages", stage_info)
@@ -179,6 +281,9 @@ def run_job(job: Job, log: Any = print) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    # a log file is block-buffered: line by line, so the trial's log follows it as it runs
+    with contextlib.suppress(AttributeError, ValueError):
+        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     use_allotted_cpus()
     run_job(Job.read(argv[0]))
     return 0

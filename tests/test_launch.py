@@ -49,6 +49,8 @@ def test_debug_study_runs_resumes_and_tops_up(tmp_path: Path) -> None:
     assert cli.main([*args, "--n-trials", "3"]) == 0
     st = journal_study(tmp_path, "dbg")
     assert len(finished(st)) == 3
+    assert st.metric_names == ["fusiondistill val.avg"]         # the dashboard's label
+    assert st.trials[0].user_attrs["baseline"] is True           # the file's own pipeline
     df = pd.read_parquet(tmp_path / "dbg" / "trials")
     assert sorted(df.trial.unique()) == [0, 1, 2]
     assert set(SCHEMA) <= set(df.columns)

@@ -79,7 +79,7 @@ FIXED = [
 ]
 N_TRIALS = 5
 FIGURES = {"levels", "subsets", "importance", "slices", "surface", "fusion_weights", "history",
-           "budget", "paired"}
+           "budget", "paired", "learning"}
 T975_DF1 = 12.706204736174707    # Student t 97.5% quantile, 1 degree of freedom (2 seeds)
 T975_DF2 = 4.302652729911275     # 2 degrees of freedom (3 seeds)
 
@@ -384,7 +384,7 @@ def test_a_study_whose_trials_all_failed_gets_notes_not_a_crash() -> None:
                              params={}, param_dtypes={}, stages={}, values=[None],
                              extra={"error": "boom", "wall_s": 3.0})
     st = optuna.create_study()
-    a = report.analyse(df, st, [], {}, objectives=a_objectives(), methods=["fusiondistill"],
+    a = report.analyse(df, st, [], objectives=a_objectives(), methods=["fusiondistill"],
                        study_name="f")
     r = report.render(a)
     assert a.best is None and a.tables == {} and a.budget["states"] == {"FAIL": 1}
@@ -392,7 +392,7 @@ def test_a_study_whose_trials_all_failed_gets_notes_not_a_crash() -> None:
     assert "at least 2 completed trials" in r.html
     assert set(r.figures) <= {"budget"}
     # a launched study with no result file yet
-    empty = report.analyse(pd.DataFrame(), st, [], {}, objectives=a_objectives(),
+    empty = report.analyse(pd.DataFrame(), st, [], objectives=a_objectives(),
                            methods=["fusiondistill"], study_name="f")
     assert empty.best is None and "No trials yet." in report.render(empty).html
 
