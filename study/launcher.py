@@ -378,11 +378,10 @@ def _create(ld: LoadedStudy, results_dir: str, n_trials: int) -> Opened:
     """Create or resume the study; every check first, so a refused launch writes nothing."""
     sf = ld.sf
     url, sdir = _paths(ld, results_dir)
-    max_epochs = max(sf.pipeline.distill.epochs, sf.pipeline.fusing.epochs)
     with about(ld.source):
         sampler = storage.make_sampler(sf, ld.space.grid(), sf.executor.parallel)
         store = storage.open_storage(url)
-        st = storage.load_or_create(sf, store, sampler, storage.make_pruner(sf, max_epochs),
+        st = storage.load_or_create(sf, store, sampler, storage.make_pruner(sf),
                                     fp=storage.fingerprint(ld.tree, ld.space.fingerprint()))
     with warnings.catch_warnings():   # set_metric_names is marked experimental in Optuna 5
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

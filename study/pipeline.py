@@ -168,7 +168,7 @@ class Pipeline:
                 self.cache.save_state(folder, key, state,
                                       meta | {"build_s": build_s, "stage_name": name,
                                               "key_fields": self.key_fields(name)})
-                self._checkpoint(name, key).unlink(missing_ok=True)
+                self.checkpoint_path(name, key).unlink(missing_ok=True)
                 best = meta.get("best_val")
                 self.log(f"  {name:<17} built     {key} in {build_s:.1f}s"
                          + (f", val {best:.3f}" if best is not None else ""))
@@ -179,7 +179,7 @@ class Pipeline:
         self.stages.append(StageRecord(name, key, hit, time.perf_counter() - t0, build_s))
         return net
 
-    def _checkpoint(self, name: str, key: str) -> Path:
+    def checkpoint_path(self, name: str, key: str) -> Path:
         return self.cache.root / ".work" / f"{name}-{key}.pt"
 
     def fuse(self) -> dict[str, torch.Tensor]:
@@ -249,7 +249,7 @@ class Pipeline:
                                batches=stream.epoch, loss_fn=objective,
                                validate=lambda m: self._val_accuracy(m, degradations),
                                select=self.cfg.selection,
-                               checkpoint=self._checkpoint(name, self.key(name)),
+                               checkpoint=self.checkpoint_path(name, self.key(name)),
                                on_epoch=hook, forward=forward, progress=watch,
                                autocast=torch.bfloat16 if self.cfg.compute.amp == "bf16"
                                else None,

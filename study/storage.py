@@ -137,11 +137,17 @@ def make_sampler(sf: StudyFile, grid: dict[str, list[Any]] | None,
     return optuna.samplers.BruteForceSampler(seed=seed)
 
 
-def make_pruner(sf: StudyFile, max_epochs: int) -> optuna.pruners.BasePruner:
+def make_pruner(sf: StudyFile) -> optuna.pruners.BasePruner:
+    """The study file's pruner. Optuna keeps no pruner in its storage: the launcher and every
+    worker (where `trial.should_prune()` is asked) build it from the file; a worker that took
+    load_study's default would prune by another rule."""
+    max_epochs = max(sf.pipeline.distill.epochs, sf.pipeline.fusing.epochs)
     if len(sf.study.objectives) > 1 or sf.study.pruner == "none":
         return optuna.pruners.NopPruner()   # Optuna prunes single-objective studies only
     if sf.study.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+        # epochs are reported from 1 and Optuna prunes from step n_warmup_steps on: 2 spares
+        # the first epoch, whose validation accuracy says little yet
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2)
     return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(max_epochs, 1))
 
 

@@ -144,7 +144,8 @@ def run_job(job: Job, log: Any = print) -> str:
     ld = (studyfile.load(job.study_file, job.overrides) if job.tree is None
           else studyfile.from_tree(job.tree, job.study_file))
     store = storage.open_storage(job.storage)
-    st = optuna.load_study(study_name=job.study_name, storage=store)
+    st = optuna.load_study(study_name=job.study_name, storage=store,
+                           pruner=storage.make_pruner(ld.sf))
     trial_id = storage.trial_id(store, job.study_name, job.trial)
     frozen = store.get_trial(trial_id)
     if frozen.state != TrialState.RUNNING:
@@ -219,7 +220,7 @@ def _run_trial(job: Job, log: Any, ld: studyfile.LoadedStudy,
             # ResNet56 ~14 MB: weights, best weights, two RAdam moments; one per pruned trial)
             # would only stay behind; a killed worker's stays, for its requeue to resume from.
             pruned = runs[0][1]
-            pruned._checkpoint(final, pruned.key(final)).unlink(missing_ok=True)  # noqa: SLF001
+            pruned.checkpoint_path(final, pruned.key(final)).unlink(missing_ok=True)
     except Exception as e:  # noqa: BLE001 - a trial's own error fails that trial, once
         if atomic.is_disk_full(e):
             raise   # not the trial's fault: the worker dies, the launcher retries the trial

@@ -1,6 +1,6 @@
 """Pruning end to end, with controlled validation values: three finished trials whose reported
 validation accuracy is 1.0 at every epoch, then real toy trials, whose accuracy is below that
-median at epoch 2, so Optuna's median pruner (3 startup trials, 1 warm-up epoch) stops each of
+median at epoch 2, so Optuna's median pruner (3 startup trials, no pruning on the first epoch) stops each of
 them there. The pruned trial is in storage and Parquet with its last epoch, counts toward
 n_trials, leaves no epoch checkpoint behind, and on SLURM its job ends and frees its slot."""
 
@@ -34,7 +34,7 @@ def _seed_study(results: Path, sets: list[str]) -> optuna.Study:
     ld = studyfile.load("smoke.yaml", sets)
     st = storage.load_or_create(
         ld.sf, storage.open_storage(storage.storage_url(ld.sf, results)),
-        storage.make_sampler(ld.sf, None, 1), storage.make_pruner(ld.sf, EPOCHS),
+        storage.make_sampler(ld.sf, None, 1), storage.make_pruner(ld.sf),
         fp=storage.fingerprint(ld.tree, ld.space.fingerprint()))
     for _ in range(3):
         st.add_trial(optuna.trial.create_trial(
