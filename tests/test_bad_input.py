@@ -392,7 +392,7 @@ COMMANDS: list[tuple[str, list[str], tuple[str, ...]]] = [
     ("no_command", [], ("command",)),
     ("unknown_command", ["start", *SMOKE_ARGS], ("invalid choice", "'launch'")),
     ("slurm_preset", ["launch", *SMOKE_ARGS, "--set", "executor.slurm.preset=nope"],
-     ("executor.slurm.preset", "unknown preset 'nope'", "allowed: ['gpu', 'local']")),
+     ("executor.slurm.preset", "unknown preset 'nope'", "allowed: ['gpu', 'local', 'node']")),
     ("slurm_preset_path", ["launch", *SMOKE_ARGS, "--set", "executor.slurm.preset=../local"],
      ("executor.slurm.preset", "unknown preset")),
     ("bruteforce", ["launch", *SMOKE_ARGS, "--set", "study.sampler=bruteforce"],

@@ -325,7 +325,11 @@ def test_slurm_study_survives_kills_requeues_and_cancels(slurm_cluster: str,
     env = {**os.environ, "STUDY_FAULT": ",".join(f"{p}:{faults / p}" for p in POINTS)}
     cmd = [*STUDY, "launch", "--space", "smoke.yaml", "--executor", "slurm", "--parallel", "2",
            "--n-trials", str(n_trials), "--results", str(tmp_path),
-           *_sets(f"study.name={name}", "executor.slurm.preset=local")]
+           # 8 distillation epochs and a kill 0-1 s after a worker registers: a retried trial
+           # resumes from its epoch checkpoint, so each attempt is shorter than the last, and
+           # with every test copy cached after the first trial 2 epochs left too few to kill
+           *_sets(f"study.name={name}", "executor.slurm.preset=local", "distill.epochs=8",
+                  "distill.milestones=[4]")]
     log = open(tmp_path / "launcher.log", "ab")  # noqa: SIM115
     launcher = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
@@ -372,7 +376,7 @@ def test_slurm_study_survives_kills_requeues_and_cancels(slurm_cluster: str,
             if t.number in (a.number, b.number) or len(kills) >= N_SLURM_KILLS:
                 continue
             pid = int(t.user_attrs["worker"]["pid"])   # the submitit process running run_job
-            kill_at.setdefault(pid, now + rng.uniform(0.0, 3.0))
+            kill_at.setdefault(pid, now + rng.uniform(0.0, 1.0))
             if now >= kill_at[pid] and _alive(pid):
                 os.kill(pid, signal.SIGKILL)
                 kills.append({"trial": t.number, "job": t.user_attrs["job"]["job_id"]})

@@ -394,7 +394,7 @@ def test_a_study_whose_trials_all_failed_gets_notes_not_a_crash() -> None:
     # a launched study with no result file yet
     empty = report.analyse(pd.DataFrame(), st, [], objectives=a_objectives(),
                            methods=["fusiondistill"], study_name="f")
-    assert empty.best is None and "No trials yet." in report.render(empty).html
+    assert empty.best is None and "No baseline trial" in report.render(empty).html
 
 
 def test_report_of_a_study_never_launched_is_a_user_error(tmp_path: Path,
