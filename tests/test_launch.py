@@ -211,7 +211,7 @@ def test_local_study_of_4_then_5_then_dashboard(tmp_path: Path) -> None:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{sid}",
                                     timeout=10) as resp:
             detail = json.loads(resp.read())
-        assert len(detail["trials"]) == 10
+        assert len(detail["trials"]) == 5
     finally:
         dash.terminate()
         dash.wait(timeout=30)

@@ -253,8 +253,9 @@ def test_status_rows_from_heartbeats_and_a_stale_one(
                       r".* pid (\d+), beat \d+s ago$", out, re.M)
     assert len(rows) == 2, out
     assert "STALE" not in out
-    st = journal_study(results_dir, "watch")
-    assert all("fusiondistill" in (t.user_attrs.get("progress") or {}) for t in st.trials)
+    # the `progress` user attribute is refreshed at most every 10 s, the heartbeat every 1 s
+    assert wait(lambda: all("fusiondistill" in (t.user_attrs.get("progress") or {})
+                            for t in journal_study(results_dir, "watch").trials), 60)
     # the launcher dies first (it would retry a dead worker's trial), then one worker: its
     # trial stays RUNNING in the storage and its heartbeat stops
     _kill_group(launcher.pid)

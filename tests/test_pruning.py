@@ -1,8 +1,9 @@
 """Pruning end to end, with controlled validation values: three finished trials whose reported
 validation accuracy is 1.0 at every epoch, then real toy trials, whose accuracy is below that
-median at epoch 2, so Optuna's median pruner (3 startup trials, no pruning on the first epoch) stops each of
-them there. The pruned trial is in storage and Parquet with its last epoch, counts toward
-n_trials, leaves no epoch checkpoint behind, and on SLURM its job ends and frees its slot."""
+median at epoch 2, so Optuna's median pruner (3 startup trials, no pruning on the first epoch)
+stops each of them there. The pruned trial is in storage and Parquet with its last epoch,
+counts toward n_trials, leaves no epoch checkpoint behind, and on SLURM its job ends and frees
+its slot."""
 
 from __future__ import annotations
 
