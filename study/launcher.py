@@ -185,12 +185,14 @@ class Launcher:
         state = str(df.state.iloc[0])
         if state == "FAIL" and t.user_attrs.get("retried"):
             self._enqueue_retry(t)   # its launcher was killed inside fail(), maybe before this
+        # skip_if_finished: the worker may tell between our read of RUNNING and this tell (it
+        # writes the file first, then tells, then exits); the storage then already agrees.
         if state == "COMPLETE":
             # values only here: a FAIL or PRUNED file holds NA, which float() refuses
             values = [float(df[c].iloc[0]) for c in sorted(df.columns) if c.startswith("value_")]
-            self.study.tell(t.number, values)
+            self.study.tell(t.number, values, skip_if_finished=True)
         else:
-            self.study.tell(t.number, state=TrialState[state])
+            self.study.tell(t.number, state=TrialState[state], skip_if_finished=True)
         self.log(f"  trial {t.number}: recovered {state} from its Parquet file")
 
     def _infrastructure_failure(self, t: FrozenTrial, reason: str) -> None:
@@ -199,25 +201,34 @@ class Launcher:
 
     def fail(self, t: FrozenTrial, reason: str, fail_kind: str, retry: bool) -> None:
         """FAIL a RUNNING trial with a reason, in storage and Parquet; optionally enqueue a
-        retry with the same parameters."""
+        retry with the same parameters. A worker that wrote its file first wins (a cancelled
+        SLURM job runs on for KillWait seconds): its result is recovered instead."""
         attempt = int(t.user_attrs.get("attempt", 1))
         trial_id = storage.trial_id(self.store, self.study.study_name, t.number)
+        if results.has_trial(self.sdir, t.number):
+            self._recover(t)
+            return
         self.store.set_trial_user_attr(trial_id, "error", reason)
         self.store.set_trial_user_attr(trial_id, "fail_kind", fail_kind)
         if retry:
             self.store.set_trial_user_attr(trial_id, "retried", True)
         n_obj = len(self.study.directions)
-        results.write_trial(self.sdir, t.number, results.trial_frame(
+        written = results.write_trial(self.sdir, t.number, results.trial_frame(
             study_name=self.ld.sf.study.name, trial=t.number, attempt=attempt, state="FAIL",
             seed_rows=[], params=t.user_attrs.get("values", {}),
             param_dtypes={p.name: p.column_dtype for p in self.ld.space.params}, stages={},
             values=[None] * n_obj, extra={"error": reason, "fail_kind": fail_kind,
-                                          **results.provenance()}))
+                                          **results.provenance()}), replace=False)
+        if written is None:   # the worker's file landed between the check and the write
+            for key in ("error", "fail_kind", "retried"):
+                self.store.set_trial_user_attr(trial_id, key, None)
+            self._recover(self.store.get_trial(trial_id))
+            return
         # Retry before tell: a launcher killed in between leaves the trial RUNNING with its
         # FAIL file, which the next one recovers; the other order would lose the retry.
         if retry:
             self._enqueue_retry(t)
-        self.study.tell(t.number, state=TrialState.FAIL)
+        self.study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
         self.log(f"  trial {t.number}: {reason}; "
                  + (f"retrying (attempt {attempt + 1})" if retry else "not retried"))
 

@@ -16,7 +16,7 @@ import optuna
 import pandas as pd
 import pytest
 from optuna.trial import TrialState
-from toy_studies import finished, journal_study
+from toy_studies import finished, journal_study, wait
 
 from study import cli, storage, studyfile
 
@@ -85,8 +85,15 @@ def test_pruned_slurm_job_ends_and_frees_its_slot(slurm_cluster: str, tmp_path: 
     for t in real:
         _check_pruned(tmp_path, name, t)
     jobs = [t.user_attrs["job"]["job_id"] for t in real]
-    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobIDRaw,State", "-j",
-                          ",".join(jobs)], capture_output=True, text=True, timeout=60).stdout
-    states = dict(line.split("|", 1) for line in out.splitlines() if "|" in line)
-    assert {states[j].split()[0] for j in jobs} == {"COMPLETED"}
+
+    def job_states() -> set[str]:
+        out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobIDRaw,State", "-j",
+                              ",".join(jobs)], capture_output=True, text=True, timeout=60).stdout
+        states = dict(line.split("|", 1) for line in out.splitlines() if "|" in line)
+        return {states.get(j, "MISSING").split()[0] for j in jobs}
+
+    # The launcher returns once the last trial is told; its job exits (the worker's interpreter
+    # shutting down, SLURM's epilog) a few seconds later. It must end on its own, not be killed.
+    wait(lambda: not job_states() & {"PENDING", "RUNNING", "COMPLETING"}, 120)
+    assert job_states() == {"COMPLETED"}
     assert real[1].datetime_start >= real[0].datetime_complete   # started in the freed slot
