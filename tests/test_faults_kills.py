@@ -210,6 +210,24 @@ def test_launcher_killed_inside_fail_before_the_retry(tmp_path: Path) -> None:
     assert launcher.ld.space.sample(retry) == values and retry.user_attrs["attempt"] == 2
 
 
+def test_worker_that_told_meanwhile_is_recovered_not_refailed(tmp_path: Path) -> None:
+    """The worker writes its file, tells and exits between the launcher's read of RUNNING and
+    its own tell (CI saw "Cannot tell a COMPLETE trial" here): the launcher leaves the result."""
+    launcher, st = _launcher(tmp_path, "told")
+    trial = st.ask()
+    trial.set_user_attr("values", launcher.ld.space.sample(trial))
+    stale = st.trials[0]                              # the launcher's snapshot: RUNNING
+    results.write_trial(launcher.sdir, 0, results.trial_frame(
+        study_name="told", trial=0, attempt=1, state="COMPLETE", seed_rows=[], params={},
+        param_dtypes={}, stages={}, values=[0.25], extra={}))
+    st.tell(0, [0.25])                                # the worker, meanwhile
+    launcher.fail(stale, "the worker vanished", "infrastructure", retry=True)
+    t0 = st.trials[0]
+    assert t0.state == TrialState.COMPLETE and t0.value == 0.25
+    assert not t0.user_attrs.get("retried") and len(st.trials) == 1
+    assert results.read_trial(launcher.sdir, 0).state.iloc[0] == "COMPLETE"
+
+
 def test_worker_never_overwrites_a_result_on_disk(tmp_path: Path) -> None:
     """A cancelled SLURM job runs on for KillWait (5 s here) after the launcher failed its
     trial: its own result must not replace the FAIL file that matches the storage."""
