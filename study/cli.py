@@ -434,7 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except StudyError as e:
         print(f"study: error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return getattr(e, "exit_code", EXIT_USER_ERROR)
     except KeyboardInterrupt:
         print("study: interrupted", file=sys.stderr)
         return 130

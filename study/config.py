@@ -255,6 +255,10 @@ class StudySection(Strict):
     # Trial 0 of a new study runs the study file's own pipeline exactly (enqueued), when those
     # values lie inside the space: the reference every paired difference of the report uses.
     baseline: bool = True
+    # The circuit breaker: a launch stops (exit 3) when its first K finished trials, or K in a
+    # row, fail with a code or configuration error; such a study would burn every GPU-hour of
+    # its budget producing tracebacks. 0 turns it off.
+    stop_after_failures: int = Field(3, ge=0)
     storage: str | None = None      # None = JournalStorage at results/<study>/optuna.journal
 
     @field_validator("storage")
@@ -286,6 +290,9 @@ class SlurmSettings(Strict):
     setup: list[str] = []                    # lines before the job, e.g. `module load cuda`
     additional: dict[str, str | int] = {}    # any other sbatch option, e.g. {reservation: x}
     signal_delay_s: int = Field(90, ge=10)   # USR2 this long before the limit: checkpoint
+    # requeues per job after a time limit or a preemption, each resuming from checkpoints;
+    # past it the trial fails with fail_kind "timeout" and is retried (executor.retries)
+    max_requeues: int = Field(10, ge=0, le=1000)
     # trials run side by side in one job, as processes sharing its GPU: one ResNet56 step-4
     # trial leaves an H200 mostly idle (12,300 images/s alone, 18,800 summed over 4 processes)
     trials_per_job: int = Field(1, ge=1, le=64)
@@ -318,6 +325,17 @@ class ExecutorSection(Strict):
         if isinstance(v, list) and (not v or len(set(v)) != len(v)):
             raise ValueError(f"a list of distinct device indices, e.g. [0, 1], got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _packs_fit(self) -> ExecutorSection:
+        # a pack starts only when all of its trials fit in the free slots: a bigger one than
+        # `parallel` would never start, and the launcher (or a --detach driver) would sit idle
+        if self.backend == "slurm" and self.slurm.trials_per_job > self.parallel:
+            raise ValueError(f"executor.slurm.trials_per_job ({self.slurm.trials_per_job}) "
+                             f"exceeds executor.parallel ({self.parallel}): a pack would never "
+                             "fit in the free slots; raise parallel (--parallel) or lower "
+                             "trials_per_job")
+        return self
 
 
 class StudyFile(Strict):

@@ -1,11 +1,13 @@
-"""Every error a user can fix, under one base: the CLI prints it as one paragraph, exit 2.
+"""Every error a user can fix, under one base: the CLI prints it as one paragraph, exit 2
+(exit 3 for a study that stopped because it could not make progress).
 
 Anything else that escapes a command is a bug in `study` (exit 1, with a traceback).
 """
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "DataError", "DiskFullError", "StorageError", "StudyError"]
+__all__ = ["ConfigError", "DataError", "DiskFullError", "StorageError", "StudyError",
+           "StudyHalted"]
 
 
 class StudyError(Exception):
@@ -33,3 +35,11 @@ class DiskFullError(StudyError, OSError):
         return (f"disk full: cannot write {self.filename} ({self.strerror}). Finished trials are "
                 "kept: free space (or raise the quota) and run `study launch` again to resume; "
                 "trials the full disk interrupted are retried or failed with this reason.")
+
+
+class StudyHalted(StudyError):
+    """A launch that cannot make progress stopped: its trials fail with code or configuration
+    errors (the circuit breaker), or it ended with no completed trial. Exit 3, so a script or
+    a SLURM dependency tells it from a refused command (2) and from a crash (1)."""
+
+    exit_code = 3

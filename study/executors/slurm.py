@@ -152,9 +152,9 @@ class SlurmExecutor(Executor):
     def auto_executor(self, name: str, time_min: int, cpus: int | None = None,
                   dependency: list[str] | None = None) -> submitit.AutoExecutor:
         s = self.settings
-        # a requeue per preemption or timeout, up to 10, each resuming from checkpoints
+        # a requeue per preemption or timeout, each resuming from checkpoints
         ex = submitit.AutoExecutor(folder=self.folder / "%j", cluster="slurm",
-                                   slurm_max_num_timeout=10)
+                                   slurm_max_num_timeout=s.max_requeues)
         extra: dict[str, Any] = dict(s.additional)
         params: dict[str, Any] = {
             "name": name, "timeout_min": time_min, "cpus_per_task": cpus or s.cpus_per_task,
