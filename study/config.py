@@ -7,11 +7,21 @@ Reading a file into this tree is study/studyfile.py's job; this module only says
 
 from __future__ import annotations
 
+import functools
 import re
+import types
+import typing
 from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 DEGRADATION_NAMES = ("jpeg", "blur", "awgn", "saltpepper")
 METHOD_NAMES = (
@@ -20,11 +30,74 @@ METHOD_NAMES = (
 METRIC_SPLITS = ("val", "test")
 METRIC_AGGREGATES = ("avg", "clean", *DEGRADATION_NAMES)
 STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql")   # `+driver` suffixes allowed
+# Optuna's samplers seed numpy's RandomState, which takes 0..2**32-1 and raises ValueError
+# outside it; every seed of the config keeps to that range, replicate seeds included.
+SEED_MAX = 2**32 - 1
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
+# Names a study may not take: results/<name> is its folder, and next to the studies lie the
+# shared stage cache (the CLI's default --cache is <results>/cache) and the tracked
+# results/README.md. Compared case-insensitively: macOS file systems are.
+RESERVED_STUDY_NAMES = ("cache", "README.md")
+# Synthetic data has 10 classes named class0..class9 (data.make_synthetic); a study can keep
+# some of them with data.classes.
+SYNTHETIC_CLASSES = tuple(f"class{i}" for i in range(10))
+# Training images of the datasets with a fixed train split (CIFAR 50,000; Tiny ImageNet
+# 100,000): a validation hold-out needs fewer than that.
+TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "tinyimagenet": 100_000}
+
+
+def takes_number(ann: Any) -> bool:
+    """Whether a setting of annotation `ann` holds numbers (int or float, alone, in a union, a
+    list, a dict's values or a Literal of numbers) and no booleans: such a setting refuses
+    True/False, which pydantic would otherwise read as 1/0."""
+    leaves: list[Any] = []
+
+    def walk(a: Any) -> None:
+        origin = typing.get_origin(a)
+        if origin is Annotated:
+            walk(typing.get_args(a)[0])
+        elif origin is Literal:
+            leaves.extend(type(x) for x in typing.get_args(a))
+        elif origin in (typing.Union, types.UnionType, list, tuple, set, frozenset):
+            for x in typing.get_args(a):
+                walk(x)
+        elif origin is dict:
+            walk(typing.get_args(a)[1])
+        else:
+            leaves.append(a)
+
+    walk(ann)
+    return bool(leaves) and bool not in leaves and any(x in (int, float) for x in leaves)
+
+
+def _has_bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return True
+    if isinstance(v, (list, tuple)):
+        return any(_has_bool(x) for x in v)
+    if isinstance(v, dict):
+        return any(_has_bool(x) for x in v.values())
+    return False
+
+
+@functools.cache
+def _numeric_fields(model: type[BaseModel]) -> frozenset[str]:
+    return frozenset(k for k, f in model.model_fields.items() if takes_number(f.annotation))
 
 
 class Strict(BaseModel):
     # inf/nan are never a sensible lr, weight or temperature: a typo'd `.inf` fails here.
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, v: Any, info: ValidationInfo) -> Any:
+        # YAML 1.1 reads on/off/yes/no/true/false as booleans and pydantic turns True into 1:
+        # `--set study.n_trials=on` would run 1 trial, `distill.epochs=yes` train 1 epoch
+        if info.field_name in _numeric_fields(cls) and _has_bool(v):
+            raise ValueError("a number is needed, got a boolean (YAML reads yes/no/on/off/"
+                             "true/false as booleans); write the number")
+        return v
 
 
 # ---------------------------------------------------------------- pipeline
@@ -32,11 +105,41 @@ class DataConfig(Strict):
     dataset: Literal["cifar10", "cifar100", "tinyimagenet", "imagefolder", "synthetic"]
     root: str | None = None
     val_size: int = Field(5000, ge=0)
-    seed: int = 0                       # the validation split and the synthetic images
-    synthetic_train: int = Field(2500, ge=10)
-    synthetic_test: int = Field(500, ge=10)
+    seed: Seed = 0                      # the validation split and the synthetic images
+    # a million 32x32 RGB images are 3 GB in memory; more is a typo, not a smoke test
+    synthetic_train: int = Field(2500, ge=10, le=1_000_000)
+    synthetic_test: int = Field(500, ge=10, le=1_000_000)
     train_subset: int | None = Field(None, ge=10)   # first N of the shuffled train set
-    classes: list[str] | None = None                # imagefolder: class order
+    # imagefolder: class order; others: keep these classes, relabelled in this order
+    classes: list[str] | None = Field(None, min_length=1)
+
+    @field_validator("classes")
+    @classmethod
+    def _distinct_classes(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError(f"repeated class in {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _classes_exist(self) -> DataConfig:
+        if self.dataset == "synthetic" and self.classes is not None:
+            unknown = [c for c in self.classes if c not in SYNTHETIC_CLASSES]
+            if unknown:
+                raise ValueError(f"data.classes {unknown} are not classes of the synthetic "
+                                 f"dataset; allowed: {list(SYNTHETIC_CLASSES)}")
+        return self
+
+    def train_images(self) -> int | None:
+        """How many training images the validation split is held out of, when the config alone
+        says it (None for folders and kept classes: only the files know)."""
+        n = None
+        if self.dataset == "synthetic":
+            n = self.synthetic_train
+        elif self.classes is None:
+            n = TRAIN_IMAGES.get(self.dataset)
+        if self.train_subset is not None:
+            n = self.train_subset if n is None else min(n, self.train_subset)
+        return n
 
 
 class TrainSpec(Strict):
@@ -63,10 +166,18 @@ class TrainSpec(Strict):
         return v
 
 
+# Feature-cosine weights per ResNet stage: at least one layer (the loss of none is undefined),
+# none negative (a negative weight rewards pulling the features apart).
+FeatureLayers = Annotated[
+    dict[Literal["stage1", "stage2", "stage3"], Annotated[float, Field(ge=0)]],
+    Field(min_length=1),
+]
+
+
 class ExpertSpec(TrainSpec):
     ce_weight: float = Field(1.0, ge=0)
     feature_weight: float = Field(1.0, ge=0)
-    feature_layers: dict[Literal["stage1", "stage2", "stage3"], float] = {"stage3": 1.0}
+    feature_layers: FeatureLayers = {"stage3": 1.0}
 
 
 class FusionConfig(Strict):
@@ -89,7 +200,7 @@ class DistillSpec(TrainSpec):
     loss: Literal["feature", "logit", "both"] = "feature"
     ce_weight: float = Field(0.1, ge=0)
     feature_weight: float = Field(1.0, ge=0)
-    feature_layers: dict[Literal["stage1", "stage2", "stage3"], float] = {"stage3": 1.0}
+    feature_layers: FeatureLayers = {"stage3": 1.0}
     kd_weight: float = Field(1.0, ge=0)
     temperature: float = Field(4.0, gt=0)
     alpha: float = Field(0.9, ge=0, le=1)
@@ -101,7 +212,7 @@ class EvalConfig(Strict):
     test_level_step: int = Field(1, ge=1)   # 1 = the paper protocol, every integer level
     val_level_step: int = Field(1, ge=1)
     batch_size: int = Field(1000, ge=1)
-    seed: int = 0                           # the degraded copies, identical for every model
+    seed: Seed = 0                          # the degraded copies, identical for every model
     degradations: list[str] = list(DEGRADATION_NAMES)
 
     @field_validator("degradations")
@@ -121,7 +232,8 @@ class ComputeConfig(Strict):
     # device path, JPEG: 1 banks all 100 qualities (exact); k banks every k-th and rounds the
     # level to the nearest banked one (45k CIFAR images x 200 copies = 28 GB at k=1, 3 GB at 10)
     jpeg_bank_step: int = Field(1, ge=1, le=99)
-    bank_workers: int | None = Field(None, ge=1)  # PIL processes for a missing bank; None = CPUs
+    # PIL processes for a missing bank; None = CPUs. No node has over 1024 CPUs to use.
+    bank_workers: int | None = Field(None, ge=1, le=1024)
     channels_last: bool = False                     # device path: NHWC batches for cuDNN
     # torch.compile of the trained network ("reduce-overhead" = CUDA graphs): fewer launches
     # for a narrow ResNet56 at batch 128-512; the first epoch pays the compile.
@@ -153,7 +265,7 @@ class PipelineConfig(Strict):
     # loaders: geometry, plus blur and awgn at the same level per image, plus its Cutout
     # sharing). distill.same_images_per_degradation false: no sharing at all.
     chunk_sharing: Literal["images", "geometry", "reference"] = "reference"
-    seed: int = 0
+    seed: Seed = 0                      # replicate r runs seed + r (study.replicates)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compute: ComputeConfig = ComputeConfig()
     eval: EvalConfig = EvalConfig()
@@ -191,14 +303,26 @@ class PipelineConfig(Strict):
                 )
             if min(f.weights.values()) < 0 or abs(sum(f.weights.values()) - 1) > 1e-6:
                 raise ValueError(f"fusion.weights must be >= 0 and sum to 1, got {f.weights}")
-        if isinstance(f.lambdas, dict) and set(f.lambdas) != set(chosen):
-            raise ValueError(f"fusion.lambdas keys must be the fused experts {chosen}")
+        if isinstance(f.lambdas, dict):
+            if set(f.lambdas) != set(chosen):
+                raise ValueError(f"fusion.lambdas keys must be the fused experts {chosen}, got "
+                                 f"{sorted(f.lambdas)}")
+            if f.method == "ties":   # TIES scales the merged task vector, one lambda for all
+                raise ValueError("fusion.method 'ties' takes one number as fusion.lambdas, got "
+                                 f"one per expert {f.lambdas}")
         if self.data.dataset in ("cifar10", "cifar100", "tinyimagenet", "imagefolder") and (
             not self.data.root
         ):
             raise ValueError(
                 f"data.root is required for dataset '{self.data.dataset}' (the folder that holds "
                 "the files; see `study data download --help`)"
+            )
+        n = self.data.train_images()
+        if self.protocol == "holdout" and n is not None and self.data.val_size >= n:
+            raise ValueError(
+                f"data.val_size {self.data.val_size} leaves no training images: the training "
+                f"split has {n} (data.synthetic_train, data.train_subset or the dataset's own); "
+                "need val_size < that"
             )
         return self
 
@@ -246,11 +370,11 @@ class ObjectiveConfig(Strict):
 
 class StudySection(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-    objectives: list[ObjectiveConfig] = [ObjectiveConfig()]
+    objectives: list[ObjectiveConfig] = Field([ObjectiveConfig()], min_length=1)
     n_trials: int = Field(20, ge=1)
     sampler: Literal["tpe", "random", "cmaes", "gp", "nsga2", "bruteforce"] = "tpe"
     pruner: Literal["median", "hyperband", "none"] = "median"
-    seed: int = 0
+    seed: Seed = 0                  # the sampler's
     replicates: int = Field(1, ge=1)
     # Trial 0 of a new study runs the study file's own pipeline exactly (enqueued), when those
     # values lie inside the space: the reference every paired difference of the report uses.
@@ -260,6 +384,14 @@ class StudySection(Strict):
     # its budget producing tracebacks. 0 turns it off.
     stop_after_failures: int = Field(3, ge=0)
     storage: str | None = None      # None = JournalStorage at results/<study>/optuna.journal
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, v: str) -> str:
+        if v.lower() in (r.lower() for r in RESERVED_STUDY_NAMES):
+            raise ValueError(f"{v!r} is reserved: results/{v} holds something else than a "
+                             f"study; reserved names: {list(RESERVED_STUDY_NAMES)}")
+        return v
 
     @field_validator("storage")
     @classmethod
@@ -352,6 +484,11 @@ class StudyFile(Strict):
             # caught here, not as a FAIL of every trial
             raise ValueError(f"study.objectives use {missing}, which pipeline.methods "
                              f"{self.pipeline.methods} does not run")
+        last = self.pipeline.seed + self.study.replicates - 1
+        if last > SEED_MAX:
+            raise ValueError(f"pipeline.seed {self.pipeline.seed} + study.replicates "
+                             f"{self.study.replicates} - 1 = {last} exceeds the largest seed "
+                             f"{SEED_MAX} (2**32 - 1); lower one of them")
         return self
 
 

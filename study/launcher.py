@@ -33,7 +33,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from study import atomic, results, stages, storage, studyfile, worker
 from study.cache import StageCache
-from study.errors import StudyError
+from study.errors import StudyError, StudyHalted
 from study.executors import Executor, Handle, JobFiles, make_executor
 from study.pipeline import Pipeline
 from study.studyfile import LoadedStudy
@@ -44,6 +44,9 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 # that has not after this long, and whose job is gone, never will.
 REGISTER_GRACE_S = 180.0
 DEFAULT_RETRIES = 2   # infrastructure failures (vanished, preempted, killed) per configuration
+RETRYABLE = worker.RETRYABLE
+# Failures the circuit breaker counts: the study's own fault, not the cluster's.
+BREAKER_KINDS = {"code", "config"}
 Log = Callable[[str], None]
 
 
@@ -151,6 +154,8 @@ class Launcher:
         self.storage_url, self.sdir = opened.url, opened.study_dir
         self.executor, self.cache_dir = executor, cache_dir
         self.parallel, self.retries, self.poll_s, self.log = parallel, retries, poll_s, log
+        self.stop_after_failures = self.ld.sf.study.stop_after_failures
+        self.started = time.time()   # the breaker counts the failures of this launch only
 
     # ------------------------------------------------------------ reconciliation
     def _vanished(self, t: FrozenTrial) -> bool:
@@ -178,6 +183,15 @@ class Launcher:
             else:
                 self._infrastructure_failure(t, "the worker vanished without a result "
                                              "(killed, preempted, node failure or timeout)")
+        self._retry_reported_failures()
+
+    def _retry_reported_failures(self) -> None:
+        """A worker that failed for the cluster's reasons (its job ran out of requeues after
+        time limits) marked its trial `retried` before telling FAIL (a finished trial's
+        attributes are frozen); the retry itself is enqueued here, once."""
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+            if t.user_attrs.get("retried") and t.user_attrs.get("fail_kind") in RETRYABLE:
+                self._enqueue_retry(t)
 
     def _recover(self, t: FrozenTrial) -> None:
         """The worker wrote its Parquet file but died before telling: tell from the file."""
@@ -210,6 +224,7 @@ class Launcher:
             return
         self.store.set_trial_user_attr(trial_id, "error", reason)
         self.store.set_trial_user_attr(trial_id, "fail_kind", fail_kind)
+        self.store.set_trial_user_attr(trial_id, "fail_reason", reason)
         if retry:
             self.store.set_trial_user_attr(trial_id, "retried", True)
         n_obj = len(self.study.directions)
@@ -218,9 +233,10 @@ class Launcher:
             seed_rows=[], params=t.user_attrs.get("values", {}),
             param_dtypes={p.name: p.column_dtype for p in self.ld.space.params}, stages={},
             values=[None] * n_obj, extra={"error": reason, "fail_kind": fail_kind,
-                                          **results.provenance()}), replace=False)
+                                          "fail_reason": reason, **results.provenance()}),
+            replace=False)
         if written is None:   # the worker's file landed between the check and the write
-            for key in ("error", "fail_kind", "retried"):
+            for key in ("error", "fail_kind", "fail_reason", "retried"):
                 self.store.set_trial_user_attr(trial_id, key, None)
             self._recover(self.store.get_trial(trial_id))
             return
@@ -310,16 +326,24 @@ class Launcher:
                 break
             self.reconcile()
             trials = self.study.get_trials(deepcopy=False)
+            tripped = self.breaker(trials)
+            if tripped:
+                self.halt(tripped)
             c = count(self.study, trials)
             if c.done >= n_trials and c.running == 0:
                 break
             free = self.parallel - c.running
             remaining = n_trials - c.done - c.running
             # whole packs only (a packed job holds its GPU until its last trial ends), and
-            # what is left at the end of the study as one smaller pack
-            pack = self.executor.trials_per_submission
+            # what is left at the end of the study as one smaller pack; never more than
+            # `parallel` (validation refuses that too), or no pack would ever fit
+            pack = min(self.executor.trials_per_submission, self.parallel)
             while 0 < min(pack, remaining) <= free:
                 k = min(pack, remaining)
+                if self.executor.inline:   # its trials finished inside start_trials
+                    tripped = self.breaker(self.study.get_trials(deepcopy=False))
+                    if tripped:
+                        self.halt(tripped)
                 self.start_trials(k)
                 free, remaining = free - k, remaining - k
             line = count(self.study, self.study.get_trials(deepcopy=False)).line(n_trials)
@@ -332,7 +356,56 @@ class Launcher:
         final = count(self.study, self.study.get_trials(deepcopy=False))
         if final.line(n_trials).split("] ", 1)[1] != last:
             self.log(final.line(n_trials))
+        if final.done and not final.complete and not self.study.user_attrs.get("cancelled"):
+            raise StudyHalted(
+                f"{self.ld.source}: study '{self.ld.sf.study.name}' finished {final.done} "
+                f"trials and none completed ({final.failed} failed, {final.pruned} pruned): "
+                "there is nothing to publish. " + self.failure_summary())
         return final
+
+    # ------------------------------------------------------------ the circuit breaker
+    def breaker(self, trials: list[FrozenTrial]) -> str | None:
+        """Why the study must stop, or None: its first K finished trials of this launch, or
+        any K in a row (by completion time), failed with code or configuration errors."""
+        k = self.stop_after_failures
+        if k <= 0:
+            return None
+        done = sorted((t for t in trials if t.state.is_finished() and t.datetime_complete
+                       and t.datetime_complete.timestamp() >= self.started - 1),
+                      key=lambda t: t.datetime_complete)
+        run: list[FrozenTrial] = []
+        for t in done:
+            bad = (t.state == TrialState.FAIL
+                   and t.user_attrs.get("fail_kind") in BREAKER_KINDS)
+            run = [*run, t] if bad else []
+            if len(run) >= k:
+                nums = [x.number for x in run]
+                first = "its first" if len(done) == len(run) else "a run of"
+                return (f"{first} {len(run)} finished trials ({nums}) failed with code or "
+                        f"configuration errors (study.stop_after_failures={k})")
+        return None
+
+    def failure_summary(self, limit: int = 3) -> str:
+        """The last failures' one-line reasons, and where their logs are."""
+        failed = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                  if t.user_attrs.get("fail_kind") != "cancelled"][-limit:]
+        lines = [f"trial {t.number} [{t.user_attrs.get('fail_kind', '?')}]: "
+                 f"{t.user_attrs.get('fail_reason') or '(no reason recorded)'}" for t in failed]
+        where = self.sdir / "jobs"
+        return ("Last failures: " + "; ".join(lines) + f". Full tracebacks: {where}/"
+                "trial-N.log and the `error` column of the Parquet files.") if lines else ""
+
+    def halt(self, why: str) -> None:
+        """Stop the study: nothing new is submitted, the trials in flight are cancelled (not
+        retried: they would most likely fail the same way), exit 3 with the reason."""
+        self.study.set_user_attr("halted", {"reason": why, "at": time.time()})
+        stopped = stop_in_flight(self, "stopped by the circuit breaker")
+        raise StudyHalted(
+            f"{self.ld.source}: study '{self.ld.sf.study.name}' stopped: {why}. "
+            + (f"{stopped} trials in flight were cancelled. " if stopped else "")
+            + self.failure_summary() + " Fix the cause and run `study launch` again: it "
+            "resumes the study (finished trials are kept); study.stop_after_failures: 0 turns "
+            "the breaker off.")
 
 
 # ---------------------------------------------------------------- the commands
@@ -405,6 +478,7 @@ def _create(ld: LoadedStudy, results_dir: str, n_trials: int) -> Opened:
     sdir.mkdir(parents=True, exist_ok=True)
     st.set_user_attr("n_trials", n_trials)   # the target `study status` reports against
     st.set_user_attr("cancelled", False)
+    st.set_user_attr("halted", None)   # a new launch after a fix: the breaker starts afresh
     return Opened(ld, st, store, url, sdir)
 
 
@@ -485,15 +559,22 @@ def cancel(ld: LoadedStudy, results_dir: str, cache_dir: str, log: Log = print) 
     # awaited, so it cannot start a trial after the ones below are stopped.
     st.set_user_attr("cancelled", True)
     executor.stop_driver(st.user_attrs.get("driver") or {}, wait_s=120)
+    launcher = Launcher(opened, executor, cache_dir=cache_dir, parallel=1, log=log)
+    return stop_in_flight(launcher, "cancelled by `study cancel`")
+
+
+def stop_in_flight(launcher: Launcher, reason: str) -> int:
+    """Cancel the jobs of the trials in flight (and the shared-stage jobs) and FAIL those
+    trials as cancelled, not retried. Returns how many there were."""
+    st = launcher.study
     running = st.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     handles: list[Handle] = [t.user_attrs.get("job") or {} for t in running]
     handles += [t.user_attrs.get("worker") or {} for t in running]
     handles += [{"kind": "slurm", "job_id": j}
                 for j in (st.user_attrs.get("stage_jobs") or {}).values()]
-    executor.cancel(handles)
-    launcher = Launcher(opened, executor, cache_dir=cache_dir, parallel=1, log=log)
+    launcher.executor.cancel(handles)
     for t in running:
-        launcher.fail(t, "cancelled by `study cancel`", "cancelled", retry=False)
+        launcher.fail(t, reason, "cancelled", retry=False)
     return len(running)
 
 
@@ -504,7 +585,7 @@ def main(argv: list[str] | None = None) -> int:
         launch(LaunchRequest.read(argv[0]), log=lambda m: print(m, flush=True))
     except StudyError as e:
         print(f"study: error: {e}", file=sys.stderr)
-        return 2
+        return getattr(e, "exit_code", 2)
     return 0
 
 

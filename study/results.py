@@ -57,6 +57,7 @@ SHARED_STAGES = instance_names(stages=SHARED)   # base and the experts
 # Every file of a study carries the same columns with the same types, so that
 # pd.read_parquet(<dir>) (which takes the schema of one file) loads them all.
 EXTRA_COLUMNS = {"wall_s": "Float64", "error": "string", "fail_kind": "string",
+                 "fail_reason": "string",
                  "device": "string", "gpu": "string", "amp": "string", "protocol": "string",
                  "git_commit": "string",
                  "host": "string",

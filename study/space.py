@@ -1,7 +1,8 @@
 """The `space:` section of a study file: YAML -> Optuna distributions and back.
 
-Keys are dotted config paths (`distill.lr`, `study.seed`); a path that does not start with a
-section of the study file is under `pipeline`, as `--set` overrides are. Each value is a mapping
+Keys are dotted config paths (`distill.lr`, `pipeline.seed`); a path that does not start with a
+section of the study file is under `pipeline`, as `--set` overrides are. Only pipeline settings
+can be searched: `study` and `executor` are the same for every trial. Each value is a mapping
 with a `type` (see KINDS) and an optional `when: {param: value | [values]}`, or a plain scalar or
 list, which means `fixed`. Each type is a Param subclass that owns everything about it: reading
 its YAML options, sampling, checking a stored value, its Optuna distributions, its grid, its line
@@ -20,6 +21,10 @@ brute force) works on them unchanged:
 
 A parameter whose `when` is false (or whose `over` parameter is inactive) is not suggested at all
 and is absent from the sample, so conditional spaces stay conditional for Optuna too.
+
+parse_space checks each parameter at its own path; SearchSpace.probe_samples gives the draws that
+check the space as a whole (studyfile validates each as a complete trial): the corners of every
+parameter, then seeded random draws.
 """
 
 from __future__ import annotations
@@ -32,10 +37,11 @@ import functools
 import hashlib
 import json
 import math
+import random
 import types
 import typing
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -47,7 +53,7 @@ from optuna.distributions import (
 )
 from pydantic import BaseModel, ValidationError
 
-from study.config import StudyFile, set_path
+from study.config import StudyFile, set_path, takes_number
 from study.errors import ConfigError
 
 __all__ = [
@@ -72,6 +78,9 @@ __all__ = [
 # sampler: past this many points in the product of all raw parameters there is no grid.
 GRID_LIMIT = 100_000
 _SECTIONS = tuple(StudyFile.model_fields)
+# What a trial applies: the launcher and the report read `study` and `executor` from the file,
+# never from a trial's values.
+_SEARCHABLE = ("pipeline",)
 # -log(u) is 0 at u = 1 and inf at u = 0; the floor keeps every chosen weight > 0 (about 1e-12
 # of an average draw of 1) and the sum finite, without visibly biasing the Dirichlet(1) law.
 _EXP_FLOOR = 1e-12
@@ -225,6 +234,12 @@ class Param(ABC):
         """(option, value) pairs to validate at the parameter's config path: if each passes,
         every value the parameter can take does."""
 
+    def corners(self) -> list[dict[str, Any]]:
+        """Raw suggestions (raw name -> value) of the extreme values a rule across settings
+        may refuse: each categorical choice, each end of a range, each subset item left out
+        and alone. A continuous interior (a simplex) has none; random draws cover it."""
+        return []
+
 
 @dataclass(frozen=True)
 class _RangeParam(Param):
@@ -253,10 +268,18 @@ class _RangeParam(Param):
         # an int range on a float setting is fine (1 is a valid 1.0); the reverse is not
         if not integer and _is_int_setting(leaf):
             errors.append(f"key '{where}.type': this config setting is an integer; use type: int")
+        if bool in _members(leaf):
+            errors.append(f"key '{where}.type': this config setting is true or false; use "
+                          "type: categorical, choices: [false, true]")
         if len(errors) > n_before:
             return None
         if low > high:
             errors.append(f"key '{where}': low {low} > high {high}; need low <= high")
+        elif step is not None and low != high and _wider(step, low, high):
+            errors.append(
+                f"key '{where}.step': step {step} is wider than the range [{low}, {high}], "
+                f"so only {low} would ever be drawn; narrow the step or widen the range"
+            )
         if log is True and step is not None and (not integer or step != 1):
             errors.append(
                 f"key '{where}': log and step cannot be combined "
@@ -280,6 +303,11 @@ class _RangeParam(Param):
 
     def schema_probes(self) -> list[tuple[str, Any]]:
         return [("low", self.spec["low"]), ("high", self.spec["high"])]
+
+    def corners(self) -> list[dict[str, Any]]:
+        s = self.spec
+        return [{self.name: s["low"]}] + ([{self.name: s["high"]}] if s["high"] != s["low"]
+                                          else [])
 
 
 @dataclass(frozen=True)
@@ -391,6 +419,28 @@ class CategoricalParam(Param):
         if len({_key(c) for c in choices}) != len(choices):
             errors.append(f"key '{where}.choices': repeated choices in {choices}")
             return None
+        if takes_number(leaf):
+            flags = [c for c in choices if isinstance(c, bool)]
+            if flags:
+                errors.append(
+                    f"key '{where}.choices': this config setting is a number; {flags} "
+                    "are booleans (YAML reads yes/no/on/off/true/false as booleans, and a "
+                    "number setting would take True as 1); write numbers"
+                )
+                return None
+            # 1 and 1.0 (or '1e-4' and 0.0001) are one value once the setting reads them
+            seen: dict[Any, Any] = {}
+            for c in choices:
+                v = _as_number(c)
+                if v is None:
+                    continue
+                if v in seen:
+                    errors.append(
+                        f"key '{where}.choices': {seen[v]!r} and {c!r} are the same value "
+                        f"for this number setting; keep one"
+                    )
+                    return None
+                seen[v] = c
         return {"choices": list(choices)}
 
     def distributions(self) -> dict[str, BaseDistribution]:
@@ -422,6 +472,9 @@ class CategoricalParam(Param):
 
     def schema_probes(self) -> list[tuple[str, Any]]:
         return [("choices", c) for c in self.spec["choices"]]
+
+    def corners(self) -> list[dict[str, Any]]:
+        return [{self.name: c} for c in self.spec["choices"]]
 
 
 @dataclass(frozen=True)
@@ -502,6 +555,21 @@ class SubsetParam(Param):
 
     def schema_probes(self) -> list[tuple[str, Any]]:
         return [("of", list(self.spec["of"]))]
+
+    def corners(self) -> list[dict[str, Any]]:
+        # flag patterns, repaired by draw() as a sampler's would be: every item, none, and each
+        # item left out and alone; 2 * len(of) + 2 draws, never the 2**len(of) sets
+        raws, n = self.raw_names(), len(self.spec["of"])
+        patterns = [[True] * n, [False] * n]
+        for i in range(n):
+            patterns.append([j != i for j in range(n)])
+            patterns.append([j == i for j in range(n)])
+        out: list[dict[str, Any]] = []
+        for flags in patterns:
+            corner = dict(zip(raws, flags))
+            if corner not in out:
+                out.append(corner)
+        return out
 
 
 @dataclass(frozen=True)
@@ -834,7 +902,49 @@ class SearchSpace:
         text = json.dumps({"space-format": 1, "params": items}, sort_keys=True, default=repr)
         return hashlib.sha256(text.encode()).hexdigest()
 
+    def probe_samples(self, n_random: int, seed: int, corner_limit: int) -> Iterator[
+            dict[str, Any]]:
+        """Distinct samples to validate as whole trials: first the corners of each parameter
+        (at most `corner_limit`; see Param.corners), each with the parameters its `when`
+        tests set so that it is active, the others random; then `n_random` random draws. All
+        from random.Random(seed): the same samples at every load, whatever the machine. Never
+        enumerates a grid, so a huge space costs the same."""
+        rng = random.Random(seed)
+        plans: list[dict[str, Any]] = []
+        for p in self.params:
+            for corner in p.corners():
+                if len(plans) >= corner_limit:
+                    break
+                plans.append({**self._activation(p), **corner})
+        plans += [{} for _ in range(n_random)]
+        seen: set[str] = set()
+        for forced in plans:
+            values = self.sample(_Draws(rng, forced))
+            key = json.dumps(values, sort_keys=True, default=repr)
+            if key not in seen:
+                seen.add(key)
+                yield values
+
     # ------------------------------------------------------------ internals
+    def _activation(self, p: Param, _depth: int = 0) -> dict[str, Any]:
+        """Raw suggestions that make `p` active: each parameter its `when` tests (and those
+        that parameter's own `when` tests...) set to its first accepted value."""
+        out: dict[str, Any] = {}
+        if _depth > len(self.params):   # parse_space refuses cycles; a guard all the same
+            return out
+        refs = [(name, accepted) for name, accepted in p.when.items()]
+        refs += [(name, None) for name in p.inputs]
+        for name, accepted in refs:
+            q = self._by_name.get(name)
+            if q is None:
+                continue
+            out.update(self._activation(q, _depth + 1))
+            if accepted is not None:
+                value = next((a for a in accepted if q.can_take(a)), None)
+                if value is not None:
+                    out.update(q.raw_params(value))
+        return out
+
     def _active(self, p: Param, values: Mapping[str, Any]) -> bool:
         for name, accepted in p.when.items():
             if name not in values or not any(_same(values[name], a) for a in accepted):
@@ -857,6 +967,36 @@ def simplex_weights(u: list[float], items: list[Any]) -> dict[Any, float]:
     e = [max(-math.log(max(x, _U_FLOOR)), _EXP_FLOOR) for x in u]
     total = math.fsum(e)
     return {i: x / total for i, x in zip(items, e)}
+
+
+class _Draws:
+    """A Suggester for probe_samples: the `forced` raw values, else a random.Random draw."""
+
+    def __init__(self, rng: random.Random, forced: Mapping[str, Any]) -> None:
+        self.rng, self.forced = rng, forced
+
+    def suggest_float(
+        self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
+    ) -> float:
+        if name in self.forced:
+            return float(self.forced[name])
+        if step:
+            return _on_grid(low, step, self.rng.randint(0, int(round((high - low) / step))))
+        if log:
+            return min(max(math.exp(self.rng.uniform(math.log(low), math.log(high))), low), high)
+        return self.rng.uniform(low, high)
+
+    def suggest_int(
+        self, name: str, low: int, high: int, *, step: int = 1, log: bool = False
+    ) -> int:
+        if name in self.forced:
+            return int(self.forced[name])
+        return self.rng.randrange(low, high + 1, step)
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        if name in self.forced:
+            return self.forced[name]
+        return self.rng.choice(list(choices))
 
 
 class _Replay:
@@ -924,7 +1064,14 @@ def parse_space(raw: Any, tree: dict[str, Any], source: str) -> SearchSpace:
         if path[0] == "space":
             errors.append(
                 f"key '{where}': the space cannot search itself; allowed sections: "
-                f"{[s for s in _SECTIONS if s != 'space']}"
+                f"{list(_SEARCHABLE)}"
+            )
+            continue
+        if path[0] not in _SEARCHABLE:
+            errors.append(
+                f"key '{where}': only pipeline settings can be searched; '{key}' is a "
+                f"{path[0]} setting, the same for every trial (a trial would ignore its value "
+                f"here): set it in the file's `{path[0]}:` section or with --set {key}=..."
             )
             continue
         leaf, problem = _schema_leaf(path)
@@ -1284,6 +1431,26 @@ def _show_range(s: Mapping[str, Any]) -> str:
 
 def _show_when(p: Param) -> str:
     return ", ".join(f"{k} in {v}" for k, v in p.when.items())
+
+
+def _wider(step: float, low: float, high: float) -> bool:
+    """high - low < step, in decimal: 0.3 - 0.1 is 0.19999999999999998 in binary."""
+    d = decimal.Decimal
+    return d(str(high)) - d(str(low)) < d(str(step))
+
+
+def _as_number(x: Any) -> float | None:
+    """x as the number a number setting reads it as (PyYAML's '1e-4' is a string), or None."""
+    if isinstance(x, bool):
+        return None
+    if isinstance(x, (int, float)):
+        return float(x)
+    if isinstance(x, str):
+        try:
+            return float(x)
+        except ValueError:
+            return None
+    return None
 
 
 def _adjust_high(low: float, high: float, step: float, integer: bool) -> Any:

@@ -23,13 +23,20 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import pydantic
 import torch
 from optuna.trial import TrialState
+from submitit.core.utils import UncompletedJobError
 
 from study import atomic, evaluation, faults, progress, results, stages, storage, studyfile
 from study.cache import StageCache
 from study.config import StudyFile
+from study.errors import StudyError
 from study.pipeline import Pipeline, PipelineResult
+
+# Failures retried with the same parameters (the retry resumes from the stage cache and epoch
+# checkpoints); code and configuration failures are not: they would fail the same way again.
+RETRYABLE = {"infrastructure", "timeout"}
 
 # The trial's `progress` user attribute: a journal line per update, so at most one every 10 s
 # (a paper base of 200 x ~18 s epochs adds ~360 lines to a study's journal, not 70,000 steps).
@@ -183,6 +190,7 @@ def _run_trial(job: Job, log: Any, ld: studyfile.LoadedStudy,
     seeds: list[tuple[int, list[dict[str, Any]]]] = []
     first: PipelineResult | None = None
     state, error, fail_kind, objs = "COMPLETE", None, None, []
+    fail_reason: str | None = None
     sf: StudyFile | None = None
     final: str | None = None
     runs: list[tuple[int, Pipeline, progress.Progress]] = []
@@ -224,7 +232,8 @@ def _run_trial(job: Job, log: Any, ld: studyfile.LoadedStudy,
     except Exception as e:  # noqa: BLE001 - a trial's own error fails that trial, once
         if atomic.is_disk_full(e):
             raise   # not the trial's fault: the worker dies, the launcher retries the trial
-        state, error, fail_kind = "FAIL", "".join(traceback.format_exception(e)), "code"
+        state, error = "FAIL", "".join(traceback.format_exception(e))
+        fail_kind, fail_reason = classify_failure(e, ld)
     # a pruned first replicate has no result, but its pipeline knows what it built or loaded
     # (the compute summary counts a pruned trial's stages too)
     records = first.stages if first else (runs[0][1].stages if runs else [])
@@ -232,6 +241,7 @@ def _run_trial(job: Job, log: Any, ld: studyfile.LoadedStudy,
                   for s in records}
     prov = results.provenance()
     extra = {"wall_s": time.perf_counter() - t0, "error": error, "fail_kind": fail_kind,
+             "fail_reason": fail_reason,
              "device": first.device if first else None, "gpu": gpu,
              "amp": sf.pipeline.compute.amp if sf else None,
              "protocol": sf.pipeline.protocol if sf else None,
@@ -266,6 +276,11 @@ def _run_trial(job: Job, log: Any, ld: studyfile.LoadedStudy,
             trial.set_user_attr("error", error[-4000:])
         if fail_kind:
             trial.set_user_attr("fail_kind", fail_kind)
+            trial.set_user_attr("fail_reason", fail_reason)
+        if fail_kind in RETRYABLE:
+            # decided here: a finished trial's attributes are frozen; the launcher enqueues
+            # the retry (same parameters, attempt + 1) when it next looks
+            trial.set_user_attr("retried", attempt <= ld.sf.executor.retries)
         if state == "COMPLETE":
             st.tell(job.trial, objs)
         else:
@@ -278,6 +293,35 @@ def _run_trial(job: Job, log: Any, ld: studyfile.LoadedStudy,
     log(f"trial {job.trial}: {state}" + (f" {objs}" if objs else "") +
         (f"\n{error}" if state == "FAIL" else ""))
     return state
+
+
+def classify_failure(e: BaseException, ld: studyfile.LoadedStudy) -> tuple[str, str]:
+    """A failed trial's cause and its one-line reason (the traceback stays in `error` and the
+    trial's log). "timeout": submitit gave up requeueing a job that kept reaching its time
+    limit; its epoch checkpoints let a retry finish, so the launcher retries it. "config": the
+    trial's configuration is invalid (whole-space validation should have caught it). "code":
+    anything else, which a retry would repeat."""
+    if isinstance(e, UncompletedJobError) and "timed-out" in str(e):
+        s = ld.sf.executor.slurm
+        return "timeout", (f"the job reached its time limit (executor.slurm.time_min={s.time_min}"
+                           f") more often than it may be requeued (executor.slurm.max_requeues="
+                           f"{s.max_requeues}); retried from its checkpoints within "
+                           "executor.retries; raise executor.slurm.time_min")
+    if isinstance(e, UncompletedJobError):   # preempted and not requeued
+        return "infrastructure", f"the job was not requeued: {e}"
+    first_line = (str(e).strip().splitlines() or [""])[0][:300]
+    if any(s in str(e) for s in ("No space left on device", "Disk quota exceeded")):
+        # a library wrapped the OSError (torch.save: RuntimeError): the launcher stops on the
+        # full disk itself, and neither a retry nor the breaker would help
+        return "disk_full", f"{type(e).__name__}: {first_line}"
+    if isinstance(e, (StudyError, pydantic.ValidationError)):
+        return "config", f"{type(e).__name__}: {first_line}"
+    frames = traceback.extract_tb(e.__traceback__)
+    where = ""
+    if frames:
+        f = frames[-1]
+        where = f" (at {Path(f.filename).name}:{f.lineno} in {f.name})"
+    return "code", f"{type(e).__name__}: {first_line}{where}"
 
 
 def main(argv: list[str] | None = None) -> int:

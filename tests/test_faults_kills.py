@@ -228,6 +228,57 @@ def test_worker_that_told_meanwhile_is_recovered_not_refailed(tmp_path: Path) ->
     assert results.read_trial(launcher.sdir, 0).state.iloc[0] == "COMPLETE"
 
 
+def test_timeout_budget_failure_is_classified_and_retried(tmp_path: Path) -> None:
+    """submitit gave up requeueing a job that kept reaching its time limit: the worker calls
+    that "timeout" with a reason naming time_min, the launcher retries it (its checkpoints let
+    the retry finish) up to executor.retries, and the breaker does not count it."""
+    from submitit.core.utils import UncompletedJobError
+
+    from study import worker
+    launcher, st = _launcher(tmp_path, "tmo")
+    err = UncompletedJobError("Job not requeued because: timed-out too many times.")
+    kind, reason = worker.classify_failure(err, launcher.ld)
+    assert kind == "timeout" and "executor.slurm.time_min=" in reason and "\n" not in reason
+    assert worker.classify_failure(ValueError("bad\nvalue"), launcher.ld)[0] == "code"
+    assert worker.classify_failure(RuntimeError("PytorchStreamWriter failed: No space left on "
+                                                "device"), launcher.ld)[0] == "disk_full"
+    for attempt in (1, 4):                            # the worker's part (retries=2)
+        trial = st.ask()
+        trial.set_user_attr("values", launcher.ld.space.sample(trial))
+        trial.set_user_attr("attempt", attempt)
+        trial.set_user_attr("fail_kind", kind)
+        trial.set_user_attr("fail_reason", reason)
+        trial.set_user_attr("retried", attempt <= launcher.retries)
+        st.tell(trial.number, state=TrialState.FAIL)
+    launcher.reconcile()
+    launcher.reconcile()                              # decided once: still one retry
+    first, last = st.trials[0], st.trials[1]
+    assert first.user_attrs["retried"] is True and last.user_attrs["retried"] is False
+    retries = [t for t in st.get_trials() if t.user_attrs.get("retry_of") is not None]
+    assert [t.user_attrs["retry_of"] for t in retries] == [0]
+    assert retries[0].user_attrs["attempt"] == 2
+    assert launcher.breaker(st.get_trials()) is None   # the cluster's fault, not the study's
+
+
+def test_breaker_counts_runs_of_code_and_config_failures(tmp_path: Path) -> None:
+    launcher, st = _launcher(tmp_path, "runs")
+    launcher.stop_after_failures = 2
+    kinds = ["code", None, "config", "infrastructure", "code", "config"]
+    for kind in kinds:
+        trial = st.ask()
+        if kind is None:
+            st.tell(trial.number, [0.5])
+            continue
+        trial.set_user_attr("fail_kind", kind)
+        st.tell(trial.number, state=TrialState.FAIL)
+    # runs by completion order: [0], [2] (3 breaks it: infrastructure), then [4, 5]
+    why = launcher.breaker(st.get_trials())
+    assert why is not None and "a run of 2 finished trials ([4, 5])" in why
+    assert launcher.breaker(st.get_trials()[:5]) is None
+    launcher.started = time.time() + 60               # a later launch: older failures ignored
+    assert launcher.breaker(st.get_trials()) is None
+
+
 def test_worker_never_overwrites_a_result_on_disk(tmp_path: Path) -> None:
     """A cancelled SLURM job runs on for KillWait (5 s here) after the launcher failed its
     trial: its own result must not replace the FAIL file that matches the storage."""

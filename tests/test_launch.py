@@ -95,12 +95,77 @@ def test_code_error_fails_once_with_traceback(tmp_path: Path,
     monkeypatch.setattr(pipeline.Pipeline, "run", boom)
     args = ["launch", "--space", "smoke.yaml", "--executor", "debug", "--results", str(tmp_path),
             *[x for s in QUICK for x in ("--set", s)], "--set", "study.name=err"]
-    assert cli.main([*args, "--n-trials", "2"]) == 0
+    # two failures, under the breaker's 3, then the end of the launch: none completed, exit 3
+    assert cli.main([*args, "--n-trials", "2"]) == 3
     st = journal_study(tmp_path, "err")
     assert [t.state for t in st.trials] == [TrialState.FAIL, TrialState.FAIL]   # no retries
     assert all(t.user_attrs["fail_kind"] == "code" for t in st.trials)
+    reason = "ZeroDivisionError: injected bug (at test_launch.py:"
+    assert all(t.user_attrs["fail_reason"].startswith(reason) for t in st.trials)
     df = pd.read_parquet(tmp_path / "err" / "trials")
     assert (df.state == "FAIL").all() and df.error.str.contains("ZeroDivisionError").all()
+    assert df.fail_reason.str.startswith(reason).all() and not df.fail_reason.str.contains(
+        "\n").any()
+
+
+def test_trial_out_of_requeues_is_retried_and_completes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What submitit raises in a job that reached its time limit once too often: the first run
+    of the trial gets it (as a real job would at epoch 28 of 40), the retry runs for real."""
+    from submitit.core.utils import UncompletedJobError
+
+    from study import pipeline
+    real_run, calls = pipeline.Pipeline.run, []
+
+    def times_out_once(self: pipeline.Pipeline) -> pipeline.PipelineResult:
+        calls.append(1)
+        if len(calls) == 1:
+            raise UncompletedJobError("Job not requeued because: timed-out too many times.")
+        return real_run(self)
+
+    monkeypatch.setattr(pipeline.Pipeline, "run", times_out_once)
+    args = ["launch", "--space", "smoke.yaml", "--executor", "debug", "--results", str(tmp_path),
+            *[x for s in QUICK for x in ("--set", s)], "--set", "study.name=tmo",
+            "--set", "study.baseline=false", "--set", "degradations=[jpeg]",
+            "--set", "methods=[fusiondistill]", "--parallel", "1", "--n-trials", "1"]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    st = journal_study(tmp_path, "tmo")
+    first, retry = st.trials
+    assert first.state == TrialState.FAIL and first.user_attrs["fail_kind"] == "timeout"
+    assert "executor.slurm.time_min=" in first.user_attrs["fail_reason"]
+    assert first.user_attrs["retried"] is True and "1 retried" in out
+    assert retry.state == TrialState.COMPLETE and retry.user_attrs["attempt"] == 2
+    assert retry.user_attrs["values"] == first.user_attrs["values"]
+    df = pd.read_parquet(tmp_path / "tmo" / "trials")
+    assert set(df.groupby("trial").fail_kind.first().fillna("-")) == {"timeout", "-"}
+
+
+def test_circuit_breaker_stops_a_study_whose_trials_all_fail(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from study import pipeline
+
+    def boom(self: pipeline.Pipeline) -> None:
+        raise ZeroDivisionError("injected bug")
+
+    monkeypatch.setattr(pipeline.Pipeline, "run", boom)
+    args = ["launch", "--space", "smoke.yaml", "--executor", "debug", "--results", str(tmp_path),
+            *[x for s in QUICK for x in ("--set", s)], "--set", "study.name=brk"]
+    assert cli.main([*args, "--n-trials", "20"]) == 3
+    err = capsys.readouterr().err
+    st = journal_study(tmp_path, "brk")
+    assert len(st.trials) == 3                         # K = 3 (the default), not 20
+    assert "its first 3 finished trials ([0, 1, 2])" in err
+    assert "study.stop_after_failures=3" in err and "ZeroDivisionError: injected bug" in err
+    assert "Traceback" not in err
+    assert "first 3" in st.user_attrs["halted"]["reason"]
+    # after a "fix" that is not one, with the breaker off: the study resumes and runs on
+    assert cli.main([*args, "--n-trials", "5", "--set", "study.stop_after_failures=0"]) == 3
+    assert "none completed" in capsys.readouterr().err
+    st = journal_study(tmp_path, "brk")
+    assert len(st.trials) == 5 and st.user_attrs["halted"] is None
 
 
 def _ld(tmp_path: Path, name: str) -> tuple[studyfile.LoadedStudy, optuna.Study, str]:

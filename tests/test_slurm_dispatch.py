@@ -147,16 +147,18 @@ def test_requeue_resumes_scancel_retries_error_fails_once(slurm_cluster: str,
     assert retry[0].user_attrs["values"] == b_final.user_attrs["values"]
     assert len(finished(st)) == 3
 
-    # a trial whose code raises fails once and is not retried
+    # a trial whose data is missing fails once as a configuration error, not retried; the
+    # launch ends with no completed trial: exit 3
     bad = [*STUDY, "launch", "--space", "smoke.yaml", "--executor", "slurm", "--n-trials", "1",
            "--results", str(tmp_path),
            *_sets(f"study.name={name}-err", "data.dataset=imagefolder",
                   f"data.root={tmp_path}/missing")]
     r = subprocess.run(bad, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.returncode == 3, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "none completed" in r.stderr and "DataNotFoundError" in r.stderr
     st = journal_study(tmp_path, f"{name}-err")
     assert [t.state for t in st.trials] == [TrialState.FAIL]
-    assert st.trials[0].user_attrs["fail_kind"] == "code"
+    assert st.trials[0].user_attrs["fail_kind"] == "config"
     df = pd.read_parquet(tmp_path / f"{name}-err" / "trials")
     assert "DataNotFoundError" in df.error.iloc[0]
 
