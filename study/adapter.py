@@ -15,7 +15,7 @@ from typing import Any
 
 import submitit
 
-__all__ = ["SUBMITIT_TESTED", "sbatch_text"]
+__all__ = ["SUBMITIT_TESTED", "requeue_budget", "sbatch_text"]
 
 # The submitit releases whose internals this module was checked against (tests pin them).
 SUBMITIT_TESTED = ("1.5",)
@@ -25,3 +25,9 @@ def sbatch_text(executor: submitit.AutoExecutor, command: str) -> str:
     """The sbatch script `executor` (cluster="slurm", parameters set) would submit."""
     inner: Any = executor._executor
     return str(inner._make_submission_file_text(command, "UID"))
+
+
+def requeue_budget(executor: submitit.AutoExecutor) -> int:
+    """How many timeouts a job of `executor` may be requeued after (slurm_max_num_timeout)."""
+    inner: Any = executor._executor
+    return int(inner.max_num_timeout)

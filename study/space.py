@@ -564,12 +564,8 @@ class SubsetParam(Param):
         for i in range(n):
             patterns.append([j != i for j in range(n)])
             patterns.append([j == i for j in range(n)])
-        out: list[dict[str, Any]] = []
-        for flags in patterns:
-            corner = dict(zip(raws, flags))
-            if corner not in out:
-                out.append(corner)
-        return out
+        unique = dict.fromkeys(tuple(f) for f in patterns)   # a 1-item `of`: all = only-i
+        return [dict(zip(raws, flags)) for flags in unique]
 
 
 @dataclass(frozen=True)
@@ -1069,8 +1065,8 @@ def parse_space(raw: Any, tree: dict[str, Any], source: str) -> SearchSpace:
             continue
         if path[0] not in _SEARCHABLE:
             errors.append(
-                f"key '{where}': only pipeline settings can be searched; '{key}' is a "
-                f"{path[0]} setting, the same for every trial (a trial would ignore its value "
+                f"key '{where}': only pipeline settings can be searched; '{key}' is in "
+                f"section '{path[0]}', the same for every trial (a trial would ignore its value "
                 f"here): set it in the file's `{path[0]}:` section or with --set {key}=..."
             )
             continue

@@ -2,7 +2,12 @@
 
 Default storage: JournalStorage with a file backend at results/<study>/optuna.journal (safe on NFS,
 no server, optuna-dashboard opens it directly). Any Optuna storage URL (sqlite:///, postgresql://,
-mysql://) is accepted in `study.storage`.
+mysql://) is accepted in `study.storage`, except an in-memory database.
+
+Secrets: `study.storage` may say `${NAME}` (e.g. postgresql://me:${STUDY_DB_PASSWORD}@db/optuna);
+it is expanded from the environment only when the storage is opened, so the study file, the job
+files and every log keep the reference, never the password. A URL with no password at all works
+too: PostgreSQL's client library reads ~/.pgpass and $PGPASSWORD by itself.
 """
 
 from __future__ import annotations
@@ -11,10 +16,12 @@ import hashlib
 import json
 import os
 import re
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy.engine
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
 from study.atomic import disk_full
@@ -23,6 +30,13 @@ from study.errors import ConfigError, StorageError
 
 RDB_SCHEMES = ("sqlite:", "postgresql", "mysql")
 FINGERPRINT_ATTR = "study_fingerprint"
+# numpy's RandomState, behind every Optuna sampler, takes seeds in 0..2**32-1 only
+SEED_RANGE = 2**32
+# Every line Optuna's journal writes is one operation, `{"op_code":<n>,"worker_id":...}` (its
+# own backend and JournalFile below both dump with separators (",", ":")).
+_JOURNAL_HEAD = re.compile(rb'\A\{\s*"op_code"\s*:')
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
 def _cut_partial_line(fd: int) -> int:
     """Truncate the journal after its last newline; returns the new size. Readers skip a line
     without its newline, so nobody has seen the bytes cut."""
@@ -78,27 +92,114 @@ def storage_url(sf: StudyFile, results: str | Path) -> str:
     return str((study_dir(results, sf.study.name) / "optuna.journal").resolve())
 
 
-def open_storage(url: str, source: str = "study.storage") -> optuna.storages.BaseStorage:
+def expand(url: str, source: str = "study.storage") -> str:
+    """`${NAME}` replaced from the environment. Only at open time: the expanded URL (the
+    password) is never stored, written into a job file or printed."""
+    def value(m: re.Match[str]) -> str:
+        if m.group(1) not in os.environ:
+            raise StorageError(
+                f"key '{source}': the storage {masked(url)!r} refers to the environment "
+                f"variable {m.group(1)}, which is not set here; export it where the launcher "
+                "and the workers run (SLURM jobs inherit the environment of `study launch`)")
+        return os.environ[m.group(1)]
+    return _ENV_REF.sub(value, url)
+
+
+def _in_memory(url: str) -> bool:
+    """A SQLite URL whose database lives in the opening process only: `sqlite://`,
+    `sqlite:///:memory:`, `sqlite:///file::memory:?cache=shared`, `...?mode=memory`."""
+    if not url.startswith("sqlite:"):
+        return False
     try:
-        if url.startswith(RDB_SCHEMES):
+        u = sqlalchemy.engine.make_url(url)
+    except Exception:  # noqa: BLE001 - a malformed URL is reported when it is opened
+        return False
+    db = u.database or ""
+    return (db in ("", ":memory:") or db.startswith("file::memory:")
+            or "mode=memory" in db or u.query.get("mode") == "memory")
+
+
+def check(url: str, source: str = "study.storage") -> str:
+    """Every refusal that needs no connection, before anything is created; returns the URL
+    with `${NAME}` expanded. A launch, its dry run and each worker run it."""
+    full = expand(url, source)
+    scheme, sep, rest = full.partition("://")
+    if sep and re.split(r"[/?#]", rest, maxsplit=1)[0].count("@") > 1:
+        # SQLAlchemy would read postgresql://u:se@cret@host as password 'se' on host
+        # 'cret@host', and the driver's "cannot resolve host" message would print the rest
+        raise StorageError(
+            f"key '{source}': the user name or password in {masked(url)!r} contains '@'; a URL "
+            "needs it percent-encoded as %40 (in the environment variable too, where the "
+            "password comes from one), else the part after it is taken for the host name")
+    if _in_memory(full):
+        raise StorageError(
+            f"key '{source}': {masked(url)!r} is an in-memory database: every worker would "
+            "open its own empty one and no trial could be told. Give a file, e.g. "
+            "sqlite:///results/study.db, a server URL (postgresql://, mysql://), or leave the "
+            "key out for the journal file results/<study>/optuna.journal")
+    if not full.startswith(RDB_SCHEMES):
+        _check_journal_file(Path(full), source)
+    return full
+
+
+def _check_journal_file(path: Path, source: str) -> None:
+    """A journal path that names an existing file which is not an Optuna journal is refused:
+    opening it would cut everything after its last newline (a journal drops a half-written
+    last line) and append operations to it; someone's notes or database would be destroyed."""
+    if path.is_dir():
+        raise StorageError(f"key '{source}': the journal path {path} is a directory; give a "
+                           "file path, e.g. <dir>/optuna.journal")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except (FileNotFoundError, NotADirectoryError):
+        return    # a new journal; a path below a file fails to open with its own message
+    except OSError as e:
+        raise StorageError(f"key '{source}': cannot read the journal {path}: "
+                           f"{e.strerror or e}") from None
+    if not head or _JOURNAL_HEAD.match(head):
+        return    # empty, or a journal (maybe with a half line a killed writer left)
+    what = ("a SQLite database: to use it, write study.storage: sqlite:///" + str(path)
+            if head.startswith(b"SQLite format 3\x00") else
+            "not an Optuna journal (whose lines start with {\"op_code\":)")
+    raise StorageError(
+        f"key '{source}': {path} exists and is {what}. It is left untouched: opening it as a "
+        "journal would rewrite it. Point the key at a new or empty file, or at the study's "
+        "own journal.")
+
+
+def open_storage(url: str, source: str = "study.storage") -> optuna.storages.BaseStorage:
+    full = check(url, source)
+    try:
+        if full.startswith(RDB_SCHEMES):
             # pool_pre_ping: long studies outlive idle database connections.
             kwargs: dict[str, Any] = {"pool_pre_ping": True}
-            if url.startswith("sqlite:"):
+            if full.startswith("sqlite:"):
                 # SQLite has one writer at a time and others wait at most `timeout` s (default
                 # 5). 16 writers on 2 busy cores hit "database is locked" (surfacing as Optuna's
                 # StorageInternalError) once in 1,600 trials at 5 s: a worker holding the lock
                 # was descheduled. A worker waits 60 s rather than lose its result.
                 kwargs["connect_args"] = {"timeout": 60}
-            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-        Path(url).parent.mkdir(parents=True, exist_ok=True)
+            return optuna.storages.RDBStorage(full, engine_kwargs=kwargs)
+        Path(full).parent.mkdir(parents=True, exist_ok=True)
         # The open-lock works on NFS, where symlink locks may not.
-        backend = JournalFile(url, lock_obj=JournalFileOpenLock(url))
+        backend = JournalFile(full, lock_obj=JournalFileOpenLock(full))
         return optuna.storages.JournalStorage(backend)
     except Exception as e:  # noqa: BLE001 - any connection/driver error is a user error here
-        shown = masked(url)
-        detail = str(e).replace(url, shown).splitlines()[0] if str(e) else ""
-        raise StorageError(f"key '{source}': cannot open storage {shown!r}: "
-                          f"{type(e).__name__}: {detail}") from None
+        raise StorageError(f"key '{source}': cannot open storage {masked(url)!r}: "
+                          f"{type(e).__name__}: {_scrub(str(e), url, full)}") from None
+
+
+def _scrub(text: str, url: str, full: str) -> str:
+    """The first line of a driver's message without the URL or its password in it."""
+    text = (text.splitlines() or [""])[0]
+    for u in (full, url):
+        text = text.replace(u, masked(u))
+    secret = _password(full)
+    # a password of 1-3 characters would turn every such letter of the message into ***
+    if secret and len(secret) >= 4:
+        text = text.replace(secret, "***")
+    return text
 
 
 def trial_id(store: optuna.storages.BaseStorage, study_name: str, number: int) -> int:
@@ -108,9 +209,36 @@ def trial_id(store: optuna.storages.BaseStorage, study_name: str, number: int) -
         store.get_study_id_from_name(study_name), number)
 
 
+def _userinfo(url: str) -> tuple[str, str, str] | None:
+    """(scheme://, userinfo, rest) of a URL with credentials. The userinfo ends at the LAST '@'
+    of the URL: a password may hold '@', '/', ':' or '?' written unescaped, which both
+    urllib.parse and SQLAlchemy's make_url misplace (make_url reads u:se@cret@host as password
+    'se' on host 'cret@host'). An '@' further on, in a query, only masks more than needed."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, after = rest.rpartition("@")
+    if not sep or not at:
+        return None
+    return f"{scheme}://", userinfo, after
+
+
+def _password(url: str) -> str | None:
+    parts = _userinfo(url)
+    if parts is None or ":" not in parts[1]:
+        return None
+    return urllib.parse.unquote(parts[1].split(":", 1)[1])
+
+
 def masked(url: str) -> str:
-    """The URL without its password: error messages end up in logs and CI output."""
-    return re.sub(r"^([a-z0-9+]+://[^:/@]*):[^@]*@", r"\1:***@", url)
+    """The URL without its password (in the userinfo or as a ?password= parameter): error
+    messages and `study status` end up in logs and CI output. A journal path is returned as
+    is."""
+    parts = _userinfo(url)
+    if parts is not None and ":" in parts[1]:
+        head, userinfo, after = parts
+        user, secret = userinfo.split(":", 1)
+        if not _ENV_REF.fullmatch(secret):   # ${NAME} is a reference, not the password
+            url = f"{head}{user}:***@{after}"
+    return re.sub(r"([?&]password=)[^&#]*", r"\1***", url, flags=re.IGNORECASE)
 
 
 def make_sampler(sf: StudyFile, grid: dict[str, list[Any]] | None,
@@ -118,7 +246,7 @@ def make_sampler(sf: StudyFile, grid: dict[str, list[Any]] | None,
     """`resumed_at`: trials already in storage. A resumed launcher must not replay the random
     stream of the first one (its startup draws would repeat the same configurations), so the
     seed moves on with the study, reproducibly."""
-    s, seed = sf.study.sampler, sf.study.seed + 1_000_003 * resumed_at
+    s, seed = sf.study.sampler, resume_seed(sf.study.seed, resumed_at)
     if s == "tpe":
         # constant_liar: trials in flight count as bad guesses, so parallel workers spread out.
         return optuna.samplers.TPESampler(seed=seed, constant_liar=parallel > 1,
@@ -135,6 +263,15 @@ def make_sampler(sf: StudyFile, grid: dict[str, list[Any]] | None,
         raise ConfigError("key 'study.sampler': bruteforce needs a finite space (every float "
                           "with a step, or categorical/int/subset parameters)")
     return optuna.samplers.BruteForceSampler(seed=seed)
+
+
+def resume_seed(seed: int, resumed_at: int) -> int:
+    """The sampler seed of a launcher that finds `resumed_at` trials in storage: a new stream
+    per resume, the same for the same study and count. Wrapped into numpy's 0..2**32-1: the
+    step of 1,000,003 per trial leaves that range at ~4,300 trials (and study.seed may be
+    negative or past it). 1,000,003 is odd, so n -> seed + 1,000,003 n mod 2**32 is one-to-one:
+    counts below 2**32 still give distinct seeds."""
+    return (seed + 1_000_003 * resumed_at) % SEED_RANGE
 
 
 def make_pruner(sf: StudyFile) -> optuna.pruners.BasePruner:
@@ -183,9 +320,10 @@ def open_existing(sf: StudyFile, results: str | Path
                   ) -> tuple[optuna.Study, optuna.storages.BaseStorage]:
     """A study already launched, with the storage it lives in."""
     url = storage_url(sf, results)
+    full = check(url)
     # sqlite would create an empty database file just to say the study is not in it
-    file = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url
-    if (not url.startswith(RDB_SCHEMES) or url.startswith("sqlite:///")) and (
+    file = full.removeprefix("sqlite:///") if full.startswith("sqlite:///") else full
+    if (not full.startswith(RDB_SCHEMES) or full.startswith("sqlite:///")) and (
             not Path(file).exists()):
         raise StorageError(f"study '{sf.study.name}' has not been launched yet (no {file})")
     store = open_storage(url)

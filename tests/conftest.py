@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from reaper import reaped
 
 SCRIPT = Path(__file__).resolve().parents[1] / "slurm" / "local_cluster.sh"
 STATE_DIR = os.environ.get("STUDY_SLURM_DIR", "/tmp/study-slurm")
@@ -59,3 +60,14 @@ def slurm_cluster() -> Iterator[str]:
         _script("stop", timeout=120)
 
 
+
+
+@pytest.fixture(autouse=True)
+def _reap_what_the_test_started(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Launchers, workers, servers and SLURM jobs of a test end with it, pass or fail: each
+    names the test's tmp_path in its command line."""
+    if "tmp_path" not in request.fixturenames:
+        yield
+        return
+    with reaped(request.getfixturevalue("tmp_path")):
+        yield
