@@ -1,9 +1,11 @@
-"""The one place that reaches into another library's private internals, each pinned by
-tests/test_adapter.py against the installed version.
+"""The one place that reaches into another library's private internals, each pinned by tests
+against the installed version (test_layout: the version; the golden sbatch files and
+test_slurm_fake: what each function returns).
 
 - submitit has no public way to render the sbatch script a job would get without submitting
   it; `study` shows it to users (`sbatch_text`) and pins it with golden files. The AutoExecutor
-  keeps its SlurmExecutor in `_executor`, whose `_make_submission_file_text` writes the script.
+  keeps its SlurmExecutor in `_executor`, whose `_make_submission_file_text` writes the script
+  and whose `max_num_timeout` is the requeue budget (`requeue_budget`).
 
 Optuna needs no entry here: the harness holds the storage it opened and uses BaseStorage's
 public methods (see storage.trial_id).
