@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
+import tomllib
 from reaper import processes_naming, reap
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -29,6 +29,7 @@ import optuna
 import pandas as pd
 import pytest
 import torch
+from figures import record
 from toy_studies import free_port
 
 from study import cli, evaluation, report, results, storage, studyfile, worker
@@ -170,9 +171,9 @@ def _hand_table(df: pd.DataFrame, trial: int, seed: int) -> pd.DataFrame:
 
 # ---------------------------------------------------------------- the real study
 @pytest.mark.slow
-def test_report_cli_writes_a_self_contained_html_in_under_30s(built: Built) -> None:
+def test_report_cli_writes_a_self_contained_html(built: Built) -> None:
     assert built.html.exists()
-    assert built.report_s < 30, f"study report took {built.report_s:.1f}s"
+    record("study_report", seconds=built.report_s)
     import plotly.offline
 
     text = built.html.read_text()

@@ -14,6 +14,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
+from figures import record
 from optuna.trial import TrialState
 from toy_studies import finished, journal_study, wait
 
@@ -174,8 +175,10 @@ def test_detach_returns_fast_and_study_completes(slurm_cluster: str, tmp_path: P
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     took = time.monotonic() - t0
     assert r.returncode == 0, r.stderr[-3000:]
-    assert took < 10, f"--detach took {took:.1f}s"
+    record("slurm_detach", seconds=took)
     assert "detached" in r.stdout
+    # it returned before any trial could finish: the driver job runs them, not this command
+    assert finished(journal_study(tmp_path, name)) == []
     driver = journal_study(tmp_path, name).user_attrs["driver"]
     assert driver["kind"] == "slurm"
     status = [*STUDY, "status", "--space", "smoke.yaml", "--results", str(tmp_path),

