@@ -71,3 +71,22 @@ def _reap_what_the_test_started(request: pytest.FixtureRequest) -> Iterator[None
         return
     with reaped(request.getfixturevalue("tmp_path")):
         yield
+
+
+# A test over this long should carry @pytest.mark.slow (so `-m "not slow"` is a quick loop);
+# reported, not failed: the same test takes 2-3x longer on a loaded box.
+SLOW_S = 60.0
+_UNMARKED_SLOW: list[tuple[str, float]] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if (report.when == "call" and report.duration > SLOW_S
+            and "slow" not in report.keywords):
+        _UNMARKED_SLOW.append((report.nodeid, report.duration))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _UNMARKED_SLOW:
+        terminalreporter.write_sep("-", f"tests over {SLOW_S:.0f} s without the slow mark")
+        for nodeid, s in sorted(_UNMARKED_SLOW, key=lambda x: -x[1]):
+            terminalreporter.write_line(f"{s:7.1f}s {nodeid}")
