@@ -36,7 +36,7 @@ SEED_MAX = 2**32 - 1
 Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
 # Names a study may not take: results/<name> is its folder, and next to the studies lie the
 # shared stage cache (the CLI's default --cache is <results>/cache) and the tracked
-# results/README.md. Compared case-insensitively: macOS file systems are.
+# results/README.md. Compared ignoring case, as macOS and Windows file systems do.
 RESERVED_STUDY_NAMES = ("cache", "README.md")
 # Synthetic data has 10 classes named class0..class9 (data.make_synthetic); a study can keep
 # some of them with data.classes.

@@ -908,9 +908,9 @@ class SearchSpace:
         rng = random.Random(seed)
         plans: list[dict[str, Any]] = []
         for p in self.params:
-            for corner in p.corners():
-                if len(plans) >= corner_limit:
-                    break
+            if len(plans) >= corner_limit:
+                break
+            for corner in p.corners()[: corner_limit - len(plans)]:
                 plans.append({**self._activation(p), **corner})
         plans += [{} for _ in range(n_random)]
         seen: set[str] = set()
@@ -928,7 +928,7 @@ class SearchSpace:
         out: dict[str, Any] = {}
         if _depth > len(self.params):   # parse_space refuses cycles; a guard all the same
             return out
-        refs = [(name, accepted) for name, accepted in p.when.items()]
+        refs: list[tuple[str, list[Any] | None]] = [*p.when.items()]
         refs += [(name, None) for name in p.inputs]
         for name, accepted in refs:
             q = self._by_name.get(name)

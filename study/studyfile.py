@@ -345,7 +345,11 @@ def resolve_tree(raw: Any, source: str, overrides: Iterable[str] = ()) -> dict[s
                             for p in d.glob("*.yaml")})
             raise ConfigError(f"{source}: key 'executor.slurm.preset': unknown preset '{name}'; "
                               f"allowed: {valid}")
-        tree["executor"]["slurm"] = deep_merge(read_yaml(path) or {}, slurm)
+        try:
+            preset = read_yaml(path) or {}
+        except ConfigError as e:
+            raise ConfigError(f"{source}: key 'executor.slurm.preset': {e}") from None
+        tree["executor"]["slurm"] = deep_merge(preset, slurm)
     return tree
 
 
@@ -398,7 +402,9 @@ def format_errors(e: ValidationError, source: str) -> str:
             msg = "unknown key" + (f" (did you mean '{near[0]}'?)" if near else "")
             msg += f"; allowed keys here: {allowed}"
         elif "input" in err and err["type"] not in ("missing",) and not (
-                err["type"] == "value_error" and isinstance(err["input"], Mapping)):
+                isinstance(err["input"], Mapping) and _allowed_keys(
+                    [p for p in err["loc"] if isinstance(p, str)
+                     and not p.startswith("function-")])):
             # a rule across a whole section names the values it is about; the section itself
             # would be 200 characters of noise
             got = repr(err["input"])

@@ -128,23 +128,26 @@ def test_section_paths_prefix_and_plain_values(tree: dict[str, Any]) -> None:
     space = parse_space(
         {
             "pipeline.distill.lr": {"type": "float", "low": "1e-4", "high": 0.1},
-            "study.seed": 3,
+            "seed": 3,
             "eval.degradations": ["jpeg"],
         },
         tree,
         SOURCE,
     )
     by = {p.name: p for p in space.params}
-    assert set(by) == {"distill.lr", "study.seed", "eval.degradations"}
-    assert by["study.seed"].path == ("study", "seed") and by["study.seed"].spec == {"value": 3}
+    assert set(by) == {"distill.lr", "seed", "eval.degradations"}
+    assert by["seed"].path == ("pipeline", "seed") and by["seed"].spec == {"value": 3}
     assert by["distill.lr"].spec["low"] == 1e-4  # PyYAML's string '1e-4' read as a number
     assert space.from_params({"distill.lr": 0.01}) == {
         "distill.lr": 0.01,
-        "study.seed": 3,
+        "seed": 3,
         "eval.degradations": ["jpeg"],
     }
-    sf = studyfile.validate(space.apply(tree, {"study.seed": 3, "distill.lr": 0.01}), SOURCE)
-    assert sf.study.seed == 3 and sf.pipeline.distill.lr == 0.01
+    sf = studyfile.validate(space.apply(tree, {"seed": 3, "distill.lr": 0.01}), SOURCE)
+    assert sf.pipeline.seed == 3 and sf.pipeline.distill.lr == 0.01
+    # a trial would silently ignore study.* and executor.* values: not searchable
+    with pytest.raises(ConfigError, match="only pipeline settings can be searched"):
+        parse_space({"study.seed": 3}, tree, SOURCE)
 
 
 def test_step_not_dividing_the_range_is_trimmed_silently(tree: dict[str, Any]) -> None:
