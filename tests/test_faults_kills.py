@@ -27,7 +27,7 @@ import optuna
 import pandas as pd
 import pytest
 from optuna.trial import TrialState
-from toy_studies import journal_study, wait
+from toy_studies import assert_parquet_schemas, journal_study, wait
 
 from study import launcher, results, storage, studyfile
 from study.cache import META
@@ -113,6 +113,7 @@ def _check_nothing_lost(results: Path, name: str, n_trials: int) -> dict[str, in
     assert not [t.number for t in trials if t.state == TrialState.RUNNING]
     assert len(counted) == n_trials                                  # the study completed
     files = sorted((results / name / "trials").glob("trial-*.parquet"))
+    assert_parquet_schemas(results / name)     # FAIL files of the launcher included
     per_file = {int(f.stem.split("-")[1]): pd.read_parquet(f) for f in files}
     df = pd.read_parquet(results / name / "trials")  # the whole study loads, temp files ignored
     assert set(df.trial) == set(per_file)

@@ -15,7 +15,7 @@ import optuna
 import pandas as pd
 import pytest
 from optuna.trial import TrialState
-from toy_studies import finished, free_port, journal_study
+from toy_studies import assert_parquet_schemas, finished, free_port, journal_study
 
 from study import cli, launcher, results, storage, studyfile, worker
 from study.executors import LocalExecutor
@@ -140,6 +140,7 @@ def test_trial_out_of_requeues_is_retried_and_completes(
     assert retry.user_attrs["values"] == first.user_attrs["values"]
     df = pd.read_parquet(tmp_path / "tmo" / "trials")
     assert set(df.groupby("trial").fail_kind.first().fillna("-")) == {"timeout", "-"}
+    assert assert_parquet_schemas(tmp_path / "tmo") == 2     # a FAIL file and a COMPLETE one
 
 
 def test_circuit_breaker_stops_a_study_whose_trials_all_fail(
@@ -235,6 +236,7 @@ def test_local_study_of_4_then_5_then_dashboard(tmp_path: Path) -> None:
     assert len(finished(st)) == 4
     df = pd.read_parquet(tmp_path / "smoke" / "trials")
     assert df.trial.nunique() == 4 and set(SCHEMA) <= set(df.columns)
+    assert assert_parquet_schemas(tmp_path / "smoke") == 4
     # base and experts were trained once for the whole study: one miss, hits afterwards
     per_trial = df.groupby("trial").first()
     for stage in ["base", "expert_jpeg", "expert_blur", "expert_awgn", "expert_saltpepper"]:

@@ -9,8 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import optuna
+import pyarrow.parquet as pq
 
-from study import launcher, storage
+from study import launcher, results, storage
 
 
 def journal_study(results: Path, name: str) -> optuna.Study:
@@ -39,3 +40,22 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def assert_parquet_schemas(study_dir: Path) -> int:
+    """Every trial file of a study has one schema, file by file: reading the folder as one
+    dataset would paper over a file whose column is all-null (type null) or typed otherwise,
+    which breaks a reader that opens files one at a time. Returns how many files it checked."""
+    files = sorted((study_dir / "trials").glob("trial-*.parquet"))
+    assert files, f"no trial files under {study_dir}"
+    first = pq.read_schema(files[0]).remove_metadata()
+    for f in files:
+        schema = pq.read_schema(f).remove_metadata()
+        assert schema.equals(first), (f"{f.name} differs from {files[0].name}:\n"
+                                      f"{set(schema) ^ set(first)}")
+    missing = [c for c in ["study", "trial", "attempt", "state", *results.EXTRA_COLUMNS]
+               if c not in first.names]
+    assert not missing, missing
+    for name in results.EXTRA_COLUMNS:   # never "null", whatever the state
+        assert str(first.field(name).type) != "null", name
+    return len(files)
