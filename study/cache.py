@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from study import atomic, faults
+from study.errors import StudyError
 
 # Bump when a stage's semantics change, so old entries stop matching instead of being reused.
 CODE_VERSION = "2"
@@ -49,12 +50,27 @@ class StageCache:
     def entry(self, stage: str, key: str) -> Path:
         return self.root / stage / key
 
+    def _mkdir(self, path: Path) -> None:
+        """A folder of the cache, created; a cache root that is a file, or where no folder can
+        be made (/proc/x), is the user's to fix: one paragraph naming it, not a traceback in
+        every trial."""
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            full = atomic.disk_full(e, path)
+            if full is not e:
+                raise full from None
+            raise StudyError(
+                f"stage cache {self.root}: cannot create {path} ({e.strerror or e}); the cache "
+                "(--cache, default <results>/cache) must be a directory this process can "
+                "create and write") from None
+
     @contextlib.contextmanager
     def lock(self, stage: str, key: str) -> Iterator[None]:
         """Hold while checking and building one entry: a racing worker blocks here and then
         finds the finished entry."""
         lock_dir = self.root / ".locks"
-        lock_dir.mkdir(parents=True, exist_ok=True)
+        self._mkdir(lock_dir)
         with open(lock_dir / f"{stage}-{key}.lock", "w") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
@@ -88,7 +104,7 @@ class StageCache:
     def _write(self, stage: str, key: str, files: Mapping[str, bytes], meta: Mapping[str, Any]
                ) -> Path:
         tmp_root = self.root / ".tmp"
-        tmp_root.mkdir(parents=True, exist_ok=True)
+        self._mkdir(tmp_root)
         tmp = Path(tempfile.mkdtemp(prefix=f"{stage}-{key}-", dir=tmp_root))
         try:
             digests = {}
@@ -160,7 +176,7 @@ class StageCache:
 
     def summary(self) -> dict[str, int]:
         """Entries per stage on disk (for `study status`)."""
-        if not self.root.exists():
+        if not self.root.is_dir():
             return {}
         return {d.name: sum(1 for e in d.iterdir() if (e / META).exists())
                 for d in sorted(self.root.iterdir()) if d.is_dir() and not d.name.startswith(".")}

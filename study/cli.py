@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
+import socket
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -32,7 +34,7 @@ from study import (
 from study.cache import StageCache
 from study.errors import DataError, StudyError
 from study.executors.slurm import sacct_states
-from study.pipeline import run_pipeline
+from study.pipeline import Pipeline
 
 EXIT_USER_ERROR = 2
 
@@ -76,10 +78,57 @@ def _apply_verbosity(args: argparse.Namespace) -> str:
     return progress.log_level()
 
 
-def _dirs(args: argparse.Namespace) -> tuple[str, str]:
+def _dirs(args: argparse.Namespace, *, write: bool = False, results: bool = True
+          ) -> tuple[str, str]:
+    """--results and --cache, resolved and checked before anything runs: a regular file, or a
+    folder that cannot be made (/proc/x), is refused with the flag named. `write`: the command
+    will create them, so they must be creatable (checked by making the missing folders and
+    removing them again). `results`: the command uses --results itself (`study run` only
+    through the default cache)."""
     results_dir = str(Path(args.results).resolve())
     cache_dir = str(Path(args.cache).resolve() if args.cache else Path(results_dir) / "cache")
+    if results or not args.cache:
+        check_dir("--results", args.results, write=write)
+    check_dir("--cache" if args.cache else "--results", args.cache or cache_dir, write=write)
     return results_dir, cache_dir
+
+
+def check_dir(flag: str, value: str | Path, *, write: bool) -> Path:
+    """`value` names a directory, or a path where one can be made (write=True); else a
+    StudyError naming `flag`. Writes nothing: folders made to prove it are removed again."""
+    path = Path(os.path.abspath(os.path.expanduser(value)))   # '..' folded, as mkdir sees it
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent   # Path.exists is False below a regular file too
+    if not existing.is_dir():
+        where = f"{flag} {value}" if existing == path else f"{flag} {value}: {existing}"
+        kind = "is a file, not a directory" if existing.is_file() else "is not a directory"
+        raise StudyError(f"{where} {kind}; give a directory (it is created when missing)")
+    if not write:
+        return path
+    if existing == path:
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise StudyError(f"{flag} {value}: the directory is not writable by this user")
+        return path
+    missing = [d for d in [path, *path.parents] if d not in (existing, *existing.parents)]
+    made: list[Path] = []
+    try:
+        for d in reversed(missing):
+            try:
+                os.mkdir(d)
+                made.append(d)
+            except FileExistsError:
+                if not d.is_dir():
+                    raise
+                # another command made it meanwhile: it is theirs, not ours to remove
+    except OSError as e:
+        raise StudyError(f"{flag} {value}: cannot create the directory {d} ({e.strerror or e}); "
+                         "give a directory on a writable file system") from None
+    finally:
+        for d in reversed(made):
+            with contextlib.suppress(OSError):   # another process may have filled it meanwhile
+                os.rmdir(d)
+    return path
 
 
 def _positive(**flags: int | None) -> None:
@@ -91,15 +140,20 @@ def _positive(**flags: int | None) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     level = _apply_verbosity(args)
     path, sf = studyfile.load_study_file(args.space, args.overrides)
-    _, cache_dir = _dirs(args)
+    _, cache_dir = _dirs(args, write=True, results=False)
     print(f"study run: {path} (pipeline of '{sf.study.name}', methods {sf.pipeline.methods})")
     worker.use_allotted_cpus()
     t0 = time.perf_counter()
+    pipe = Pipeline(sf.pipeline, StageCache(cache_dir),
+                    log=(lambda _: None) if level == "warning" else print)
     try:
-        result = run_pipeline(sf.pipeline, cache_dir,
-                              log=(lambda _: None) if level == "warning" else print)
+        # the dataset and its validation split first: an unreadable file or a split that
+        # leaves nothing to train on is refused before a stage trains (or takes a lock)
+        _ = pipe.train
+        result = pipe.run()
     except DataError as e:
-        raise DataError(f"{path}: key 'pipeline.data.root': {e}") from None
+        raise DataError(f"{path}: key 'pipeline.data.{getattr(e, 'field', 'root')}': {e}"
+                        ) from None
     hits = [s for s in result.stages if s.hit]
     print(f"\nstages: {len(result.stages)} ({len(hits)} cache hits: "
           f"{', '.join(s.stage for s in hits) or 'none'}); device {result.device}")
@@ -144,13 +198,14 @@ def cmd_launch(args: argparse.Namespace) -> int:
         overrides.append(f"executor.backend={args.executor}")
     if args.parallel:
         overrides.append(f"executor.parallel={args.parallel}")
-    results_dir, cache_dir = _dirs(args)
+    results_dir, cache_dir = _dirs(args, write=True)
     request = launcher.LaunchRequest(args.space, overrides, results_dir, cache_dir,
                                      args.n_trials)
     if args.dry_run:   # every check of a launch, nothing written
         ld = studyfile.load(args.space, overrides)
         with launcher.about(ld.source):
             storage.make_sampler(ld.sf, ld.space.grid(), ld.sf.executor.parallel)
+            storage.check(storage.storage_url(ld.sf, results_dir))
         _print_dry_run(ld, results_dir, cache_dir, args.n_trials or ld.sf.study.n_trials)
         return 0
     log = lambda m: print(m, flush=True)  # noqa: E731
@@ -278,15 +333,56 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_listen(host: str, port: int) -> None:
+    """What the dashboard's server will bind, tried before it starts: a port outside 1..65535,
+    a host that does not resolve or is not this machine's, a port taken; each one paragraph
+    naming the flag instead of a traceback from deep inside the server."""
+    if not 1 <= port <= 65535:
+        raise StudyError(f"--port must be in 1..65535, got {port}")
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as e:
+        raise StudyError(f"--host {host!r} is not an address or a name this machine resolves "
+                         f"({getattr(e, 'strerror', None) or e}); give an address of this "
+                         "machine, e.g. 127.0.0.1 (the default, reached through an SSH "
+                         "tunnel)") from None
+    # what the server does (wsgiref under bottle): IPv6 when the host has a ':', and
+    # SO_REUSEADDR, so a port whose last connections linger in TIME_WAIT is not called taken
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
+                       socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise StudyError(_bind_error(host, port, e)) from None
+
+
+def _bind_error(host: str, port: int, e: OSError) -> str:
+    if e.errno == errno.EADDRINUSE:
+        return (f"--port {port} is already in use on {host} (another dashboard or server); "
+                f"stop it or pick another port, e.g. --port {port + 1 if port < 65535 else 8080}")
+    if e.errno == errno.EACCES:
+        return f"--port {port}: not allowed to listen there (ports below 1024 need root)"
+    return (f"--host {host!r} --port {port}: cannot listen there ({e.strerror or e}); --host "
+            "must be an address of this machine, e.g. 127.0.0.1 (the default)")
+
+
 def cmd_dashboard(args: argparse.Namespace) -> int:
+    check_listen(args.host, args.port)
     opened, _, _ = _opened(args)   # a clear error before the server starts
     print(f"optuna-dashboard for '{opened.ld.sf.study.name}' at http://{args.host}:{args.port}/ "
           f"(storage {storage.masked(opened.url)}); Ctrl-C stops it", flush=True)
-    optuna_dashboard.run_server(opened.store, host=args.host, port=args.port)
+    try:
+        optuna_dashboard.run_server(opened.store, host=args.host, port=args.port)
+    except OSError as e:
+        if e.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+            raise StudyError(_bind_error(args.host, args.port, e)) from None   # taken since
+        raise
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    _dirs(args)
     report.build_report(args.space, args.overrides, Path(args.results).resolve(), png=args.png,
                         push=not args.no_push)
     return 0
@@ -294,6 +390,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_data_download(args: argparse.Namespace) -> int:
     """For a machine with internet (a login node): compute nodes never download."""
+    check_dir("--root", args.root, write=True)
     # torchvision's downloaders, only here: this runs on a login node with internet
     from torchvision import datasets
     from torchvision.datasets.utils import download_and_extract_archive
@@ -311,6 +408,21 @@ def cmd_data_download(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    _positive(steps=args.steps, n_train=args.n_train, batch_size=args.batch_size,
+              eval_images=args.eval_images, eval_batch=args.eval_batch, procs=args.procs,
+              jpeg_bank_step=args.jpeg_bank_step)
+    for flag, value in (("warmup", args.warmup), ("workers", args.workers)):
+        if value is not None and value < 0:
+            raise StudyError(f"--{flag} must be >= 0, got {value}")
+    if args.cache:
+        check_dir("--cache", args.cache, write=True)
+    if args.json:   # written at the end: a bad path must not cost the whole bench
+        json_path = Path(args.json)
+        if json_path.is_dir():
+            raise StudyError(f"--json {args.json} is a directory; give a file name, e.g. "
+                             f"{json_path / 'bench.json'}")
+        check_dir(f"the folder of --json {args.json}:", json_path.absolute().parent,
+                  write=True)
     worker.use_allotted_cpus()
     try:
         return bench.main(args)

@@ -370,9 +370,11 @@ class Launcher:
         k = self.stop_after_failures
         if k <= 0:
             return None
-        done = sorted((t for t in trials if t.state.is_finished() and t.datetime_complete
-                       and t.datetime_complete.timestamp() >= self.started - 1),
-                      key=lambda t: t.datetime_complete)
+        ended = {t.number: t.datetime_complete.timestamp() for t in trials
+                 if t.state.is_finished() and t.datetime_complete is not None}
+        # this launch's trials (1 s of slack: storage timestamps and time.time() may differ)
+        done = sorted((t for t in trials if ended.get(t.number, 0.0) >= self.started - 1),
+                      key=lambda t: ended[t.number])
         run: list[FrozenTrial] = []
         for t in done:
             bad = (t.state == TrialState.FAIL
