@@ -76,8 +76,12 @@ def _space_source(draw: st.DrawFn, d: Path) -> str:
         for _ in range(draw(st.integers(0, 3))):
             section = draw(st.sampled_from(["study", "executor", "pipeline", "space"]))
             key = draw(st.sampled_from(KEYS)).split(".")[-1]
-            value = yaml.safe_load(draw(VALUES).replace("!!", "")) if draw(
-                st.booleans()) else draw(VALUES)
+            value = draw(VALUES)
+            if draw(st.booleans()):   # also as what YAML makes of it (a list, a bool...)
+                try:
+                    value = yaml.safe_load(value.replace("!!", ""))
+                except yaml.YAMLError:
+                    pass
             if draw(st.booleans()) and isinstance(tree.get(section), dict):
                 tree[section][key] = value
             else:
