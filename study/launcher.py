@@ -299,8 +299,10 @@ class Launcher:
         plan = shared_stage_plan(self.ld, self.cache_dir)
         if not plan:
             return
-        build = functools.partial(build_shared_stage, self.ld.source, self.ld.tree,
-                                  self.cache_dir)
+        # submitit pickles this call into the job folder: the tree without the storage URL
+        # (a stage job never opens the study; the URL may hold a password)
+        tree = {**self.ld.tree, "study": {**self.ld.tree["study"], "storage": None}}
+        build = functools.partial(build_shared_stage, self.ld.source, tree, self.cache_dir)
         ids = self.executor.build_shared_stages(plan, build)
         if ids:
             self.study.set_user_attr("stage_jobs", ids)
@@ -514,38 +516,61 @@ class Driver(submitit.helpers.Checkpointable):
 
 def launch(request: LaunchRequest, *, detach: bool = False, log: Log = print) -> Counts | None:
     """Create or resume the study and run it to n_trials (or hand that to a driver: None).
-    A second launcher of the same study is refused."""
+    A second launcher of the same study is refused before it touches the study: it would
+    otherwise reset the running one's n_trials, undo a `study cancel` in progress and enqueue
+    a baseline."""
     ld = studyfile.load(request.study_file, request.overrides)
     sf = ld.sf
     n_trials = request.n_trials or sf.study.n_trials
-    opened = _create(ld, request.results_dir, n_trials)
-    with _launcher_lock(opened.study_dir) as held:
-        lock = opened.study_dir / "launcher.lock"
-        if not held:
-            raise StudyError(f"another launcher is running study '{sf.study.name}' (lock {lock}: "
-                             f"{lock.read_text()}); `study status` follows it, `study cancel` "
-                             "stops it")
-        executor = make_executor(sf, opened.study_dir)
-        if detach:
-            path = LaunchRequest(ld.source, request.overrides, request.results_dir,
-                                 request.cache_dir, n_trials).write(
-                opened.study_dir / "launcher.json")
-            handle = executor.start_driver(Driver(str(path)))
-            opened.study.set_user_attr("driver", handle)
-            where = (f"SLURM job {handle['job_id']}" if handle.get("job_id")
-                     else f"process {handle['pid']} (log {handle.get('log')})")
-            log(f"study '{sf.study.name}' detached: the launcher runs as {where}; "
-                f"`study status --space {request.study_file}` follows it, `study cancel` "
-                "stops it")
-            return None
-        lock.write_text(f"pid {os.getpid()} on {platform.node()}")
-        log(f"study '{sf.study.name}': {len(opened.study.trials)} trials in storage "
-            f"{storage.masked(opened.url)}; topping up to {n_trials} finished "
-            f"({sf.executor.backend}, parallel {sf.executor.parallel})")
-        worker.use_allotted_cpus()   # the debug executor runs trials in this process
-        launcher = Launcher(opened, executor, cache_dir=request.cache_dir,
-                            parallel=sf.executor.parallel, retries=sf.executor.retries, log=log)
-        counts = launcher.run(n_trials)
+    url, sdir = _paths(ld, request.results_dir)
+    with about(ld.source):   # the checks that need no connection: a refusal writes nothing
+        storage.check(url)
+        storage.make_sampler(sf, ld.space.grid(), sf.executor.parallel)
+    made = [d for d in (sdir, *sdir.parents) if not d.exists()]   # what the lock will create
+    try:
+        with _launcher_lock(sdir) as held:
+            if not held:
+                lock = sdir / "launcher.lock"
+                raise StudyError(f"another launcher is running study '{sf.study.name}' (lock "
+                                 f"{lock}: {lock.read_text()}); `study status` follows it, "
+                                 "`study cancel` stops it")
+            opened = _create(ld, request.results_dir, n_trials)
+            return _launch_locked(request, opened, n_trials, detach, log)
+    except StudyError:
+        # a new study refused by its storage (unreachable, a different study) leaves no folder
+        if made and sdir.is_dir() and {p.name for p in sdir.iterdir()} <= {"launcher.lock"}:
+            (sdir / "launcher.lock").unlink(missing_ok=True)
+            for d in made:   # innermost first; only folders this launch made, and empty
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+        raise
+
+
+def _launch_locked(request: LaunchRequest, opened: Opened, n_trials: int, detach: bool,
+                   log: Log) -> Counts | None:
+    ld, sf = opened.ld, opened.ld.sf
+    lock = opened.study_dir / "launcher.lock"
+    executor = make_executor(sf, opened.study_dir)
+    if detach:
+        path = LaunchRequest(ld.source, request.overrides, request.results_dir,
+                             request.cache_dir, n_trials).write(
+            opened.study_dir / "launcher.json")
+        handle = executor.start_driver(Driver(str(path)))
+        opened.study.set_user_attr("driver", handle)
+        where = (f"SLURM job {handle['job_id']}" if handle.get("job_id")
+                 else f"process {handle['pid']} (log {handle.get('log')})")
+        log(f"study '{sf.study.name}' detached: the launcher runs as {where}; "
+            f"`study status --space {request.study_file}` follows it, `study cancel` "
+            "stops it")
+        return None
+    lock.write_text(f"pid {os.getpid()} on {platform.node()}")
+    log(f"study '{sf.study.name}': {len(opened.study.trials)} trials in storage "
+        f"{storage.masked(opened.url)}; topping up to {n_trials} finished "
+        f"({sf.executor.backend}, parallel {sf.executor.parallel})")
+    worker.use_allotted_cpus()   # the debug executor runs trials in this process
+    launcher = Launcher(opened, executor, cache_dir=request.cache_dir,
+                        parallel=sf.executor.parallel, retries=sf.executor.retries, log=log)
+    counts = launcher.run(n_trials)
     log(f"results: {opened.study_dir}/trials ({counts.done} finished trials)")
     return counts
 

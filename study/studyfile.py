@@ -304,6 +304,10 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         value = safe_yaml(raw, f"--set {key.strip()}") if raw.strip() else None
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, (dict, list)) and not raw.lstrip().startswith(("{", "[", "-")):
+        # `sqlite:///:memory:` reads as the mapping {'sqlite:///:memory': None}: a value
+        # that does not look like a mapping or list is meant as the string it is
+        value = raw
     path = key.strip().split(".")
     if path[0] not in StudyFile.model_fields:
         path = ["pipeline", *path]
@@ -408,6 +412,8 @@ def format_errors(e: ValidationError, source: str) -> str:
             # a rule across a whole section names the values it is about; the section itself
             # would be 200 characters of noise
             got = repr(err["input"])
+            if key == "study.storage":   # a URL may hold a password: never echoed
+                got = "a value not shown: it may hold a password"
             msg += f" (got {got if len(got) <= 200 else got[:200] + '...'})"
         lines.append(f"  - key '{key or '<top>'}': {msg}")
     return "\n".join(lines)

@@ -16,6 +16,7 @@ dashboard serving after its checks, and the entry point printing no traceback.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import json
 import os
@@ -169,10 +170,18 @@ def test_in_memory_storage_is_refused(url: str, tmp_path: Path) -> None:
 
 
 def test_in_memory_storage_given_with_set_is_refused(tmp_path: Path) -> None:
-    """`--set study.storage=sqlite:///:memory:` ends in ':', which the override's YAML reads
-    as a mapping: refused too (by the type check until the override keeps it a string)."""
+    """`--set study.storage=sqlite:///:memory:` ends in ':', which YAML reads as a mapping;
+    the override keeps it the string it is, refused for what it is."""
     _refused(["launch", *SMOKE_ARGS, "--set", "study.storage=sqlite:///:memory:",
-              "--results", str(tmp_path / "res")], tmp_path, "study.storage")
+              "--results", str(tmp_path / "res")], tmp_path, "study.storage", "in-memory")
+
+
+def test_a_refused_url_is_not_echoed(tmp_path: Path) -> None:
+    """A URL the schema refuses (unknown scheme) is not printed back: it may hold a password."""
+    err = _refused(["launch", "--dry-run", *SMOKE_ARGS, "--set",
+                    "study.storage=redis://u:hunter2pw@h/0", "--results", str(tmp_path / "r")],
+                   tmp_path, "study.storage", "unknown storage scheme")
+    assert "hunter2pw" not in err
 
 
 def test_journal_path_that_is_a_directory_is_refused(tmp_path: Path) -> None:
@@ -285,6 +294,25 @@ def test_storage_reference_is_expanded_only_when_opened(launched: Launched) -> N
     request = launched.results / "badcmd" / "launcher.json"
     if request.exists():    # written by --detach only
         assert stat.S_IMODE(request.stat().st_mode) == 0o600
+
+
+def test_launch_refused_by_the_lock_leaves_the_running_study_alone(launched: Launched,
+                                                                   tmp_path: Path) -> None:
+    """Another launcher holds the study: a second `study launch` must not reset its target,
+    undo a `study cancel` in progress or enqueue anything."""
+    sdir = launched.results / "badcmd"
+    st = optuna.load_study(study_name="badcmd", storage=f"sqlite:///{launched.db}")
+    st.set_user_attr("cancelled", True)
+    before = (st.user_attrs["n_trials"], len(st.trials))
+    with open(sdir / "launcher.lock", "a+") as held, pytest.MonkeyPatch.context() as mp:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)     # the running launcher
+        mp.setenv(ENV_DB, str(launched.db))
+        _refused(["launch", *SMOKE_ARGS, *launched.sets, "--n-trials", "50", "--results",
+                  str(launched.results)], tmp_path, "another launcher is running")
+    st = optuna.load_study(study_name="badcmd", storage=f"sqlite:///{launched.db}")
+    assert (st.user_attrs["n_trials"], len(st.trials)) == before
+    assert st.user_attrs["cancelled"] is True
+    st.set_user_attr("cancelled", False)
 
 
 def test_status_of_the_launched_study_masks_and_checks_its_flags(launched: Launched,
