@@ -256,6 +256,10 @@ def status_lines(opened: launcher.Opened, cache_dir: str, args: argparse.Namespa
     target = args.n_trials or st.user_attrs.get("n_trials") or ld.sf.study.n_trials
     out.append(f"study '{ld.sf.study.name}' ({storage.masked(opened.url)})")
     out.append(c.line(target))
+    halted = st.user_attrs.get("halted")
+    if halted:
+        out.append(f"halted: {halted['reason']}; `study launch` resumes it")
+    out += launcher.failure_lines(trials)
     if c.best_trial is not None:
         out.append(f"best trial {c.best_trial}: value {c.best:.4f}; parameters:")
         for k, v in st.best_trial.user_attrs.get("values", {}).items():

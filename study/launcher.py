@@ -412,6 +412,23 @@ class Launcher:
             "the breaker off.")
 
 
+def failure_lines(trials: list[FrozenTrial], limit: int = 5) -> list[str]:
+    """`study status`: the failures by cause, and the last ones' one-line reasons."""
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    if not failed:
+        return []
+    kinds: dict[str, int] = {}
+    for t in failed:
+        kind = t.user_attrs.get("fail_kind", "unknown")
+        kinds[kind] = kinds.get(kind, 0) + 1
+    out = ["failures: " + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))]
+    for t in failed[-limit:]:
+        retried = " (retried)" if t.user_attrs.get("retried") else ""
+        out.append(f"  trial {t.number} [{t.user_attrs.get('fail_kind', 'unknown')}]{retried}: "
+                   f"{t.user_attrs.get('fail_reason') or '(no reason recorded)'}")
+    return out
+
+
 # ---------------------------------------------------------------- the commands
 @contextlib.contextmanager
 def _launcher_lock(sdir: Path) -> Iterator[bool]:

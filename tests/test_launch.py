@@ -162,6 +162,12 @@ def test_circuit_breaker_stops_a_study_whose_trials_all_fail(
     assert "study.stop_after_failures=3" in err and "ZeroDivisionError: injected bug" in err
     assert "Traceback" not in err
     assert "first 3" in st.user_attrs["halted"]["reason"]
+    status = ["status", "--space", "smoke.yaml", "--results", str(tmp_path),
+              *[x for s in QUICK for x in ("--set", s)], "--set", "study.name=brk"]
+    assert cli.main(status) == 0
+    out = capsys.readouterr().out
+    assert "halted: its first 3 finished trials" in out and "failures: code 3" in out
+    assert "trial 2 [code]: ZeroDivisionError: injected bug (at test_launch.py:" in out
     # after a "fix" that is not one, with the breaker off: the study resumes and runs on
     assert cli.main([*args, "--n-trials", "5", "--set", "study.stop_after_failures=0"]) == 3
     assert "none completed" in capsys.readouterr().err
