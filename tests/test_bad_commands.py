@@ -15,9 +15,7 @@ dashboard serving after its checks, and the entry point printing no traceback.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
-import io
 import json
 import os
 import socket
@@ -37,6 +35,7 @@ import pytest
 import yaml
 from test_data import write_cifar10, write_imagefolder, write_tinyimagenet
 from toy_studies import free_port, wait
+from toy_studies import run_cli as _cli
 
 from study import cli, data, pipeline, storage, studyfile
 from study.cache import StageCache
@@ -51,17 +50,6 @@ LAUNCHED_SETS = ["study.name=badcmd", f"study.storage=sqlite:///${{{ENV_DB}}}",
 
 
 # ---------------------------------------------------------------- helpers
-def _cli(argv: list[str]) -> tuple[int, str, str]:
-    """`study ARGV` in-process: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = cli.main(argv)
-        except SystemExit as e:     # argparse: usage error
-            rc = int(e.code or 0)
-    return rc, out.getvalue(), err.getvalue()
-
-
 def _tree(folder: Path) -> dict[str, bytes | None]:
     """Every path under `folder` with its bytes (None for a folder): what a refusal must not
     change."""

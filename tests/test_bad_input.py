@@ -13,8 +13,6 @@ by a directory given as the study file, a non-UTF-8 file and a binary file inste
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import re
 import subprocess
@@ -32,6 +30,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
+from toy_studies import run_cli as _cli
 
 from study import cli, config, studyfile
 from study.config import DEGRADATION_NAMES, METHOD_NAMES, StudyFile
@@ -50,17 +49,6 @@ HYPO = settings(max_examples=30, deadline=None, derandomize=True,
 
 
 # ---------------------------------------------------------------- helpers
-def _cli(argv: list[str]) -> tuple[int, str, str]:
-    """`study ARGV` in-process: (exit code, stdout, stderr). Any exception fails the test."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = cli.main(argv)
-        except SystemExit as e:     # argparse: usage error
-            rc = int(e.code or 0)
-    return rc, out.getvalue(), err.getvalue()
-
-
 def _written(results: Path) -> list[str]:
     """What a refused command left under its results dir. `study run` takes the stage cache's
     empty lock files before it finds the data missing: cache/.locks is not the study."""

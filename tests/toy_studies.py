@@ -3,6 +3,8 @@ for a condition instead of sleeping a guessed time."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import socket
 import time
 from collections.abc import Callable
@@ -11,7 +13,7 @@ from pathlib import Path
 import optuna
 import pyarrow.parquet as pq
 
-from study import launcher, results, storage
+from study import cli, launcher, results, storage
 
 
 def journal_study(results: Path, name: str) -> optuna.Study:
@@ -59,3 +61,14 @@ def assert_parquet_schemas(study_dir: Path) -> int:
     for name in results.EXTRA_COLUMNS:   # never "null", whatever the state
         assert str(first.field(name).type) != "null", name
     return len(files)
+
+
+def run_cli(argv: list[str]) -> tuple[int, str, str]:
+    """`study ARGV` in-process: (exit code, stdout, stderr). Any exception fails the test."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = cli.main(argv)
+        except SystemExit as e:     # argparse: usage error
+            rc = int(e.code or 0)
+    return rc, out.getvalue(), err.getvalue()
