@@ -45,6 +45,10 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 REGISTER_GRACE_S = 180.0
 DEFAULT_RETRIES = 2   # infrastructure failures (vanished, preempted, killed) per configuration
 RETRYABLE = worker.RETRYABLE
+# `study cancel`: how long no new trial may appear before the study counts as stopped (a
+# SLURM KillWait is 30 s by default, 5 s on the test cluster), and the most it waits for that
+CANCEL_QUIET_S = 6.0
+CANCEL_SETTLE_S = 60.0
 # Failures the circuit breaker counts: the study's own fault, not the cluster's.
 BREAKER_KINDS = {"code", "config"}
 Log = Callable[[str], None]
@@ -341,6 +345,8 @@ class Launcher:
             # `parallel` (validation refuses that too), or no pack would ever fit
             pack = min(self.executor.trials_per_submission, self.parallel)
             while 0 < min(pack, remaining) <= free:
+                if self.study.user_attrs.get("cancelled"):   # `study cancel` meanwhile
+                    break
                 k = min(pack, remaining)
                 if self.executor.inline:   # its trials finished inside start_trials
                     tripped = self.breaker(self.study.get_trials(deepcopy=False))
@@ -604,7 +610,17 @@ def cancel(ld: LoadedStudy, results_dir: str, cache_dir: str, log: Log = print) 
     st.set_user_attr("cancelled", True)
     executor.stop_driver(st.user_attrs.get("driver") or {}, wait_s=120)
     launcher = Launcher(opened, executor, cache_dir=cache_dir, parallel=1, log=log)
-    return stop_in_flight(launcher, "cancelled by `study cancel`")
+    stopped = stop_in_flight(launcher, "cancelled by `study cancel`")
+    # sacct calls a scancelled driver CANCELLED at once, while its process may live on for
+    # SLURM's KillWait (submitit ignores the SIGTERM): a trial it started in that window is
+    # stopped too, until none has appeared for CANCEL_QUIET_S (bounded by CANCEL_SETTLE_S)
+    quiet_since, deadline = time.time(), time.time() + CANCEL_SETTLE_S
+    while time.time() - quiet_since < CANCEL_QUIET_S and time.time() < deadline:
+        time.sleep(1)
+        late = stop_in_flight(launcher, "cancelled by `study cancel`")
+        if late:
+            stopped, quiet_since = stopped + late, time.time()
+    return stopped
 
 
 def stop_in_flight(launcher: Launcher, reason: str) -> int:

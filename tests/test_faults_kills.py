@@ -299,6 +299,7 @@ N_WORKER_KILLS = 20
 LAUNCHER_KILLS_AFTER = (3, 9, 15)    # worker kills done when the launcher is killed
 
 
+@pytest.mark.slow
 def test_local_study_survives_worker_and_launcher_kills_and_corrupt_entries(
         tmp_path: Path) -> None:
     name, n_trials = "kills", 3
@@ -384,6 +385,7 @@ def _state(job_id: str) -> str:
 
 
 @pytest.mark.slurm
+@pytest.mark.slow
 def test_slurm_study_survives_kills_requeues_and_cancels(slurm_cluster: str,
                                                          tmp_path: Path) -> None:
     name, n_trials = f"kslurm{os.getpid()}", 2

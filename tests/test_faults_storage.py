@@ -445,6 +445,7 @@ def _sqlite_complete(db: Path) -> int:
             return 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["journal", "sqlite", "postgresql"])
 def test_eight_workers_on_each_storage(kind: str, tmp_path: Path, shared_cache: Path,
                                        request: pytest.FixtureRequest) -> None:

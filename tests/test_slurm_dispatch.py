@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import optuna
 import pandas as pd
 import pytest
 from figures import record
@@ -101,53 +100,11 @@ def test_slurm_study_with_stage_graph_and_packed_trials(slurm_cluster: str,
 
 
 @pytest.mark.slurm
-@pytest.mark.slow
-def test_requeue_resumes_scancel_retries_error_fails_once(slurm_cluster: str,
-                                                          tmp_path: Path) -> None:
+def test_config_error_fails_once_and_the_launch_exits_3(slurm_cluster: str,
+                                                       tmp_path: Path) -> None:
+    """A trial job whose data is missing. (A requeue that resumes and a scancel that retries
+    are test_faults_kills' SLURM study and test_slurm_timelimit's real time limit.)"""
     name = f"faults{os.getpid()}"
-    # a distillation long enough (10 epochs of 1,100 images, ~2 s each) to requeue it midway;
-    # one trial at a time, so the epoch checkpoint on disk is the running trial's
-    extra = ["data.synthetic_train=1200", "distill.epochs=10", "distill.milestones=[8]",
-             f"study.name={name}", "study.sampler=random"]
-    cmd = [*STUDY, "launch", "--space", "smoke.yaml", "--executor", "slurm", "--parallel", "1",
-           "--n-trials", "3", "--results", str(tmp_path), *_sets(*extra)]
-    launcher = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True)
-    work = tmp_path / "cache" / ".work"
-    journal = tmp_path / name / "optuna.journal"
-
-    def running_with_job() -> list[optuna.trial.FrozenTrial]:
-        if not journal.exists():
-            return []
-        return [t for t in journal_study(tmp_path, name).trials
-                if t.state == TrialState.RUNNING and "worker" in t.user_attrs
-                and t.user_attrs.get("job", {}).get("job_id")]
-
-    # requeue trial A once its distillation has written an epoch checkpoint
-    assert wait(lambda: any(work.glob("fusiondistill-*.pt")) and running_with_job(), 600)
-    a = running_with_job()[0]
-    a_job = a.user_attrs["job"]["job_id"]
-    subprocess.run(["scontrol", "requeue", a_job], check=True)
-    # scancel the other running trial's job (B): it must be retried with the same params
-    assert wait(lambda: [t for t in running_with_job() if t.number != a.number], 300)
-    b = [t for t in running_with_job() if t.number != a.number][0]
-    subprocess.run(["scancel", b.user_attrs["job"]["job_id"]], check=True)
-    out, _ = launcher.communicate(timeout=900)
-    assert launcher.returncode == 0, out[-4000:]
-    st = journal_study(tmp_path, name)
-    a_final = st.trials[a.number]
-    assert a_final.state == TrialState.COMPLETE
-    assert a_final.user_attrs.get("attempt", 1) == 1          # requeued, not retried
-    log = Path(a_final.user_attrs["job"]["log"]).read_text()
-    assert "fusiondistill     resumed   from epoch" in log    # the epoch checkpoint was used
-    assert "modelsoups        cache hit" in log               # finished stages not recomputed
-    b_final = st.trials[b.number]
-    assert b_final.state == TrialState.FAIL and b_final.user_attrs["retried"]
-    retry = [t for t in st.trials if t.user_attrs.get("retry_of") == b.number]
-    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
-    assert retry[0].user_attrs["values"] == b_final.user_attrs["values"]
-    assert len(finished(st)) == 3
-
     # a trial whose data is missing fails once as a configuration error, not retried; the
     # launch ends with no completed trial: exit 3
     bad = [*STUDY, "launch", "--space", "smoke.yaml", "--executor", "slurm", "--n-trials", "1",
