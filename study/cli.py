@@ -203,9 +203,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
                                      args.n_trials)
     if args.dry_run:   # every check of a launch, nothing written
         ld = studyfile.load(args.space, overrides)
-        with launcher.about(ld.source):
-            storage.make_sampler(ld.sf, ld.space.grid(), ld.sf.executor.parallel)
-            storage.check(storage.storage_url(ld.sf, results_dir))
+        launcher.preflight(ld, results_dir)
         _print_dry_run(ld, results_dir, cache_dir, args.n_trials or ld.sf.study.n_trials)
         return 0
     log = lambda m: print(m, flush=True)  # noqa: E731

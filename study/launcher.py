@@ -101,7 +101,7 @@ def shared_stage_plan(ld: LoadedStudy, cache_dir: str) -> list[tuple[str, int]]:
 def build_shared_stage(study_file: str, tree: dict[str, Any], cache_dir: str, name: str,
                        seed: int) -> str:
     """Build one shared stage of a study into the cache (a SLURM stage job runs this)."""
-    ld = studyfile.from_tree(tree, study_file)
+    ld = studyfile.from_tree(tree, study_file, check_space=False)   # checked at launch
     pipe = Pipeline(ld.sf.pipeline.model_copy(update={"seed": seed}), StageCache(cache_dir))
     pipe.network(name)
     return pipe.key(name)
@@ -193,8 +193,12 @@ class Launcher:
         """A worker that failed for the cluster's reasons (its job ran out of requeues after
         time limits) marked its trial `retried` before telling FAIL (a finished trial's
         attributes are frozen); the retry itself is enqueued here, once."""
-        for t in self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-            if t.user_attrs.get("retried") and t.user_attrs.get("fail_kind") in RETRYABLE:
+        trials = self.study.get_trials(deepcopy=False)
+        done = {x.user_attrs.get("retry_of") for x in trials}   # one read, not one per trial
+        for t in trials:
+            if (t.state == TrialState.FAIL and t.number not in done
+                    and t.user_attrs.get("retried")
+                    and t.user_attrs.get("fail_kind") in RETRYABLE):
                 self._enqueue_retry(t)
 
     def _recover(self, t: FrozenTrial) -> None:
@@ -399,8 +403,7 @@ class Launcher:
         """The last failures' one-line reasons, and where their logs are."""
         failed = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
                   if t.user_attrs.get("fail_kind") != "cancelled"][-limit:]
-        lines = [f"trial {t.number} [{t.user_attrs.get('fail_kind', '?')}]: "
-                 f"{t.user_attrs.get('fail_reason') or '(no reason recorded)'}" for t in failed]
+        lines = [failure_line(t) for t in failed]
         where = self.sdir / "jobs"
         return ("Last failures: " + "; ".join(lines) + f". Full tracebacks: {where}/"
                 "trial-N.log and the `error` column of the Parquet files.") if lines else ""
@@ -428,11 +431,14 @@ def failure_lines(trials: list[FrozenTrial], limit: int = 5) -> list[str]:
         kind = t.user_attrs.get("fail_kind", "unknown")
         kinds[kind] = kinds.get(kind, 0) + 1
     out = ["failures: " + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))]
-    for t in failed[-limit:]:
-        retried = " (retried)" if t.user_attrs.get("retried") else ""
-        out.append(f"  trial {t.number} [{t.user_attrs.get('fail_kind', 'unknown')}]{retried}: "
-                   f"{t.user_attrs.get('fail_reason') or '(no reason recorded)'}")
-    return out
+    return out + ["  " + failure_line(t) for t in failed[-limit:]]
+
+
+def failure_line(t: FrozenTrial) -> str:
+    """`trial 7 [code] (retried): ZeroDivisionError: ... (at fusion.py:120 in fuse)`"""
+    retried = " (retried)" if t.user_attrs.get("retried") else ""
+    return (f"trial {t.number} [{t.user_attrs.get('fail_kind', 'unknown')}]{retried}: "
+            f"{t.user_attrs.get('fail_reason') or '(no reason recorded)'}")
 
 
 # ---------------------------------------------------------------- the commands
@@ -537,6 +543,16 @@ class Driver(submitit.helpers.Checkpointable):
         return 0
 
 
+def preflight(ld: LoadedStudy, results_dir: str) -> tuple[str, Path]:
+    """The checks of a launch that need no connection (storage URL, sampler): a refusal writes
+    nothing. `launch --dry-run` runs exactly these. Returns the storage URL and study folder."""
+    url, sdir = _paths(ld, results_dir)
+    with about(ld.source):
+        storage.check(url)
+        storage.make_sampler(ld.sf, ld.space.grid(), ld.sf.executor.parallel)
+    return url, sdir
+
+
 def launch(request: LaunchRequest, *, detach: bool = False, log: Log = print) -> Counts | None:
     """Create or resume the study and run it to n_trials (or hand that to a driver: None).
     A second launcher of the same study is refused before it touches the study: it would
@@ -545,10 +561,7 @@ def launch(request: LaunchRequest, *, detach: bool = False, log: Log = print) ->
     ld = studyfile.load(request.study_file, request.overrides)
     sf = ld.sf
     n_trials = request.n_trials or sf.study.n_trials
-    url, sdir = _paths(ld, request.results_dir)
-    with about(ld.source):   # the checks that need no connection: a refusal writes nothing
-        storage.check(url)
-        storage.make_sampler(sf, ld.space.grid(), sf.executor.parallel)
+    url, sdir = preflight(ld, request.results_dir)
     made = [d for d in (sdir, *sdir.parents) if not d.exists()]   # what the lock will create
     try:
         with _launcher_lock(sdir) as held:

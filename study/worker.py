@@ -149,7 +149,7 @@ def run_job(job: Job, log: Any = print) -> str:
     error: that is a FAIL with its traceback, stored with the trial and in its Parquet row.
     While it runs, a heartbeat file beside its job file says where it is (`study status`)."""
     ld = (studyfile.load(job.study_file, job.overrides) if job.tree is None
-          else studyfile.from_tree(job.tree, job.study_file))
+          else studyfile.from_tree(job.tree, job.study_file, check_space=False))
     store = storage.open_storage(job.storage)
     st = optuna.load_study(study_name=job.study_name, storage=store,
                            pruner=storage.make_pruner(ld.sf))
