@@ -306,10 +306,15 @@ def test_local_study_survives_worker_and_launcher_kills_and_corrupt_entries(
     rng = random.Random(7)   # the kill times, reproducible
     faults = tmp_path / "faults"
     env = {**os.environ, "STUDY_FAULT": _arm(faults)}
-    cmd = [*STUDY, "launch", "--space", "smoke.yaml", "--executor", "local", "--parallel", "2",
-           "--n-trials", str(n_trials), "--results", str(tmp_path), *_sets(f"study.name={name}")]
+
+    def command() -> list[str]:
+        return [*STUDY, "launch", "--space", "smoke.yaml", "--executor", "local", "--parallel",
+                "2", "--n-trials", str(n_trials), "--results", str(tmp_path),
+                *_sets(f"study.name={name}")]
+
     log = open(tmp_path / "launcher.log", "ab")  # noqa: SIM115 - every launcher appends
-    launcher = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    launcher = subprocess.Popen(command(), cwd=ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
     kill_at: dict[int, float] = {}       # worker pid -> when to kill it
     early: dict[int, bool] = {}          # worker pid -> killed counting from its start
     delay: dict[int, float] = {}
@@ -317,10 +322,14 @@ def test_local_study_survives_worker_and_launcher_kills_and_corrupt_entries(
     launcher_kills, corrupted = 0, []
     cache = tmp_path / "cache"
     deadline = time.monotonic() + 600
-    while launcher.poll() is None or launcher.returncode == -signal.SIGKILL:
+    while (launcher.poll() is None or launcher.returncode == -signal.SIGKILL
+           or (launcher.returncode == 0 and len(worker_kills) < N_WORKER_KILLS)):
         assert time.monotonic() < deadline, (tmp_path / "launcher.log").read_text()[-4000:]
-        if launcher.poll() is not None:          # killed by us: `study launch` again
-            launcher = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log,
+        if launcher.poll() is not None:
+            if launcher.returncode == 0:         # finished before every kill landed (a fast
+                n_trials += 1                    # attempt escaped its kill): one trial more
+            # killed by us, or topped up: `study launch` again
+            launcher = subprocess.Popen(command(), cwd=ROOT, env=env, stdout=log,
                                         stderr=subprocess.STDOUT)
         now = time.monotonic()
         running = [t for t in _trials(tmp_path, name) if t.state == TrialState.RUNNING
