@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
@@ -20,7 +22,7 @@ from study import faults
 from study.errors import DiskFullError
 
 __all__ = ["DISK_FULL", "disk_full", "is_disk_full", "move_aside", "write_bytes", "write_file",
-           "write_text"]
+           "write_folder", "write_text"]
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)   # no space left; over the user's quota (HPC scratch)
 
@@ -87,6 +89,40 @@ def write_bytes(dest: str | Path, data: bytes, **kwargs: object) -> Path | None:
 
 def write_text(dest: str | Path, text: str, **kwargs: object) -> Path | None:
     return write_bytes(dest, text.encode(), **kwargs)
+
+
+def write_folder(dest: str | Path, files: Mapping[str, bytes], *, temp_root: str | Path,
+                 fault_point: str | None = None) -> Path:
+    """Write the folder `dest` holding `files` (name -> bytes) whole or not at all: each file
+    is written and fsynced in a temp folder under `temp_root` (on dest's file system), which is
+    then renamed to `dest`. When another writer's `dest` is already there, theirs is kept and
+    this copy discarded (two workers that built the same cache entry). `fault_point` names the
+    point where the fault suite may kill the writer after each file."""
+    dest, temp_root = Path(dest), Path(temp_root)
+    temp_root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{dest.parent.name}-{dest.name}-", dir=temp_root))
+    try:
+        for name, data in files.items():
+            with open(tmp / name, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            if fault_point:
+                faults.crash_midway(fault_point, tmp / name)   # the fault suite only
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(tmp, dest)
+        except OSError:
+            if not dest.exists():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)   # another writer won the race
+        return dest
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)   # no half folder; a full disk gets it back
+        raise disk_full(e, dest) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def move_aside(path: str | Path) -> Path:

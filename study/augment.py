@@ -55,9 +55,9 @@ import torch.nn.functional as F
 from study import degradations, device_degrade
 from study.cache import StageCache
 from study.data import Split
+from study.degradations import CLEAN
 from study.device_degrade import JpegBank
 
-CLEAN = "clean"   # the pseudo-degradation of the base stage: the degraded copy is the clean one
 PAD = 4           # reference: RandomCrop(32, padding=4), fill 0
 SHARE = ("nothing", "images", "geometry", "reference")   # see the module docstring
 # Under share="reference": (source, follower) chunks where the follower takes the source's draw

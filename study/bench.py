@@ -48,11 +48,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from study import augment, degradations, device_degrade, evaluation, losses, stages, train
-from study.augment import CLEAN, Batch
+from study import atomic, augment, degradations, device_degrade, evaluation, losses, stages, train
+from study.augment import Batch
 from study.cache import StageCache
 from study.config import DEGRADATION_NAMES, DistillSpec, PipelineConfig, TrainSpec
 from study.data import Dataset, make_synthetic
+from study.degradations import CLEAN
+from study.errors import ConfigError
 from study.models import build_model
 from study.pipeline import Pipeline
 from study.studyfile import load_preset
@@ -111,7 +113,8 @@ def stage_spec(kind: StageKind) -> TrainSpec:
 
 def get(name: str) -> StageKind:
     if name not in STAGE_KINDS:
-        raise ValueError(f"unknown stage kind {name!r}; valid names: {', '.join(STAGE_KINDS)}")
+        raise ConfigError(f"unknown stage kind {name!r}; valid names: "
+                          f"{', '.join(STAGE_KINDS)}")
     return STAGE_KINDS[name]
 
 
@@ -122,7 +125,7 @@ def expand_parts(parts: Iterable[str]) -> list[str]:
         names = stages.instance_names(stages=("expert",)) if p == "expert" else [p]
         for n in names:
             if n not in PARTS:
-                raise ValueError(f"unknown bench part {p!r}; valid names: expert, "
+                raise ConfigError(f"--stages: unknown bench part {p!r}; valid names: expert, "
                                  f"{', '.join(PARTS)}")
             if n not in out:
                 out.append(n)
@@ -370,14 +373,13 @@ def bench_eval(s: BenchSettings, cache: StageCache | None) -> dict[str, float]:
     out = {"test_images": len(images), "copies": len(plan), "images": n,
            "bank_build_s": bank_s, "eval_s": eval_s, "images_per_s": n / eval_s,
            "eval_s_per_10k_images": eval_s * 10000 / len(images)}
-    return out | noise_copies_before_after(images)
+    return out | noise_copies_built_and_cached(images)
 
 
-def noise_copies_before_after(images: np.ndarray) -> dict[str, float]:
+def noise_copies_built_and_cached(images: np.ndarray) -> dict[str, float]:
     """The awgn and salt-and-pepper copies of the protocol (77 of the 229) through the
-    pipeline's own copy function, in a fresh cache: built (what every evaluation paid before
-    they were cached; JPEG and blur were banked already) and then read back (what every
-    evaluation after the first pays now)."""
+    pipeline's own copy function, in a fresh cache: built (what the first evaluation of a test
+    set pays) and then read back from their banks (what every later evaluation pays)."""
     noisy = [(n, lv) for n, lv in evaluation.level_plan(DEGRADATION_NAMES, 1)
              if n in ("awgn", "saltpepper")]
     with tempfile.TemporaryDirectory(prefix="study-bench-banks-") as tmp:
@@ -428,7 +430,7 @@ def bench_trial(s: BenchSettings, workdir: Path, overrides: Sequence[str] = ()
                                 optuna.pruners.NopPruner(), print_=False)
     sdir = storage.study_dir(results_dir, ld.sf.study.name)
     sdir.mkdir(parents=True, exist_ok=True)
-    launcher = launch.Launcher(launch.Opened(ld, st, store, url, sdir), DebugExecutor(),
+    launcher = launch.Launcher(storage.StoredStudy(ld, st, store, url, sdir), DebugExecutor(),
                                cache_dir=str(cache_dir), parallel=1, log=lambda m: None)
     quiet = io.StringIO()
     with contextlib.redirect_stdout(quiet):
@@ -439,9 +441,10 @@ def bench_trial(s: BenchSettings, workdir: Path, overrides: Sequence[str] = ()
         number = launcher.start_trial()              # cached stages: fuse, distil, evaluate
         total_s = time.perf_counter() - t0
     df = results.read_trial(sdir, number)
-    if str(df.state.iloc[0]) != "COMPLETE":
-        raise RuntimeError(f"bench trial {number} ended {df.state.iloc[0]}: "
-                           f"{df.error.iloc[0]}")
+    if df is None or str(df.state.iloc[0]) != "COMPLETE":
+        raise RuntimeError(f"bench trial {number} did not complete: "
+                           + ("no result file" if df is None else
+                              f"{df.state.iloc[0]}: {df.error.iloc[0]}"))
     run_s = float(df.wall_s.iloc[0])
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-c", "import study.worker"], check=True)
@@ -539,9 +542,9 @@ def run_bench(s: BenchSettings, parts: Iterable[str] = DEFAULT_PARTS, *,
     """Every figure asked for in `parts`; returns the JSON-ready record of what ran.
     `trial_overrides` go on top of TRIAL_OVERRIDES (e.g. a longer distillation)."""
     if s.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' asked for but torch sees no GPU; use --device cpu")
+        raise ConfigError("--device cuda: torch sees no GPU on this machine; use --device cpu")
     if not s.device.startswith("cuda") and (s.bf16 or s.channels_last or s.compile != "none"):
-        raise ValueError("--bf16, --channels-last and --compile are CUDA-only in the bench (on "
+        raise ConfigError("--bf16, --channels-last and --compile are CUDA-only in the bench (on "
                          "the CPU they are slower or unsupported here)")
     parts = expand_parts(parts)
     if s.device.startswith("cuda"):
@@ -631,9 +634,9 @@ def format_table(record: dict[str, Any]) -> str:
                      f"10k-image test set); banks built in {e['bank_build_s']:.1f}s")
         if "noise_copies" in e:
             lines.append(f"  its {e['noise_copies']} noise and salt-and-pepper copies per "
-                         f"10k images: rebuilt {e['noise_rebuilt_s_per_10k']:.1f}s (each "
-                         f"evaluation, before), cached {e['noise_cached_s_per_10k']:.1f}s "
-                         "(each evaluation after the first, now)")
+                         f"10k images: built {e['noise_rebuilt_s_per_10k']:.1f}s (the first "
+                         f"evaluation), cached {e['noise_cached_s_per_10k']:.1f}s (every "
+                         "later one)")
     if "trial" in record:
         t = record["trial"]
         lines.append(f"cached-stage trial: run {t['trial_run_s']:.2f}s, orchestration "
@@ -650,12 +653,8 @@ def format_table(record: dict[str, Any]) -> str:
 
 
 def write_json(record: dict[str, Any], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1, default=str))
-    os.replace(tmp, path)
-    return path
+    atomic.write_text(path, json.dumps(record, indent=1, default=str))
+    return Path(path)
 
 
 def _dig(record: dict[str, Any], path: Sequence[str]) -> float | None:

@@ -15,9 +15,6 @@ import fcntl
 import hashlib
 import io
 import json
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -26,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from study import atomic, faults
+from study import atomic
 from study.errors import StudyError
 
 # Bump when a stage's semantics change, so old entries stop matching instead of being reused.
@@ -103,36 +100,15 @@ class StageCache:
 
     def _write(self, stage: str, key: str, files: Mapping[str, bytes], meta: Mapping[str, Any]
                ) -> Path:
-        tmp_root = self.root / ".tmp"
-        self._mkdir(tmp_root)
-        tmp = Path(tempfile.mkdtemp(prefix=f"{stage}-{key}-", dir=tmp_root))
-        try:
-            digests = {}
-            for name, data in files.items():
-                with open(tmp / name, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                faults.crash_midway("cache_write", tmp / name)   # fault suite only
-                digests[name] = hashlib.sha256(data).hexdigest()
-            full_meta = {**meta, "stage": stage, "key": key, "sha256": digests,
-                         "created": time.time()}
-            (tmp / META).write_text(json.dumps(full_meta, indent=1, default=str))
-            dest = self.entry(stage, key)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.rename(tmp, dest)
-            except OSError:
-                if not (dest / META).exists():
-                    raise
-                shutil.rmtree(tmp, ignore_errors=True)   # another writer won the race
-            return dest
-        except OSError as e:
-            shutil.rmtree(tmp, ignore_errors=True)   # no half entry, and a full disk gets it back
-            raise atomic.disk_full(e, self.entry(stage, key)) from None
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        """The entry's files and its meta.json (their sha256s) as one folder, atomically."""
+        self._mkdir(self.root / ".tmp")
+        digests = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
+        full_meta = {**meta, "stage": stage, "key": key, "sha256": digests,
+                     "created": time.time()}
+        # meta.json last: a folder with it is complete (the rename makes that atomic anyway)
+        contents = {**files, META: json.dumps(full_meta, indent=1, default=str).encode()}
+        return atomic.write_folder(self.entry(stage, key), contents,
+                                   temp_root=self.root / ".tmp", fault_point="cache_write")
 
     def _note(self, stage: str, key: str, hit: bool) -> None:
         (self.hits if hit else self.misses).append(f"{stage}/{key}")

@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import functools
 import re
-import types
-import typing
 from collections.abc import Iterable
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     ValidationInfo,
+    create_model,
     field_validator,
     model_validator,
 )
+
+from study import fusion
+from study.schema import takes_number
 
 DEGRADATION_NAMES = ("jpeg", "blur", "awgn", "saltpepper")
 METHOD_NAMES = (
@@ -44,30 +46,6 @@ SYNTHETIC_CLASSES = tuple(f"class{i}" for i in range(10))
 # Training images of the datasets with a fixed train split (CIFAR 50,000; Tiny ImageNet
 # 100,000): a validation hold-out needs fewer than that.
 TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "tinyimagenet": 100_000}
-
-
-def takes_number(ann: Any) -> bool:
-    """Whether a setting of annotation `ann` holds numbers (int or float, alone, in a union, a
-    list, a dict's values or a Literal of numbers) and no booleans: such a setting refuses
-    True/False, which pydantic would otherwise read as 1/0."""
-    leaves: list[Any] = []
-
-    def walk(a: Any) -> None:
-        origin = typing.get_origin(a)
-        if origin is Annotated:
-            walk(typing.get_args(a)[0])
-        elif origin is Literal:
-            leaves.extend(type(x) for x in typing.get_args(a))
-        elif origin in (typing.Union, types.UnionType, list, tuple, set, frozenset):
-            for x in typing.get_args(a):
-                walk(x)
-        elif origin is dict:
-            walk(typing.get_args(a)[1])
-        else:
-            leaves.append(a)
-
-    walk(ann)
-    return bool(leaves) and bool not in leaves and any(x in (int, float) for x in leaves)
 
 
 def _has_bool(v: Any) -> bool:
@@ -180,20 +158,33 @@ class ExpertSpec(TrainSpec):
     feature_layers: FeatureLayers = {"stage3": 1.0}
 
 
-class FusionConfig(Strict):
-    method: Literal["uniform", "weighted", "task_arithmetic", "ties", "dare"] = "uniform"
-    bn: Literal["copy_first", "average", "recompute"] = "copy_first"
+class FusionSettings(Strict):
+    """The `fusion` settings of every method. Each method's own arguments (weights, lambdas,
+    density, drop_rate...) are declared beside its code in study/fusion/ and join these in
+    FusionConfig below, so a new method with a new argument is one module."""
+
+    method: str = "uniform"                  # a name of fusion.METHODS
+    bn: Literal["copy_first", "average", "recompute"] = "copy_first"   # fusion.BN_MODES
     experts: list[str] | None = None      # which experts to fuse; None = all of `degradations`
-    weights: dict[str, float] | None = None   # weighted: simplex coefficients per expert
-    lambdas: float | dict[str, float] = 1.0   # task_arithmetic / ties / dare scaling
-    density: float = Field(0.2, gt=0, le=1)   # ties: fraction of each task vector kept
-    drop_rate: float = Field(0.9, ge=0, lt=1)  # dare: fraction of each task vector dropped
-    bn_batches: int = Field(20, ge=1)          # recompute: training batches to re-estimate BN stats
+    bn_batches: int = Field(20, ge=1)     # recompute: training batches to re-estimate BN stats
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        fusion.get(v)   # ValueError listing the methods
+        return v
 
     @field_validator("experts")
     @classmethod
     def _known_experts(cls, v: list[str] | None) -> list[str] | None:
         return None if v is None else _canonical_subset(v, DEGRADATION_NAMES, "fusion expert")
+
+
+if TYPE_CHECKING:   # the methods' arguments are read by name (FusionMethod), not as attributes
+    FusionConfig = FusionSettings
+else:
+    FusionConfig = create_model("FusionConfig", __base__=FusionSettings, __module__=__name__,
+                                **fusion.argument_fields())
 
 
 class DistillSpec(TrainSpec):
@@ -294,22 +285,12 @@ class PipelineConfig(Strict):
             raise ValueError(
                 f"fusion.experts {chosen} must be a subset of degradations {self.degradations}"
             )
-        f = self.fusion
-        if f.method == "weighted":
-            if f.weights is None or set(f.weights) != set(chosen):
-                raise ValueError(
-                    f"fusion.method 'weighted' needs fusion.weights with one weight per fused "
-                    f"expert {chosen}, got {f.weights}"
-                )
-            if min(f.weights.values()) < 0 or abs(sum(f.weights.values()) - 1) > 1e-6:
-                raise ValueError(f"fusion.weights must be >= 0 and sum to 1, got {f.weights}")
-        if isinstance(f.lambdas, dict):
-            if set(f.lambdas) != set(chosen):
-                raise ValueError(f"fusion.lambdas keys must be the fused experts {chosen}, got "
-                                 f"{sorted(f.lambdas)}")
-            if f.method == "ties":   # TIES scales the merged task vector, one lambda for all
-                raise ValueError("fusion.method 'ties' takes one number as fusion.lambdas, got "
-                                 f"one per expert {f.lambdas}")
+        # the method's own rules on the arguments it reads (study/fusion/<method>.py)
+        method = fusion.get(self.fusion.method)
+        problems = method.check(method.plain_arguments(self.fusion.model_dump(), chosen),
+                                len(chosen))
+        if problems:
+            raise ValueError("; ".join(problems))
         if self.data.dataset in ("cifar10", "cifar100", "tinyimagenet", "imagefolder") and (
             not self.data.root
         ):

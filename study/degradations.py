@@ -21,6 +21,7 @@ from PIL import Image
 from scipy import ndimage
 
 __all__ = [
+    "CLEAN",
     "DEGRADATIONS",
     "Degradation",
     "degrade",
@@ -52,6 +53,10 @@ class Degradation:
             out.append(self.hi)
         return out
 
+
+# The pseudo-degradation of the clean images: the base stage's stream, the test protocol's
+# undegraded copy.
+CLEAN = "clean"
 
 DEGRADATIONS: dict[str, Degradation] = {
     # q in 1..100 is a PIL encode+decode; 101 is the reference's "clean" (any q outside [1, 100]).

@@ -6,8 +6,11 @@ Anything else that escapes a command is a bug in `study` (exit 1, with a traceba
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 __all__ = ["ConfigError", "DataError", "DiskFullError", "StorageError", "StudyError",
-           "StudyHalted"]
+           "StudyHalted", "naming_file"]
 
 
 class StudyError(Exception):
@@ -43,3 +46,13 @@ class StudyHalted(StudyError):
     a SLURM dependency tells it from a refused command (2) and from a crash (1)."""
 
     exit_code = 3
+
+
+@contextlib.contextmanager
+def naming_file(source: str) -> Iterator[None]:
+    """A StudyError raised inside names the study file first: the setting at fault (a storage
+    URL, a GPU index) may come from the file or from a --set override."""
+    try:
+        yield
+    except StudyError as e:
+        raise type(e)(f"{source}: {e}") from None

@@ -1,4 +1,5 @@
-"""The level-wise test protocol of docs/method.md and the paper-style table.
+"""The level-wise test protocol of docs/method.md (the paper-style table of its rows is
+results.paper_table).
 
 Every model is evaluated on the whole split once per integer level of each degradation (jpeg 101,
 blur 51, awgn 51, saltpepper 26 = 229 copies), plus clean. The number per degradation is the mean
@@ -12,23 +13,26 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
 from study import degradations
 from study.augment import normalise
-from study.config import DEGRADATION_NAMES
 from study.train import predict
 
-TABLE_COLUMNS = {"jpeg": "JPEG", "blur": "Blur", "awgn": "AWGN", "saltpepper": "SAPN"}
 # Combines the networks' logits on one copy into one method's predictions (None: not defined there,
 # e.g. the oracle on clean images).
 Combiner = Callable[[Mapping[str, torch.Tensor], str], "torch.Tensor | None"]
 
 
 def copy_seed(seed: int, name: str, level: int) -> np.random.Generator:
-    return np.random.default_rng([seed, DEGRADATION_NAMES.index(name), level])
+    return np.random.default_rng([seed, _index(name), level])
+
+
+def _index(name: str) -> int:
+    """A degradation's place in the registry (jpeg 0, blur 1, awgn 2, saltpepper 3): part of
+    every degraded copy's seed, so the order of degradations.DEGRADATIONS is fixed."""
+    return list(degradations.DEGRADATIONS).index(name)
 
 
 def degraded_copy(images: np.ndarray, name: str, level: int, seed: int, salt_value: int
@@ -39,7 +43,7 @@ def degraded_copy(images: np.ndarray, name: str, level: int, seed: int, salt_val
 
 def random_level_copy(images: np.ndarray, name: str, seed: int, salt_value: int) -> np.ndarray:
     """One fixed random level per image: the cheap per-epoch validation set of a stage."""
-    rng = np.random.default_rng([seed, DEGRADATION_NAMES.index(name), 10_000])
+    rng = np.random.default_rng([seed, _index(name), 10_000])
     return degradations.degrade_batch(images, name, degradations.random_levels(name, len(images),
                                                                                rng), rng,
                                       salt_value)
@@ -99,18 +103,3 @@ def evaluate(networks: Mapping[str, nn.Module], methods: Mapping[str, Combiner],
             rows.append({"model": method, "degradation": name, "level": level,
                          "accuracy": (pred == y).float().mean().item(), "n_images": len(y)})
     return rows
-
-
-def table(rows: pd.DataFrame | Sequence[Mapping[str, object]],
-          order: Sequence[str] | None = None) -> pd.DataFrame:
-    """Methods x JPEG/Blur/AWGN/SAPN/Avg/Clean in percent: mean over levels, Avg of the four."""
-    df = pd.DataFrame(rows)
-    per = df[df.degradation != "clean"].groupby(["model", "degradation"]).accuracy.mean()
-    out = per.unstack("degradation").reindex(columns=[d for d in TABLE_COLUMNS if d in set(
-        df.degradation)])
-    out["Avg"] = out.mean(axis=1)
-    clean = df[df.degradation == "clean"].groupby("model").accuracy.mean()
-    out["Clean"] = clean.reindex(out.index)
-    out = out.rename(columns=TABLE_COLUMNS) * 100
-    order = list(order or dict.fromkeys(df.model))
-    return out.reindex([m for m in order if m in out.index])

@@ -5,9 +5,10 @@ Workers tell their own results (study/worker.py), so the launcher holds no state
 killing it loses nothing, and `study launch` again adopts the trials still running, recovers the
 ones that finished while it was away, and retries the ones whose worker vanished.
 A trial counts toward n_trials once it is COMPLETE, PRUNED or FAIL, except a FAIL that was retried.
+Where trials run is the executor's business (study/executors/): the launcher only asks it.
 
 `launch(request)` is the whole of `study launch` after argument parsing: the CLI calls it, and
-so does the --detach driver (`python -m study.launcher REQUEST.json`, or a SLURM job), without
+so does the --detach driver (`python -m study.launcher REQUEST.json`, or a batch job), without
 going back through the CLI.
 """
 
@@ -16,146 +17,74 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
-import json
 import os
 import platform
 import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
-import submitit
 from optuna.trial import FrozenTrial, TrialState
 
-from study import atomic, results, stages, storage, studyfile, worker
+from study import atomic, executors, failures, results, stages, storage, studyfile, worker
 from study.cache import StageCache
-from study.errors import StudyError, StudyHalted
-from study.executors import Executor, Handle, JobFiles, make_executor
+from study.errors import StudyError, StudyHalted, naming_file
+from study.executors import Driver, Executor, Handle, JobFiles, make_executor
+from study.jobs import Job, LaunchRequest
 from study.pipeline import Pipeline
+from study.status import Counts, count
+from study.storage import StoredStudy
 from study.studyfile import LoadedStudy
-from study.worker import Job
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 # A worker registers itself in its trial within seconds of starting (imports ~5 s here); one
 # that has not after this long, and whose job is gone, never will.
 REGISTER_GRACE_S = 180.0
 DEFAULT_RETRIES = 2   # infrastructure failures (vanished, preempted, killed) per configuration
-RETRYABLE = worker.RETRYABLE
-# `study cancel`: how long no new trial may appear before the study counts as stopped (a
-# SLURM KillWait is 30 s by default, 5 s on the test cluster), and the most it waits for that
-CANCEL_QUIET_S = 6.0
-CANCEL_SETTLE_S = 60.0
-# Failures the circuit breaker counts: the study's own fault, not the cluster's.
-BREAKER_KINDS = {"code", "config"}
 Log = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class LaunchRequest:
-    """What `study launch` was asked: enough for a driver elsewhere to do the same."""
-
-    study_file: str
-    overrides: list[str]
-    results_dir: str
-    cache_dir: str
-    n_trials: int | None = None     # None: the study file's study.n_trials
-
-    def write(self, path: Path) -> Path:
-        atomic.write_text(path, json.dumps(asdict(self), indent=1), mode=0o600)
-        return path
-
-    @classmethod
-    def read(cls, path: str | Path) -> LaunchRequest:
-        return cls(**json.loads(Path(path).read_text()))
 
 
 def shared_stage_plan(ld: LoadedStudy, cache_dir: str) -> list[tuple[str, int]]:
     """The shared stages (base, experts) every trial will need, not yet cached: (stage, seed) in
-    build order. Empty when the space varies a field one of them reads (then each trial builds
-    its own)."""
-    reads = [f"pipeline.{r}" for name in stages.SHARED for r in stages.STAGES[name].reads]
-    for p in ld.space.params:
-        path = ".".join(p.path)
-        if any(path == r or path.startswith(r + ".") or r.startswith(path + ".")
-               for r in reads):
-            return []
-    degradations = set(ld.sf.pipeline.degradations)
-    for p in ld.space.params:   # a searched subset of degradations needs every expert it names
-        if p.path == ("pipeline", "degradations"):
-            degradations |= set(p.spec.get("of", []))
+    build order (the registry says which; the space, which degradations a trial may pick)."""
+    names = stages.shared_instances(ld.sf.pipeline, [p.path for p in ld.space.params],
+                                    _possible_degradations(ld))
     cache = StageCache(cache_dir)
     plan = []
     for r in range(ld.sf.study.replicates):
         seed = ld.sf.pipeline.seed + r
         pipe = Pipeline(ld.sf.pipeline.model_copy(update={"seed": seed}), cache)
-        for name in stages.instance_names(sorted(degradations), stages=stages.SHARED):
-            if not pipe.cached(name):
-                plan.append((name, seed))
+        plan += [(name, seed) for name in names if not pipe.cached(name)]
     return plan
+
+
+def _possible_degradations(ld: LoadedStudy) -> set[str]:
+    # TODO(space package): ask the space for every value a path can take
+    out: set[str] = set()
+    for p in ld.space.params:
+        if p.path == ("pipeline", "degradations"):
+            out |= set(p.spec.get("of", []))
+    return out
 
 
 def build_shared_stage(study_file: str, tree: dict[str, Any], cache_dir: str, name: str,
                        seed: int) -> str:
-    """Build one shared stage of a study into the cache (a SLURM stage job runs this)."""
+    """Build one shared stage of a study into the cache (an executor's stage job runs this)."""
     ld = studyfile.from_tree(tree, study_file, check_space=False)   # checked at launch
     pipe = Pipeline(ld.sf.pipeline.model_copy(update={"seed": seed}), StageCache(cache_dir))
     pipe.network(name)
     return pipe.key(name)
 
 
-@dataclass
-class Counts:
-    complete: int = 0
-    pruned: int = 0
-    failed: int = 0
-    running: int = 0
-    retried: int = 0
-    best: float | None = None
-    best_trial: int | None = None
-    by_state: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def done(self) -> int:
-        return self.complete + self.pruned + self.failed
-
-    def line(self, n_trials: int) -> str:
-        best = (f", best {self.best:.4f} (trial {self.best_trial})" if self.best is not None
-                else "")
-        retried = f", {self.retried} retried" if self.retried else ""
-        target = max(n_trials, self.done)   # a study topped up past its file's n_trials
-        return (f"[{time.strftime('%H:%M:%S')}] {self.done}/{target} done (complete "
-                f"{self.complete}, pruned {self.pruned}, failed {self.failed}{retried}), "
-                f"running {self.running}{best}")
-
-
-def count(study: optuna.Study, trials: list[FrozenTrial]) -> Counts:
-    c = Counts()
-    for t in trials:
-        if t.state == TrialState.FAIL and t.user_attrs.get("retried"):
-            c.retried += 1
-        elif t.state == TrialState.COMPLETE:
-            c.complete += 1
-        elif t.state == TrialState.PRUNED:
-            c.pruned += 1
-        elif t.state == TrialState.FAIL:
-            c.failed += 1
-        elif t.state == TrialState.RUNNING:   # WAITING = an enqueued retry, not yet asked
-            c.running += 1
-    if len(study.directions) == 1 and c.complete:
-        best = study.best_trial
-        c.best, c.best_trial = best.value, best.number
-    return c
-
-
 class Launcher:
-    def __init__(self, opened: Opened, executor: Executor, *, cache_dir: str, parallel: int,
-                 retries: int = DEFAULT_RETRIES, poll_s: float = 1.0, log: Log = print):
-        self.ld, self.study, self.store = opened.ld, opened.study, opened.store
-        self.storage_url, self.sdir = opened.url, opened.study_dir
+    def __init__(self, stored: StoredStudy, executor: Executor, *, cache_dir: str,
+                 parallel: int, retries: int = DEFAULT_RETRIES, poll_s: float = 1.0,
+                 log: Log = print):
+        self.ld, self.study, self.store = stored.ld, stored.study, stored.store
+        self.storage_url, self.sdir = stored.url, stored.study_dir
         self.executor, self.cache_dir = executor, cache_dir
         self.parallel, self.retries, self.poll_s, self.log = parallel, retries, poll_s, log
         self.stop_after_failures = self.ld.sf.study.stop_after_failures
@@ -198,20 +127,25 @@ class Launcher:
         for t in trials:
             if (t.state == TrialState.FAIL and t.number not in done
                     and t.user_attrs.get("retried")
-                    and t.user_attrs.get("fail_kind") in RETRYABLE):
+                    and t.user_attrs.get("fail_kind") in failures.RETRYABLE):
                 self._enqueue_retry(t)
 
     def _recover(self, t: FrozenTrial) -> None:
-        """The worker wrote its Parquet file but died before telling: tell from the file."""
+        """The worker wrote its Parquet file but died before telling: tell from the file. A
+        file that cannot be read is moved aside (results.read_trial says so), and the trial
+        counts as vanished without a result."""
         df = results.read_trial(self.sdir, t.number)
+        if df is None:
+            self._infrastructure_failure(t, "its result file was unreadable and was moved "
+                                         "aside; the worker left no usable result")
+            return
         state = str(df.state.iloc[0])
         if state == "FAIL" and t.user_attrs.get("retried"):
             self._enqueue_retry(t)   # its launcher was killed inside fail(), maybe before this
         # skip_if_finished: the worker may tell between our read of RUNNING and this tell (it
         # writes the file first, then tells, then exits); the storage then already agrees.
         if state == "COMPLETE":
-            # values only here: a FAIL or PRUNED file holds NA, which float() refuses
-            values = [float(df[c].iloc[0]) for c in sorted(df.columns) if c.startswith("value_")]
+            values = results.objective_columns(df)
             self.study.tell(t.number, values, skip_if_finished=True)
         else:
             self.study.tell(t.number, state=TrialState[state], skip_if_finished=True)
@@ -224,7 +158,7 @@ class Launcher:
     def fail(self, t: FrozenTrial, reason: str, fail_kind: str, retry: bool) -> None:
         """FAIL a RUNNING trial with a reason, in storage and Parquet; optionally enqueue a
         retry with the same parameters. A worker that wrote its file first wins (a cancelled
-        SLURM job runs on for KillWait seconds): its result is recovered instead."""
+        batch job may run on for a grace period): its result is recovered instead."""
         attempt = int(t.user_attrs.get("attempt", 1))
         trial_id = storage.trial_id(self.store, self.study.study_name, t.number)
         if results.has_trial(self.sdir, t.number):
@@ -297,24 +231,28 @@ class Launcher:
         job = Job(study_file=self.ld.source, overrides=[], results=str(self.sdir.parent),
                   cache=self.cache_dir, storage=self.storage_url,
                   study_name=self.ld.sf.study.name, trial=trial.number, tree=self.ld.tree)
-        self.log(f"  trial {trial.number}: starting ({self.executor.name}) {values}")
+        self.log(f"  trial {trial.number}: starting ({self.executor.name}) "
+                 + ", ".join(f"{k}={_short(v)}" for k, v in values.items()))
         path = job.write(self.job_path(trial.number))
         return trial, JobFiles(path, path.with_suffix(".log"))
 
     def prebuild_shared_stages(self) -> None:
-        """Where the executor does it (SLURM): base, then the experts in parallel, as their own
-        jobs; the trials submitted next depend on them, so no GPU waits on a cache entry."""
+        """Where the executor does it (a batch system): base, then the experts in parallel, as
+        their own jobs; the trials submitted next depend on them, so no GPU waits on a cache
+        entry."""
         plan = shared_stage_plan(self.ld, self.cache_dir)
         if not plan:
             return
-        # submitit pickles this call into the job folder: the tree without the storage URL
+        # the executor may store this call with a job: the tree without the storage URL
         # (a stage job never opens the study; the URL may hold a password)
         tree = {**self.ld.tree, "study": {**self.ld.tree["study"], "storage": None}}
         build = functools.partial(build_shared_stage, self.ld.source, tree, self.cache_dir)
-        ids = self.executor.build_shared_stages(plan, build)
-        if ids:
-            self.study.set_user_attr("stage_jobs", ids)
-            self.log("  shared stages as jobs: " + ", ".join(f"{k} {v}" for k, v in ids.items()))
+        handles = self.executor.build_shared_stages(plan, build)
+        if handles:
+            self.study.set_user_attr("stage_jobs", handles)
+            where = self.executor.describe(list(handles.values()))
+            self.log("  shared stages ahead of the trials: " + ", ".join(
+                f"{k} ({w})" for k, w in zip(handles, where, strict=True)))
 
     def run(self, n_trials: int) -> Counts:
         """Top the study up to n_trials. A full disk stops the launcher with one paragraph that
@@ -390,20 +328,21 @@ class Launcher:
         run: list[FrozenTrial] = []
         for t in done:
             bad = (t.state == TrialState.FAIL
-                   and t.user_attrs.get("fail_kind") in BREAKER_KINDS)
+                   and t.user_attrs.get("fail_kind") in failures.BREAKER_KINDS)
             run = [*run, t] if bad else []
             if len(run) >= k:
                 nums = [x.number for x in run]
                 first = "its first" if len(done) == len(run) else "a run of"
                 return (f"{first} {len(run)} finished trials ({nums}) failed with code or "
-                        f"configuration errors (study.stop_after_failures={k})")
+                        "configuration errors or diverged (study.stop_after_failures="
+                        f"{k})")
         return None
 
     def failure_summary(self, limit: int = 3) -> str:
         """The last failures' one-line reasons, and where their logs are."""
         failed = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
                   if t.user_attrs.get("fail_kind") != "cancelled"][-limit:]
-        lines = [failure_line(t) for t in failed]
+        lines = [failures.failure_line(t.user_attrs, t.number) for t in failed]
         where = self.sdir / "jobs"
         return ("Last failures: " + "; ".join(lines) + f". Full tracebacks: {where}/"
                 "trial-N.log and the `error` column of the Parquet files.") if lines else ""
@@ -419,26 +358,6 @@ class Launcher:
             + self.failure_summary() + " Fix the cause and run `study launch` again: it "
             "resumes the study (finished trials are kept); study.stop_after_failures: 0 turns "
             "the breaker off.")
-
-
-def failure_lines(trials: list[FrozenTrial], limit: int = 5) -> list[str]:
-    """`study status`: the failures by cause, and the last ones' one-line reasons."""
-    failed = [t for t in trials if t.state == TrialState.FAIL]
-    if not failed:
-        return []
-    kinds: dict[str, int] = {}
-    for t in failed:
-        kind = t.user_attrs.get("fail_kind", "unknown")
-        kinds[kind] = kinds.get(kind, 0) + 1
-    out = ["failures: " + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))]
-    return out + ["  " + failure_line(t) for t in failed[-limit:]]
-
-
-def failure_line(t: FrozenTrial) -> str:
-    """`trial 7 [code] (retried): ZeroDivisionError: ... (at fusion.py:120 in fuse)`"""
-    retried = " (retried)" if t.user_attrs.get("retried") else ""
-    return (f"trial {t.number} [{t.user_attrs.get('fail_kind', 'unknown')}]{retried}: "
-            f"{t.user_attrs.get('fail_reason') or '(no reason recorded)'}")
 
 
 # ---------------------------------------------------------------- the commands
@@ -458,44 +377,11 @@ def _launcher_lock(sdir: Path) -> Iterator[bool]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-@contextlib.contextmanager
-def about(source: str) -> Iterator[None]:
-    """Storage errors name the study file too: the URL may come from it or from --set."""
-    try:
-        yield
-    except StudyError as e:
-        raise type(e)(f"{source}: {e}") from None
-
-
-@dataclass
-class Opened:
-    """A study file's study, opened in its storage."""
-
-    ld: LoadedStudy
-    study: optuna.Study
-    store: optuna.storages.BaseStorage
-    url: str
-    study_dir: Path
-
-
-def _paths(ld: LoadedStudy, results_dir: str) -> tuple[str, Path]:
-    return (storage.storage_url(ld.sf, results_dir),
-            storage.study_dir(results_dir, ld.sf.study.name))
-
-
-def open_study(ld: LoadedStudy, results_dir: str) -> Opened:
-    """An already launched study; a study never launched is a user error."""
-    url, sdir = _paths(ld, results_dir)
-    with about(ld.source):
-        st, store = storage.open_existing(ld.sf, results_dir)
-    return Opened(ld, st, store, url, sdir)
-
-
-def _create(ld: LoadedStudy, results_dir: str, n_trials: int) -> Opened:
+def _create(ld: LoadedStudy, results_dir: str, n_trials: int) -> StoredStudy:
     """Create or resume the study; every check first, so a refused launch writes nothing."""
     sf = ld.sf
-    url, sdir = _paths(ld, results_dir)
-    with about(ld.source):
+    url, sdir = storage.study_paths(ld, results_dir)
+    with naming_file(ld.source):
         sampler = storage.make_sampler(sf, ld.space.grid(), sf.executor.parallel)
         store = storage.open_storage(url)
         st = storage.load_or_create(sf, store, sampler, storage.make_pruner(sf),
@@ -512,7 +398,7 @@ def _create(ld: LoadedStudy, results_dir: str, n_trials: int) -> Opened:
     st.set_user_attr("n_trials", n_trials)   # the target `study status` reports against
     st.set_user_attr("cancelled", False)
     st.set_user_attr("halted", None)   # a new launch after a fix: the breaker starts afresh
-    return Opened(ld, st, store, url, sdir)
+    return StoredStudy(ld, st, store, url, sdir)
 
 
 def _enqueue_baseline(ld: LoadedStudy, st: optuna.Study) -> None:
@@ -527,29 +413,39 @@ def _enqueue_baseline(ld: LoadedStudy, st: optuna.Study) -> None:
                      user_attrs={"baseline": True, "baseline_values": values})
 
 
-class Driver(submitit.helpers.Checkpointable):
-    """The launcher loop as a unit of work (`study launch --detach`): a SLURM job calls it, a
-    local process runs `argv`. Resumable, so it may be killed and requeued."""
+def _short(value: Any) -> str:
+    """A sampled value for a log line: floats to 4 significant digits (a log-uniform draw has
+    16), mappings and lists element by element."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_short(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_short(v) for v in value) + "]"
+    return str(value)
 
-    def __init__(self, request_path: str):
-        self.request_path = request_path
 
-    @property
-    def argv(self) -> list[str]:
-        return [sys.executable, "-m", "study.launcher", self.request_path]
+def run_request(request_path: str) -> int:
+    """The detached launcher loop: a job calls this (pickled with the job), a process runs
+    `python -m study.launcher REQUEST.json`."""
+    launch(LaunchRequest.read(request_path), log=lambda m: print(m, flush=True))
+    return 0
 
-    def __call__(self) -> int:
-        launch(LaunchRequest.read(self.request_path), log=lambda m: print(m, flush=True))
-        return 0
+
+def driver_for(request_path: Path) -> Driver:
+    return Driver(argv=[sys.executable, "-m", "study.launcher", str(request_path)],
+                  call=functools.partial(run_request, str(request_path)),
+                  log=request_path.with_suffix(".log"))
 
 
 def preflight(ld: LoadedStudy, results_dir: str) -> tuple[str, Path]:
     """The checks of a launch that need no connection (storage URL, sampler): a refusal writes
     nothing. `launch --dry-run` runs exactly these. Returns the storage URL and study folder."""
-    url, sdir = _paths(ld, results_dir)
-    with about(ld.source):
+    url, sdir = storage.study_paths(ld, results_dir)
+    with naming_file(ld.source):
         storage.check(url)
         storage.make_sampler(ld.sf, ld.space.grid(), ld.sf.executor.parallel)
+        make_executor(ld.sf, sdir)   # a setting this machine cannot honour (a GPU index)
     return url, sdir
 
 
@@ -570,8 +466,8 @@ def launch(request: LaunchRequest, *, detach: bool = False, log: Log = print) ->
                 raise StudyError(f"another launcher is running study '{sf.study.name}' (lock "
                                  f"{lock}: {lock.read_text()}); `study status` follows it, "
                                  "`study cancel` stops it")
-            opened = _create(ld, request.results_dir, n_trials)
-            return _launch_locked(request, opened, n_trials, detach, log)
+            stored = _create(ld, request.results_dir, n_trials)
+            return _launch_locked(request, stored, n_trials, detach, log)
     except StudyError:
         # a new study refused by its storage (unreachable, a different study) leaves no folder
         if made and sdir.is_dir() and {p.name for p in sdir.iterdir()} <= {"launcher.lock"}:
@@ -582,32 +478,34 @@ def launch(request: LaunchRequest, *, detach: bool = False, log: Log = print) ->
         raise
 
 
-def _launch_locked(request: LaunchRequest, opened: Opened, n_trials: int, detach: bool,
+def _launch_locked(request: LaunchRequest, stored: StoredStudy, n_trials: int, detach: bool,
                    log: Log) -> Counts | None:
-    ld, sf = opened.ld, opened.ld.sf
-    lock = opened.study_dir / "launcher.lock"
-    executor = make_executor(sf, opened.study_dir)
+    ld, sf = stored.ld, stored.ld.sf
+    lock = stored.study_dir / "launcher.lock"
+    executor = make_executor(sf, stored.study_dir)
     if detach:
         path = LaunchRequest(ld.source, request.overrides, request.results_dir,
                              request.cache_dir, n_trials).write(
-            opened.study_dir / "launcher.json")
-        handle = executor.start_driver(Driver(str(path)))
-        opened.study.set_user_attr("driver", handle)
-        where = (f"SLURM job {handle['job_id']}" if handle.get("job_id")
-                 else f"process {handle['pid']} (log {handle.get('log')})")
-        log(f"study '{sf.study.name}' detached: the launcher runs as {where}; "
+            stored.study_dir / "launcher.json")
+        driver = driver_for(path)
+        handle = executor.start_driver(driver)
+        stored.study.set_user_attr("driver", handle)
+        where = executor.describe([handle])[0]
+        log(f"study '{sf.study.name}' detached: the launcher runs as {where} (log "
+            f"{handle.get('log') or driver.log}); "
             f"`study status --space {request.study_file}` follows it, `study cancel` "
             "stops it")
         return None
     lock.write_text(f"pid {os.getpid()} on {platform.node()}")
-    log(f"study '{sf.study.name}': {len(opened.study.trials)} trials in storage "
-        f"{storage.masked(opened.url)}; topping up to {n_trials} finished "
+    log(f"study '{sf.study.name}': {len(stored.study.trials)} trials in storage "
+        f"{storage.masked(stored.url)}; topping up to {n_trials} finished "
         f"({sf.executor.backend}, parallel {sf.executor.parallel})")
-    worker.use_allotted_cpus()   # the debug executor runs trials in this process
-    launcher = Launcher(opened, executor, cache_dir=request.cache_dir,
+    # the debug executor runs trials in this process
+    worker.use_allotted_cpus(executors.allotted_cpus())
+    launcher = Launcher(stored, executor, cache_dir=request.cache_dir,
                         parallel=sf.executor.parallel, retries=sf.executor.retries, log=log)
     counts = launcher.run(n_trials)
-    log(f"results: {opened.study_dir}/trials ({counts.done} finished trials)")
+    log(f"results: {stored.study_dir}/trials ({counts.done} finished trials)")
     return counts
 
 
@@ -615,25 +513,17 @@ def cancel(ld: LoadedStudy, results_dir: str, cache_dir: str, log: Log = print) 
     """Stop a study: its driver first (so nothing is resubmitted), then its jobs; the trials in
     flight FAIL as cancelled (not retried). `study launch` later resumes the study. Returns
     how many trials were in flight."""
-    opened = open_study(ld, results_dir)
-    st = opened.study
-    executor = make_executor(ld.sf, opened.study_dir)
+    stored = storage.open_study(ld, results_dir)
+    st = stored.study
+    executor = make_executor(ld.sf, stored.study_dir)
     # First the launcher: it checks this flag every loop, and its job or process is stopped and
     # awaited, so it cannot start a trial after the ones below are stopped.
     st.set_user_attr("cancelled", True)
     executor.stop_driver(st.user_attrs.get("driver") or {}, wait_s=120)
-    launcher = Launcher(opened, executor, cache_dir=cache_dir, parallel=1, log=log)
-    stopped = stop_in_flight(launcher, "cancelled by `study cancel`")
-    # sacct calls a scancelled driver CANCELLED at once, while its process may live on for
-    # SLURM's KillWait (submitit ignores the SIGTERM): a trial it started in that window is
-    # stopped too, until none has appeared for CANCEL_QUIET_S (bounded by CANCEL_SETTLE_S)
-    quiet_since, deadline = time.time(), time.time() + CANCEL_SETTLE_S
-    while time.time() - quiet_since < CANCEL_QUIET_S and time.time() < deadline:
-        time.sleep(1)
-        late = stop_in_flight(launcher, "cancelled by `study cancel`")
-        if late:
-            stopped, quiet_since = stopped + late, time.time()
-    return stopped
+    launcher = Launcher(stored, executor, cache_dir=cache_dir, parallel=1, log=log)
+    reason = "cancelled by `study cancel`"
+    stopped = stop_in_flight(launcher, reason)
+    return stopped + executor.drain_stopped_driver(lambda: stop_in_flight(launcher, reason))
 
 
 def stop_in_flight(launcher: Launcher, reason: str) -> int:
@@ -643,8 +533,9 @@ def stop_in_flight(launcher: Launcher, reason: str) -> int:
     running = st.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     handles: list[Handle] = [t.user_attrs.get("job") or {} for t in running]
     handles += [t.user_attrs.get("worker") or {} for t in running]
-    handles += [{"kind": "slurm", "job_id": j}
-                for j in (st.user_attrs.get("stage_jobs") or {}).values()]
+    # a study of release 0.3 stored bare job ids here: its stage jobs ended long ago
+    handles += [h for h in (st.user_attrs.get("stage_jobs") or {}).values()
+                if isinstance(h, dict)]
     launcher.executor.cancel(handles)
     for t in running:
         launcher.fail(t, reason, "cancelled", retry=False)
@@ -655,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m study.launcher REQUEST.json`: the detached launcher on this machine."""
     argv = sys.argv[1:] if argv is None else argv
     try:
-        launch(LaunchRequest.read(argv[0]), log=lambda m: print(m, flush=True))
+        run_request(argv[0])
     except StudyError as e:
         print(f"study: error: {e}", file=sys.stderr)
         return getattr(e, "exit_code", 2)

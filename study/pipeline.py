@@ -22,10 +22,12 @@ import torch
 from torch import nn
 
 from study import augment, data, device_degrade, evaluation, fusion, losses, models, stages, train
-from study.augment import CLEAN, DeviceTrainStream, TrainStream
+from study.augment import DeviceTrainStream, TrainStream
 from study.cache import StageCache, content_key
 from study.config import PipelineConfig, TrainSpec
+from study.degradations import CLEAN
 from study.errors import ConfigError
+from study.fusion import merge
 from study.progress import Progress
 
 EpochHook = Callable[[int, "float | None"], None]
@@ -185,19 +187,17 @@ class Pipeline:
     def fuse(self) -> dict[str, torch.Tensor]:
         c, f = self.cfg, self.cfg.fusion
         names = c.fused_experts
-        states = [self.network(stages.instance("expert", d)).state_dict() for d in names]
-        needs_base = f.method in fusion.NEEDS_BASE
-        lambdas = [f.lambdas[d] for d in names] if isinstance(f.lambdas, dict) else f.lambdas
-        fused = fusion.fuse(
-            states, f.method, base=self.network("base").state_dict() if needs_base else None,
-            weights=[f.weights[d] for d in names] if f.weights else None, lambdas=lambdas,
-            density=f.density, drop_rate=f.drop_rate, seed=c.seed, bn=f.bn)
+        method = fusion.get(f.method)
+        fused = merge.fuse(
+            [self.network(stages.instance("expert", d)).state_dict() for d in names], f.method,
+            base=self.network("base").state_dict() if method.needs_base else None, bn=f.bn,
+            seed=c.seed, **method.plain_arguments(f.model_dump(), names))
         if f.bn == "recompute":
             net = self.new_model()
             net.load_state_dict(fused)
             stream = self._stream(c.expert, c.degradations, same_images=True)
             batches = (b.degraded for _, b in zip(range(f.bn_batches), stream.epoch(0)))
-            fusion.recompute_bn_statistics(net, batches, self.device)
+            merge.recompute_bn_statistics(net, batches, self.device)
             fused = net.state_dict()
         return {k: v.detach().cpu() for k, v in fused.items()}
 
@@ -293,13 +293,13 @@ class Pipeline:
                         ) -> Callable[[str, int], np.ndarray]:
         """The test protocol's degraded copies of a split, each cached as a bank: they are
         deterministic (seeded per degradation and level) and the same for every model and trial.
-        Rebuilding them is what an evaluation cost before: on 10,000 CIFAR images ~1 s per
-        noise or salt-and-pepper level here, 77 levels = over a minute per split; reading a
-        30 MB bank back takes ~0.07 s. (About 7 GB of banks per 10k-image test set, all 229.)"""
+        Building one costs ~1 s per noise or salt-and-pepper level on 10,000 CIFAR images (77
+        such levels: over a minute per split); reading its 30 MB bank back ~0.07 s. About 7 GB
+        of banks per 10k-image test set, all 229 copies."""
         e = self.cfg.eval
 
         def copy(name: str, level: int) -> np.ndarray:
-            fields: dict[str, Any] = {"data": self.cfg.data.model_dump(), "split": split,
+            fields: dict[str, Any] = {**stages.split_fields(self.cfg, split), "split": split,
                                       "degradation": name, "level": level, "seed": e.seed}
             if name == "saltpepper":
                 fields["salt_value"] = self.cfg.salt_value
@@ -317,9 +317,7 @@ class Pipeline:
         if len(sp) == 0:
             return []
         step = e.val_level_step if split == "val" else e.test_level_step
-        eval_slice = {"split": split, "step": step, "seed": e.seed,
-                      "degradations": e.degradations, "data": c.data.model_dump(),
-                      "salt_value": c.salt_value}
+        eval_slice = stages.evaluation_fields(c, split, step)
         rows: list[dict[str, Any]] = []
         todo: dict[str, str] = {}
         for m in c.methods:
@@ -357,5 +355,3 @@ class Pipeline:
         return PipelineResult(rows, self.stages, self.histories, str(self.device))
 
 
-def run_pipeline(cfg: PipelineConfig, cache_root: str | Path, **kwargs: Any) -> PipelineResult:
-    return Pipeline(cfg, StageCache(cache_root), **kwargs).run()

@@ -32,14 +32,16 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-import numpy as np
-import torch
 from tqdm import tqdm
 
 from study import atomic
 from study.errors import StudyError
+
+if TYPE_CHECKING:   # annotations only: `study --help` reads this module's settings
+    import numpy as np
+    import torch
 
 __all__ = ["ENV_HEARTBEAT_S", "ENV_LEVEL", "ENV_LINE_S", "LEVELS", "Display", "Heartbeat",
            "LineDisplay", "BarDisplay", "Progress", "Snapshot", "StageProgress",
@@ -58,7 +60,7 @@ STALE_BEATS = 3
 # Snapshots within an epoch: twice a second is smooth for a bar and costs one device sync each.
 TICK_S = 0.5
 
-CopyFn = Callable[[str, int], np.ndarray]
+CopyFn = Callable[[str, int], "np.ndarray"]
 
 
 # ---------------------------------------------------------------- settings
@@ -398,8 +400,7 @@ class Heartbeat:
                  interval_s: float | None = None):
         self.path = Path(path)
         self.interval_s = interval_s or heartbeat_interval()
-        self.fields = {"host": platform.node(), "pid": os.getpid(),
-                       "slurm_job_id": os.environ.get("SLURM_JOB_ID"), **fields}
+        self.fields = {"host": platform.node(), "pid": os.getpid(), **fields}
         self.progress: dict[str, str] = {}      # stage -> "epochs done/epochs"
         self._snap: Snapshot | None = None
         self._progress_at = time.time()
@@ -503,9 +504,7 @@ def describe_heartbeat(hb: Mapping[str, Any] | None, now: float | None = None,
         parts.append(f"stage ETA {fmt_duration(float(hb['eta_s']))}")
     if trial_eta_s is not None:
         parts.append(f"trial ETA ~{fmt_duration(trial_eta_s)}")
-    host = hb.get("host", "?")
-    parts.append(f"{host} pid {hb.get('pid')}"
-                 + (f" job {hb['slurm_job_id']}" if hb.get("slurm_job_id") else ""))
+    parts.append(f"{hb.get('host', '?')} pid {hb.get('pid')}")
     parts.append(f"beat {fmt_duration(age)} ago")
     text = ", ".join(parts)
     if stale:

@@ -1,31 +1,37 @@
-"""Parquet results: one file per finished trial, long format, written atomically.
+"""Parquet results: one file per finished trial, long format, written atomically; and what the
+rows add up to (the paper-style table, the objective values).
 
 One row per (trial, model, split, degradation, level); a trial without evaluation rows (pruned,
 failed) still gets one row carrying its state and error. Searched parameters appear as
 `param_<name>` columns (lists and dicts as JSON text), stage cache keys as `key_<stage>`, hits as
 `hit_<stage>`, and provenance (git commit, host, device, versions) as plain columns.
 `pandas.read_parquet("results/<study>/trials")` loads a whole study.
+
+No torch here: `study status` and the report read results on machines that never train.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import math
 import platform
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import optuna
 import pandas as pd
-import torch
+import pyarrow as pa
 
 import study
 from study import atomic
 from study.stages import SHARED, instance_names
 
-ROW_COLUMNS = ["model", "split", "degradation", "level", "level_step", "accuracy", "n_images"]
+# The paper's column names for the four degradations (Table 1 onwards).
+TABLE_COLUMNS = {"jpeg": "JPEG", "blur": "Blur", "awgn": "AWGN", "saltpepper": "SAPN"}
 
 
 def trials_dir(study_dir: str | Path) -> Path:
@@ -48,8 +54,21 @@ def git_commit() -> str:
 
 def provenance() -> dict[str, str]:
     return {"git_commit": git_commit(), "host": platform.node(),
-            "study_version": study.__version__, "optuna_version": optuna.__version__,
-            "torch_version": torch.__version__, "python_version": platform.python_version()}
+            "study_version": study.__version__, "optuna_version": _version("optuna"),
+            "torch_version": _version("torch"), "python_version": platform.python_version()}
+
+
+def _version(package: str) -> str:
+    """The version of `package` this process runs: the imported module's own (torch's names
+    its build, e.g. 2.14.1+cu130, which the installed distribution's metadata leaves out),
+    else the installed distribution's, without importing it."""
+    module = sys.modules.get(package)
+    if module is not None and isinstance(getattr(module, "__version__", None), str):
+        return str(module.__version__)
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 STAGES = instance_names()   # every network, so every file has the same key_ columns
@@ -129,16 +148,50 @@ def has_trial(study_dir: str | Path, number: int) -> bool:
     return trial_path(study_dir, number).exists()
 
 
-def read_trial(study_dir: str | Path, number: int) -> pd.DataFrame:
-    return pd.read_parquet(trial_path(study_dir, number))
+def read_trial(study_dir: str | Path, number: int) -> pd.DataFrame | None:
+    """A trial's rows; None when its file cannot be read as one (then it is moved aside)."""
+    return _read_or_move_aside(trial_path(study_dir, number))
+
+
+def objective_columns(df: pd.DataFrame) -> list[float]:
+    """The objective values a trial's file recorded, in objective order."""
+    return [float(df[c].iloc[0]) for c in sorted(df.columns) if c.startswith("value_")]
 
 
 def load(study_dir: str | Path) -> pd.DataFrame:
     d = trials_dir(study_dir)
     files = sorted(d.glob("trial-*.parquet")) if d.exists() else []
-    if not files:
+    frames = [f for f in (_read_or_move_aside(p) for p in files) if f is not None]
+    if not frames:
         return pd.DataFrame()
-    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    return pd.concat(frames, ignore_index=True)
+
+
+# A trial file must hold at least these, whatever its release: the launcher tells Optuna from
+# `state` and the objectives, status and the report group by `trial`.
+REQUIRED_COLUMNS = ("study", "trial", "state")
+
+
+def _read_or_move_aside(path: Path, *, may_be_empty: bool = False) -> pd.DataFrame | None:
+    """A Parquet file of this study, or None: a file pyarrow cannot read (truncated, garbage)
+    or without the columns every trial file has is moved aside (`*.corrupt-<ms>`, kept for a
+    post-mortem) with a warning, so one bad file never stops a launch, a status or a report.
+    A trial file has a row even for a failed trial; a curves file may have none."""
+    try:
+        df = pd.read_parquet(path)
+        missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+        if missing:
+            raise ValueError(f"no column {missing}")
+        if not len(df) and not may_be_empty:
+            raise ValueError("no rows")
+        return df
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError, KeyError, pa.ArrowException) as e:
+        aside = atomic.move_aside(path)
+        print(f"study: warning: {path} is not a readable result file ({type(e).__name__}: "
+              f"{str(e)[:200]}); moved aside to {aside.name}", file=sys.stderr)
+        return None
 
 
 # ---------------------------------------------------------------- learning curves
@@ -186,9 +239,11 @@ def write_curves(study_dir: str | Path, number: int, df: pd.DataFrame) -> Path |
 def load_curves(study_dir: str | Path) -> pd.DataFrame:
     d = curves_dir(study_dir)
     files = sorted(d.glob("trial-*.parquet")) if d.exists() else []
-    if not files:
+    frames = [f for f in (_read_or_move_aside(p, may_be_empty=True) for p in files)
+              if f is not None]
+    if not frames:
         return pd.DataFrame({c: pd.array([], dtype=t) for c, t in CURVE_COLUMNS.items()})
-    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    return pd.concat(frames, ignore_index=True)
 
 
 # ---------------------------------------------------------------- compute summary
@@ -243,3 +298,46 @@ def metric_names(sf: Any) -> list[str]:
     """Names of the study's objective values on optuna-dashboard, e.g. "fusiondistill val.avg"
     (the launcher sets them when it creates the study: study.set_metric_names)."""
     return [f"{o.method} {o.metric}" for o in sf.study.objectives]
+
+
+# ---------------------------------------------------------------- what the rows add up to
+def paper_table(rows: pd.DataFrame | Sequence[Mapping[str, object]],
+                order: Sequence[str] | None = None) -> pd.DataFrame:
+    """Methods x JPEG/Blur/AWGN/SAPN/Avg/Clean in percent: mean over levels (and seeds), Avg of
+    the degradations present. A method without a clean number (the oracle) gets NaN there."""
+    df = pd.DataFrame(rows)
+    per = df[df.degradation != "clean"].groupby(["model", "degradation"]).accuracy.mean()
+    out = per.unstack("degradation").reindex(columns=[d for d in TABLE_COLUMNS if d in set(
+        df.degradation)])
+    out["Avg"] = out.mean(axis=1)
+    clean = df[df.degradation == "clean"].groupby("model").accuracy.mean()
+    out["Clean"] = clean.reindex(out.index)
+    out = out.rename(columns=TABLE_COLUMNS) * 100
+    order = list(order or dict.fromkeys(df.model))
+    return out.reindex([m for m in order if m in out.index])
+
+
+def metric_value(rows: pd.DataFrame | Sequence[Mapping[str, object]], method: str,
+                 metric: str) -> float:
+    """One objective from evaluation rows, as a fraction: `metric` is `<split>.<aggregate>`,
+    the aggregate `avg` (mean over the degradations of each one's mean over levels and
+    seeds), `clean`, or one degradation's mean. NaN where the rows hold no such number (the
+    oracle has no clean accuracy): the caller decides what that means."""
+    split, _, aggregate = metric.partition(".")
+    df = pd.DataFrame(rows)
+    part = df[(df.model == method) & (df.split == split)] if len(df) else df
+    if not len(part):
+        raise ValueError(f"objective {metric} of {method}: no {split} rows")
+    if aggregate == "clean":
+        clean = part[part.degradation == "clean"].accuracy
+        return float(clean.mean()) if len(clean) else math.nan
+    per = part[part.degradation != "clean"].groupby("degradation").accuracy.mean()
+    if aggregate == "avg":
+        return float(per.mean()) if len(per) else math.nan
+    return float(per.get(aggregate, math.nan))
+
+
+def objective_values(rows: pd.DataFrame | Sequence[Mapping[str, object]],
+                     objectives: Sequence[tuple[str, str]]) -> list[float]:
+    """The study's objectives, (method, metric) each, from one trial's rows (all seeds)."""
+    return [metric_value(rows, method, metric) for method, metric in objectives]

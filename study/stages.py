@@ -22,18 +22,22 @@ To add a stage: declare it in STAGES below with its build function (plain code o
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from torch import nn
-
-from study import fusion, losses
-from study.augment import CLEAN
+from study import fusion
 from study.config import DEGRADATION_NAMES, METHOD_NAMES, PipelineConfig, TrainSpec
+from study.degradations import CLEAN
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from study import losses
 
 __all__ = ["METHODS", "SHARED", "STAGES", "Built", "KeyEnv", "Method", "Runner", "Stage",
-           "instance", "instance_names", "parse_instance"]
+           "evaluation_fields", "instance", "instance_names", "parse_instance",
+           "shared_instances", "split_fields"]
 
 # The key field naming a per-degradation instance's degradation: not a config path.
 INSTANCE = "instance"
@@ -115,8 +119,48 @@ def _data_fields(cfg: PipelineConfig) -> dict[str, Any]:
         out["data.synthetic_train"] = d.synthetic_train
     else:
         out["data.root"] = d.root
-    if d.dataset == "imagefolder":
+    if d.classes is not None or d.dataset == "imagefolder":   # kept classes, their order
         out["data.classes"] = d.classes
+    if cfg.protocol == "reference" and cfg.selection == "best_val" and d.dataset == "synthetic":
+        # the test set picks the checkpoints, and a synthetic one is drawn to this size
+        out["data.synthetic_test"] = d.synthetic_test
+    return out
+
+
+def split_fields(cfg: PipelineConfig, split: str) -> dict[str, Any]:
+    """What decides the images of an evaluation split, "val" or "test": the keys of its
+    degraded copies and of its evaluation cover these (with the networks' keys), no other field
+    of the data section. Under protocol: holdout the validation images are held out of the
+    training images with data.seed; under reference they are the test set, whose copies are
+    then keyed apart from the holdout ones."""
+    d = cfg.data
+    out: dict[str, Any] = {"data.dataset": d.dataset}
+    if d.dataset != "synthetic":
+        out["data.root"] = d.root
+    if d.classes is not None or d.dataset == "imagefolder":
+        out["data.classes"] = d.classes
+    if split == "val" and cfg.protocol == "holdout":
+        out |= {"data.seed": d.seed, "data.train_subset": d.train_subset,
+                "data.val_size": d.val_size}
+        if d.dataset == "synthetic":
+            out["data.synthetic_train"] = d.synthetic_train
+        return out
+    if d.dataset == "synthetic":   # the synthetic test set is drawn from data.seed's stream
+        out |= {"data.seed": d.seed, "data.synthetic_test": d.synthetic_test}
+    if split == "val":
+        out["protocol"] = cfg.protocol
+    return out
+
+
+def evaluation_fields(cfg: PipelineConfig, split: str, step: int) -> dict[str, Any]:
+    """What an evaluation of a split reads besides its networks (whose keys are its parents):
+    the split's images, the level grid, the copies' seed and degradations, the salt value
+    where salt-and-pepper is among them. Not eval.batch_size: it changes no number."""
+    e = cfg.eval
+    out = {"split": split, "step": step, "seed": e.seed, "degradations": e.degradations,
+           **split_fields(cfg, split)}
+    if "saltpepper" in e.degradations:
+        out["salt_value"] = cfg.salt_value
     return out
 
 
@@ -177,18 +221,9 @@ def _distill_fields(cfg: PipelineConfig, env: KeyEnv) -> dict[str, Any]:
 
 def _fusion_fields(cfg: PipelineConfig, env: KeyEnv) -> dict[str, Any]:
     f = cfg.fusion
-    names = cfg.fused_experts
-    out: dict[str, Any] = {"fusion.method": f.method, "fusion.bn": f.bn, "fusion.experts": names}
-    for arg in fusion.METHOD_ARGS[f.method]:
-        if arg == "weights":
-            out["fusion.weights"] = {d: f.weights[d] for d in names} if f.weights else None
-        elif arg == "lambdas":
-            out["fusion.lambdas"] = ({d: f.lambdas[d] for d in names}
-                                     if isinstance(f.lambdas, dict) else f.lambdas)
-        elif arg == "seed":
-            out["seed"] = cfg.seed
-        else:
-            out[f"fusion.{arg}"] = getattr(f, arg)
+    out: dict[str, Any] = {"fusion.method": f.method, "fusion.bn": f.bn,
+                           "fusion.experts": cfg.fused_experts}
+    out |= fusion.get(f.method).key_fields(f.model_dump(), cfg.seed)   # what the method reads
     if f.bn == "recompute":   # statistics re-estimated on degraded training batches
         out |= {"fusion.bn_batches": f.bn_batches, "degradations": cfg.degradations,
                 "expert.batch_size": cfg.expert.batch_size,
@@ -199,11 +234,18 @@ def _fusion_fields(cfg: PipelineConfig, env: KeyEnv) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- builds
+# The builders import the losses (torch) when they run: the declarations below are read where
+# nothing trains (stage names and shared stages for the results schema, `study status` and the
+# report; keys on a login node), and torch's import costs ~1.3 s and ~300 MB there.
 def _build_base(run: Runner, name: str, _: str | None) -> Built:
+    from study import losses
+
     return run.fit(name, run.cfg.base, run.new_model(), [CLEAN], losses.clean_cross_entropy)
 
 
 def _build_expert(run: Runner, name: str, degradation: str | None) -> Built:
+    from study import losses
+
     assert degradation is not None
     e = run.cfg.expert
     objective = losses.expert_objective(run.network("base"), e.ce_weight, e.feature_weight,
@@ -216,12 +258,16 @@ def _build_modelsoups(run: Runner, name: str, _: str | None) -> Built:
 
 
 def _build_fusing(run: Runner, name: str, _: str | None) -> Built:
+    from study import losses
+
     c = run.cfg
     return run.fit(name, c.fusing, run.copy_of("modelsoups"), c.degradations,
                    losses.degraded_cross_entropy)
 
 
 def _build_fusiondistill(run: Runner, name: str, _: str | None) -> Built:
+    from study import losses
+
     c, s = run.cfg, run.cfg.distill
     teachers = {d: run.network(instance("expert", d)) for d in c.degradations}
     objective = losses.distill_objective(
@@ -233,12 +279,16 @@ def _build_fusiondistill(run: Runner, name: str, _: str | None) -> Built:
 
 
 def _build_scratch(run: Runner, name: str, _: str | None) -> Built:
+    from study import losses
+
     c = run.cfg
     return run.fit(name, c.scratch, run.new_model(), c.degradations,
                    losses.degraded_cross_entropy)
 
 
 def _build_vanilla_ft(run: Runner, name: str, _: str | None) -> Built:
+    from study import losses
+
     c = run.cfg
     return run.fit(name, c.vanilla_ft, run.copy_of("base"), c.degradations,
                    losses.degraded_cross_entropy)
@@ -268,7 +318,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
                  "expert.cutout_on", *_TRAINING),
           key_fields=lambda c, _, env: _fusion_fields(c, env),
           parents=lambda c, _: _experts(c.fused_experts)
-          + (["base"] if c.fusion.method in fusion.NEEDS_BASE else []),
+          + (["base"] if fusion.get(c.fusion.method).needs_base else []),
           build=_build_modelsoups),
     Stage("fusing", "fusing", shared=False, watched=True,
           reads=("fusing", "degradations", "eval.seed", *_TRAINING),
@@ -318,6 +368,19 @@ def instance_names(degradations: tuple[str, ...] | list[str] = DEGRADATION_NAMES
             out += ([instance(s.name, d) for d in DEGRADATION_NAMES if d in degradations]
                     if s.per_degradation else [s.name])
     return out
+
+
+def shared_instances(cfg: PipelineConfig, searched: Iterable[tuple[str, ...]],
+                     degradations: Iterable[str]) -> list[str]:
+    """The shared networks every trial of a study needs, in build order: the base and the
+    experts of `degradations` (every degradation a trial may choose). Empty when the space
+    searches a field one of them reads (`searched`: config paths, "pipeline" first): then
+    each trial builds its own and nothing is worth building ahead."""
+    reads = [("pipeline", *r.split(".")) for name in SHARED for r in STAGES[name].reads]
+    for path in searched:
+        if any(path[:len(r)] == r or r[:len(path)] == path for r in reads):
+            return []
+    return instance_names(sorted({*cfg.degradations, *degradations}), stages=SHARED)
 
 
 # ---------------------------------------------------------------- methods of the paper's tables

@@ -17,8 +17,9 @@ import json
 import os
 import re
 import urllib.parse
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import sqlalchemy.engine
@@ -26,7 +27,10 @@ from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
 from study.atomic import disk_full
 from study.config import StudyFile
-from study.errors import ConfigError, StorageError
+from study.errors import ConfigError, StorageError, naming_file
+
+if TYPE_CHECKING:
+    from study.studyfile import LoadedStudy
 
 RDB_SCHEMES = ("sqlite:", "postgresql", "mysql")
 FINGERPRINT_ATTR = "study_fingerprint"
@@ -331,3 +335,27 @@ def open_existing(sf: StudyFile, results: str | Path
         return optuna.load_study(study_name=sf.study.name, storage=store), store
     except KeyError:
         raise StorageError(f"study '{sf.study.name}' not found in storage {masked(url)}") from None
+
+
+@dataclass
+class StoredStudy:
+    """A study file's study, opened in its storage, with where its results go."""
+
+    ld: LoadedStudy
+    study: optuna.Study
+    store: optuna.storages.BaseStorage
+    url: str            # as written: a ${NAME} reference stays unexpanded (see masked)
+    study_dir: Path     # results/<study>
+
+
+def study_paths(ld: LoadedStudy, results: str | Path) -> tuple[str, Path]:
+    """The storage URL and the results folder of a study file's study."""
+    return storage_url(ld.sf, results), study_dir(results, ld.sf.study.name)
+
+
+def open_study(ld: LoadedStudy, results: str | Path) -> StoredStudy:
+    """An already launched study; a study never launched is a user error naming the file."""
+    url, sdir = study_paths(ld, results)
+    with naming_file(ld.source):
+        st, store = open_existing(ld.sf, results)
+    return StoredStudy(ld, st, store, url, sdir)

@@ -1,7 +1,7 @@
 """The one loader of study files, used by the CLI, the launcher, the worker and the report.
 
     YAML (bounded, safe) -> preset merged under `pipeline` -> `--set key=value` overrides ->
-    validated StudyFile (study/config.py) + SearchSpace (study/space.py) = LoadedStudy
+    validated StudyFile (study/config.py) + SearchSpace (study/space/) = LoadedStudy
 
 Every error names the file and the dotted key, all errors of a file are reported together, and
 nothing is written. A worker gets the resolved tree in its job file and calls `from_tree`, so it
@@ -13,28 +13,34 @@ from __future__ import annotations
 import copy
 import difflib
 import errno
+import importlib.resources
 import os
 import re
 import stat
-import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
+from study import schema
 from study import space as search_space
 from study.config import StudyFile, set_path
 from study.errors import ConfigError
 
 __all__ = ["LoadedStudy", "check_trials", "deep_merge", "from_tree", "load", "load_preset",
-           "load_study_file", "parse_override", "read_bounded", "read_yaml",
-           "resolve_space_path", "resolve_tree", "safe_yaml", "validate"]
+           "parse_override", "probe_counts", "read_bounded", "read_yaml", "resolve_space_path",
+           "resolve_tree", "safe_yaml", "shipped_files", "slurm_presets", "validate"]
 
 PRESET_DIR = Path(__file__).parent / "presets"
-SEARCH_SPACE_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+# The study files and SLURM site presets that ship with `study`: the checkout's top-level
+# search_spaces/ and slurm/presets/, installed as these packages (pyproject.toml's package-dir),
+# so an editable install reads the checkout's files and a wheel its own copies, from any working
+# directory. Each name is also looked up in the same folder under the working directory.
+SEARCH_SPACE_PACKAGE, SEARCH_SPACE_FOLDER = "study.search_spaces", "search_spaces"
+SLURM_PRESET_PACKAGE, SLURM_PRESET_FOLDER = "study.slurm_presets", "slurm/presets"
 # A YAML bomb (billion laughs) expands aliases into gigabytes; no real study file comes near this.
 MAX_FILE_BYTES = 1_000_000
 MAX_YAML_NODES = 200_000
@@ -43,14 +49,23 @@ MAX_YAML_NODES = 200_000
 MAX_YAML_DEPTH = 50
 # check_trials validates at most this many corner samples plus this many seeded random draws,
 # each as a whole trial (apply + validate: about 0.25 ms on a 2-core box). It runs at every
-# load, a worker's start included. Measured on that box: fusion.yaml, the largest shipped space
-# (11 parameters, 33 corners, 333 distinct samples), 86 ms; smoke.yaml 69 ms; ablation_fusion_grid
-# 9 ms (36 distinct points); a 500-item subset plus 4 other parameters, 0.34 s. Where corners
-# cannot cover a space, the draws find a combination that 1% of its trials break with
-# probability 1 - 0.99**300 = 95%.
+# load but those with check_space=False (a job file's tree, which the launcher checked; status
+# and report, which start no trial). Measured on that box: fusion.yaml, the largest shipped
+# space (11 parameters, 33 corners, 333 distinct samples), 86 ms; smoke.yaml 69 ms;
+# ablation_fusion_grid 9 ms (36 distinct points); a 500-item subset plus 4 other parameters,
+# 0.34 s. Where corners cannot cover a space, the draws find a combination that 1% of its
+# trials break with probability 1 - 0.99**300 = 95%.
 TRIAL_DRAWS = 300
 TRIAL_CORNER_LIMIT = 300
 TRIAL_DRAW_SEED = 0
+# A sample also costs about 0.8 us per raw value it draws (a subset flag, a simplex coordinate:
+# draw, apply, validate, dedup), so 600 samples of a 20,000-item subset took 10 s. Past
+# TRIAL_RAW_VALUES raw values in all, both counts shrink in proportion (probe_counts); a space
+# up to 1,666 raw values wide keeps all 600. check_trials of a subset plus one float, on that
+# box: 4,000 items 4.9 s before (12.9 s on a busy box), 0.6 s now; 20,000 items (a 250 KB file)
+# ended in a MemoryError after 46 s in 4 GB (its corners were built up front: 4 x 20,000**2
+# flags), 0.9 s now (48 samples).
+TRIAL_RAW_VALUES = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -68,9 +83,15 @@ class LoadedStudy:
         return validate(self.space.apply(self.tree, values), self.source)
 
 
-def load(path: str | Path, overrides: Iterable[str] = ()) -> LoadedStudy:
+def load(path: str | Path, overrides: Iterable[str] = (), *,
+         check_space: bool = True) -> LoadedStudy:
+    """The study file at `path` (or the shipped one of that name, see resolve_space_path),
+    with `overrides` (`--set key=value`) applied, validated. check_space=False skips the
+    whole-space check (check_trials) for a command that runs no new trial, such as `status`
+    and `report`: each parameter is still checked at its own path."""
     p = resolve_space_path(path).resolve()   # workers may run in another cwd
-    return from_tree(resolve_tree(read_yaml(p), str(p), overrides), str(p))
+    return from_tree(resolve_tree(read_yaml(p), str(p), overrides), str(p),
+                     check_space=check_space)
 
 
 def from_tree(tree: dict[str, Any], source: str, *, check_space: bool = True) -> LoadedStudy:
@@ -95,11 +116,21 @@ def check_trials(tree: dict[str, Any], space: search_space.SearchSpace, source: 
     # a trial's own `space` is never read (every value is set by then), and copying it for
     # each sample would cost more than the rest
     bare = {k: v for k, v in tree.items() if k != "space"}
-    for values in space.probe_samples(TRIAL_DRAWS, TRIAL_DRAW_SEED, TRIAL_CORNER_LIMIT):
+    corners, draws = probe_counts(space)
+    for values in space.probe_samples(draws, TRIAL_DRAW_SEED, corners):
         try:
             StudyFile.model_validate(space.apply(bare, values))
         except ValidationError as e:
             raise ConfigError(_invalid_trial(bare, space, source, values, e)) from None
+
+
+def probe_counts(space: search_space.SearchSpace) -> tuple[int, int]:
+    """(corner limit, random draws) of check_trials for `space`: TRIAL_CORNER_LIMIT and
+    TRIAL_DRAWS, cut in proportion so that they draw at most TRIAL_RAW_VALUES raw values, but
+    never below the two first corners (every item of a subset, none) and two draws."""
+    width = max(space.raw_width(), 1)
+    share = min(1.0, TRIAL_RAW_VALUES / (width * (TRIAL_CORNER_LIMIT + TRIAL_DRAWS)))
+    return max(2, int(TRIAL_CORNER_LIMIT * share)), max(2, int(TRIAL_DRAWS * share))
 
 
 def _invalid_trial(tree: dict[str, Any], space: search_space.SearchSpace, source: str,
@@ -148,17 +179,37 @@ def _show(v: Any) -> str:
 
 
 def resolve_space_path(path: str | Path) -> Path:
-    """`--space fusion.yaml` also finds search_spaces/fusion.yaml."""
+    """A path that exists, as given; else a shipped study file of that name (`--space smoke`
+    and `--space smoke.yaml` find search_spaces/smoke.yaml from any directory), else one in the
+    working directory's search_spaces/."""
     p = Path(path)
     if p.exists():
         return p
-    for candidate in (SEARCH_SPACE_DIR / p.name, Path.cwd() / "search_spaces" / p.name):
-        if candidate.exists():
-            return candidate
+    names = [p.name] if p.suffix == ".yaml" else [p.name, f"{p.name}.yaml"]
+    shipped = shipped_files(SEARCH_SPACE_PACKAGE)
+    local = Path.cwd() / SEARCH_SPACE_FOLDER
+    for name in names:
+        for candidate in (shipped.get(name), local / name):
+            if candidate is not None and candidate.exists():
+                return candidate
     raise ConfigError(
-        f"{path}: no such study file (also looked in {SEARCH_SPACE_DIR}); shipped files: "
-        f"{sorted(x.name for x in SEARCH_SPACE_DIR.glob('*.yaml'))}"
+        f"{path}: no such study file (also looked among the shipped ones and in {local}); "
+        f"shipped files: {sorted(shipped) or _NOT_INSTALLED}"
     )
+
+
+def shipped_files(package: str) -> dict[str, Path]:
+    """File name -> path of each YAML file of a package of shipped files ({} where this
+    install lacks it). pip installs wheels unpacked, so each is a file on disk."""
+    try:
+        root = importlib.resources.files(package)
+    except ModuleNotFoundError:
+        return {}
+    return {f.name: Path(str(f)) for f in root.iterdir() if f.name.endswith(".yaml")}
+
+
+# The shipped packages are missing from an editable install made before they existed.
+_NOT_INSTALLED = "none installed (an editable install older than them: pip install -e . again)"
 
 
 def read_yaml(path: Path) -> Any:
@@ -243,7 +294,7 @@ def _check_size(node: Any, where: str) -> None:
     deep nesting and a key written twice in one mapping (PyYAML keeps the last one silently:
     a second `space:` would replace the first)."""
     count = 0
-    stack = [(node, (), 0)] if node is not None else []
+    stack: list[tuple[Any, tuple[str, ...], int]] = [(node, (), 0)] if node is not None else []
     while stack:
         n, prefix, depth = stack.pop()
         count += 1
@@ -346,14 +397,13 @@ def resolve_tree(raw: Any, source: str, overrides: Iterable[str] = ()) -> dict[s
                                                                       dict) else None
     if isinstance(slurm, dict) and slurm.get("preset"):
         name = slurm["preset"]
-        path = slurm_preset_path(name)
-        if path is None:
-            valid = sorted({p.stem for d in SLURM_PRESET_DIRS if d.exists()
-                            for p in d.glob("*.yaml")})
+        presets = slurm_presets()
+        preset_file = presets.get(name) if isinstance(name, str) else None
+        if preset_file is None:
             raise ConfigError(f"{source}: key 'executor.slurm.preset': unknown preset '{name}'; "
-                              f"allowed: {valid}")
+                              f"allowed: {sorted(presets) or _NOT_INSTALLED}")
         try:
-            preset = read_yaml(path) or {}
+            preset = read_yaml(preset_file) or {}
         except ConfigError as e:
             raise ConfigError(f"{source}: key 'executor.slurm.preset': {e}") from None
         tree["executor"]["slurm"] = deep_merge(preset, slurm)
@@ -378,15 +428,14 @@ def _set_space(tree: dict[str, Any], rest: list[str], value: Any) -> None:
         set_path(space[name], rest[i:], value)
 
 
-SLURM_PRESET_DIRS = (SEARCH_SPACE_DIR.parent / "slurm" / "presets",
-                     Path.cwd() / "slurm" / "presets")
-
-
-def slurm_preset_path(name: str) -> Path | None:
-    for d in SLURM_PRESET_DIRS:
-        if (d / f"{name}.yaml").exists() and "/" not in name:
-            return d / f"{name}.yaml"
-    return None
+def slurm_presets() -> dict[str, Path]:
+    """Preset name -> its file: the shipped presets, and those in the working directory's
+    slurm/presets/ (a shipped one wins a name both have). A name is a file stem, never a path:
+    `../x` names no preset."""
+    local = Path.cwd() / SLURM_PRESET_FOLDER
+    found = {p.name: p for p in local.glob("*.yaml")} if local.is_dir() else {}
+    found.update(shipped_files(SLURM_PRESET_PACKAGE))
+    return {name.removesuffix(".yaml"): path for name, path in found.items()}
 
 
 def validate(tree: dict[str, Any], source: str) -> StudyFile:
@@ -404,14 +453,14 @@ def format_errors(e: ValidationError, source: str) -> str:
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             parent_loc = [p for p in err["loc"][:-1] if isinstance(p, str)]
-            allowed = _allowed_keys(parent_loc)
+            allowed = schema.allowed_keys(StudyFile, parent_loc)
             near = difflib.get_close_matches(str(err["loc"][-1]), allowed, n=1)
             msg = "unknown key" + (f" (did you mean '{near[0]}'?)" if near else "")
             msg += f"; allowed keys here: {allowed}"
         elif "input" in err and err["type"] not in ("missing",) and not (
-                isinstance(err["input"], Mapping) and _allowed_keys(
-                    [p for p in err["loc"] if isinstance(p, str)
-                     and not p.startswith("function-")])):
+                isinstance(err["input"], Mapping) and schema.allowed_keys(
+                    StudyFile, [p for p in err["loc"] if isinstance(p, str)
+                                and not p.startswith("function-")])):
             # a rule across a whole section names the values it is about; the section itself
             # would be 200 characters of noise
             got = repr(err["input"])
@@ -420,27 +469,3 @@ def format_errors(e: ValidationError, source: str) -> str:
             msg += f" (got {got if len(got) <= 200 else got[:200] + '...'})"
         lines.append(f"  - key '{key or '<top>'}': {msg}")
     return "\n".join(lines)
-
-
-def _allowed_keys(loc: list[str]) -> list[str]:
-    model: Any = StudyFile
-    for part in loc:
-        field = getattr(model, "model_fields", {}).get(part)
-        if field is None:
-            return []
-        model = _model_in(field.annotation)
-    return list(getattr(model, "model_fields", {}))
-
-
-def _model_in(ann: Any) -> Any:
-    """The model inside `X | None` or `list[X]` (study.objectives), else None."""
-    if isinstance(ann, type) and issubclass(ann, BaseModel):
-        return ann
-    return next((m for a in typing.get_args(ann) if (m := _model_in(a)) is not None), None)
-
-
-def load_study_file(path: str | Path, overrides: Iterable[str] = ()) -> tuple[Path, StudyFile]:
-    """Path resolution, safe YAML, preset, overrides, validation: the one entry point."""
-    p = resolve_space_path(path)
-    tree = resolve_tree(read_yaml(p), str(p), overrides)
-    return p, validate(tree, str(p))

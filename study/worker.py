@@ -1,95 +1,65 @@
 """The worker entry point: `python -m study.worker JOB.json` runs one trial to a final state.
 
-Read the trial's parameters from the study storage, run the pipeline (once per replicate seed),
-report each epoch of the watched stage to the pruner, write the trial's Parquet file, then tell
-the storage. The local executor starts it as a process, a SLURM job calls `run_job`, the debug
-executor calls it in the launcher's own process.
+    run:    the pipeline once per replicate seed, each epoch of the watched stage to the pruner,
+            the objective values from the rows (results.objective_values)
+    record: the trial's Parquet file and its learning curves
+    tell:   the trial's attributes and final state, to the study storage
 
-Order matters for "nothing lost": the Parquet file is written before the tell, so a worker killed
-in between leaves a result the launcher recovers instead of recomputing.
+The local executor starts it as a process, a batch job calls `run_job`, the debug executor calls
+it in the launcher's own process. Order matters for "nothing lost": the Parquet file is written
+before the tell, so a worker killed in between leaves a result the launcher recovers instead of
+recomputing.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import math
 import os
 import platform
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
-import pydantic
 import torch
 from optuna.trial import TrialState
-from submitit.core.utils import UncompletedJobError
 
-from study import atomic, evaluation, faults, progress, results, stages, storage, studyfile
+from study import atomic, failures, faults, progress, results, stages, storage, studyfile
 from study.cache import StageCache
-from study.config import StudyFile
-from study.errors import StudyError
-from study.pipeline import Pipeline, PipelineResult
+from study.config import ExecutorSection, StudyFile
+from study.jobs import Job
+from study.pipeline import Pipeline
 
-# Failures retried with the same parameters (the retry resumes from the stage cache and epoch
-# checkpoints); code and configuration failures are not: they would fail the same way again.
-RETRYABLE = {"infrastructure", "timeout"}
+__all__ = ["THREADS_ENV", "TrialOutcome", "run_job", "threads_from_env", "use_allotted_cpus"]
 
+# Set by whoever splits CPUs between the workers it starts (the local executor, a packed batch
+# job): the torch threads of one worker.
+THREADS_ENV = "STUDY_THREADS"
 # The trial's `progress` user attribute: a journal line per update, so at most one every 10 s
 # (a paper base of 200 x ~18 s epochs adds ~360 lines to a study's journal, not 70,000 steps).
 PROGRESS_ATTR_S = 10.0
-
-AGG_COLUMN = {"avg": "Avg", "clean": "Clean", "jpeg": "JPEG", "blur": "Blur", "awgn": "AWGN",
-              "saltpepper": "SAPN"}
-
-
-@dataclass(frozen=True)
-class Job:
-    """What the launcher hands to a worker; written as JSON next to the study."""
-
-    study_file: str
-    overrides: list[str]
-    results: str
-    cache: str
-    storage: str
-    study_name: str
-    trial: int
-    # the resolved tree (study file + presets + overrides) as the launcher validated it: the
-    # worker skips reading three YAML files (~100 ms, most of a toy trial's overhead) and runs
-    # exactly what the study's fingerprint covers, even if the file is edited meanwhile
-    tree: dict[str, Any] | None = None
-
-    def write(self, path: Path) -> Path:
-        # 0600: the tree may hold a storage URL with its password
-        atomic.write_text(path, json.dumps(asdict(self), indent=1), mode=0o600)
-        return path
-
-    @classmethod
-    def read(cls, path: str | Path) -> Job:
-        return cls(**json.loads(Path(path).read_text()))
+# A failure the executor running this worker raised itself (a batch job out of requeues):
+# (error, executor settings) -> (fail_kind, reason), or None for any other error.
+ClassifyFailure = Callable[[BaseException, ExecutorSection], "tuple[str, str] | None"]
+Histories = list[tuple[int | None, str, bool, list[dict[str, Any]]]]
 
 
-def objective_values(rows: list[dict[str, Any]], sf: StudyFile) -> list[float]:
-    out = []
-    for o in sf.study.objectives:
-        split, agg = o.metric.split(".")
-        part = [r for r in rows if r["model"] == o.method and r["split"] == split]
-        if not part:
-            raise RuntimeError(f"objective {o.metric} of {o.method}: no {split} rows")
-        out.append(float(evaluation.table(part).iloc[0][AGG_COLUMN[agg]]) / 100)
-    return out
+def threads_from_env(environ: Mapping[str, str]) -> int | None:
+    n = environ.get(THREADS_ENV, "")
+    return int(n) if n.isdigit() and int(n) > 0 else None
 
 
-def use_allotted_cpus() -> None:
-    """torch threads = the CPUs this process was given: STUDY_THREADS first (a packed SLURM
-    job or the local executor splits its CPUs between trials), else SLURM's allocation (sites
-    without cgroups do not pin CPUs, and torch would take every core of the node)."""
-    n = os.environ.get("STUDY_THREADS") or os.environ.get("SLURM_CPUS_PER_TASK")
-    if n and n.isdigit() and int(n) > 0:
-        torch.set_num_threads(int(n))
+def use_allotted_cpus(n: int | None = None) -> None:
+    """torch threads = `n`, else this worker's share of its parent's CPUs (STUDY_THREADS);
+    unchanged (every core) when neither says."""
+    n = n or threads_from_env(os.environ)
+    if n:
+        torch.set_num_threads(n)
 
 
 class ProgressAttr:
@@ -144,7 +114,26 @@ def curve_histories(pipe: Pipeline, hub: progress.Progress, seed: int
     return out
 
 
-def run_job(job: Job, log: Any = print) -> str:
+@dataclass
+class TrialOutcome:
+    """What running a trial produced, whatever its state: what `record` and `tell` need."""
+
+    state: str                                  # COMPLETE, PRUNED or FAIL
+    wall_s: float
+    params: dict[str, Any] = field(default_factory=dict)   # the trial's sampled values
+    values: list[float] = field(default_factory=list)   # the objectives (COMPLETE only)
+    seed_rows: list[tuple[int, list[dict[str, Any]]]] = field(default_factory=list)
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)   # key, hit, build_s
+    histories: Histories = field(default_factory=list)
+    config: StudyFile | None = None             # the trial's validated configuration
+    device: str | None = None
+    error: str | None = None                    # the traceback, or the pruner's message
+    fail_kind: str | None = None
+    fail_reason: str | None = None
+
+
+def run_job(job: Job, log: Callable[[str], None] = print,
+            classify_failure: ClassifyFailure | None = None) -> str:
     """Run one trial to a final state; returns the state name. Never raises for a trial's own
     error: that is a FAIL with its traceback, stored with the trial and in its Parquet row.
     While it runs, a heartbeat file beside its job file says where it is (`study status`)."""
@@ -160,9 +149,8 @@ def run_job(job: Job, log: Any = print) -> str:
         return frozen.state.name
     trial = optuna.trial.Trial(st, trial_id)
     gpu = os.environ.get("CUDA_VISIBLE_DEVICES")   # its placement: one device, or unset
-    trial.set_user_attr("worker", {"host": platform.node(), "pid": os.getpid(),
-                                   "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-                                   "gpu": gpu, "started": time.time()})
+    trial.set_user_attr("worker", {"host": platform.node(), "pid": os.getpid(), "gpu": gpu,
+                                   "started": time.time()})
     faults.rendezvous()   # the storage concurrency test only
     attempt = int(frozen.user_attrs.get("attempt", 1))
     sdir = storage.study_dir(job.results, job.study_name)
@@ -171,31 +159,36 @@ def run_job(job: Job, log: Any = print) -> str:
                                "gpu": gpu}).start()
     state = "died"   # what the last beat says if the worker raises (a full disk)
     try:
-        state = _run_trial(job, log, ld, store, st, trial, trial_id, frozen, sdir, gpu, beat)
+        attr = ProgressAttr(trial)
+        outcome = run_trial(ld, frozen.user_attrs.get("values", {}), trial, job, log,
+                            listeners=[beat, attr], classify_failure=classify_failure)
+        if store.get_trial(trial_id).state != TrialState.RUNNING:   # retried elsewhere
+            log(f"trial {job.trial} was finished by someone else; result not written")
+            state = "STALE"
+        elif not record(job, sdir, ld, outcome, attempt, gpu, log):
+            state = "STALE"
+        else:
+            attr.flush()
+            state = tell(st, store, trial, trial_id, outcome, attempt, ld, log)
     finally:
         beat.stop(state)
     return state
 
 
-def _run_trial(job: Job, log: Any, ld: studyfile.LoadedStudy,
-               store: optuna.storages.BaseStorage, st: optuna.Study, trial: optuna.Trial,
-               trial_id: int, frozen: optuna.trial.FrozenTrial, sdir: Path, gpu: str | None,
-               beat: progress.Heartbeat) -> str:
-    values = frozen.user_attrs.get("values", {})
-    attempt = int(frozen.user_attrs.get("attempt", 1))
+def run_trial(ld: studyfile.LoadedStudy, values: Mapping[str, Any], trial: optuna.Trial,
+              job: Job, log: Callable[[str], None], *, listeners: list[Any],
+              classify_failure: ClassifyFailure | None = None) -> TrialOutcome:
+    """The trial's pipeline, once per replicate seed (the first one's epochs go to the pruner),
+    and its objective values; a pruned or failed trial is an outcome too, never an exception
+    (but a full disk, which is not the trial's fault: the worker dies, the launcher retries)."""
     quiet = progress.log_level() == "warning"
     stage_log = (lambda _: None) if quiet else log
-    attr = ProgressAttr(trial)
     t0 = time.perf_counter()
-    seeds: list[tuple[int, list[dict[str, Any]]]] = []
-    first: PipelineResult | None = None
-    state, error, fail_kind, objs = "COMPLETE", None, None, []
-    fail_reason: str | None = None
-    sf: StudyFile | None = None
+    out = TrialOutcome("COMPLETE", 0.0, params=dict(values))
     final: str | None = None
     runs: list[tuple[int, Pipeline, progress.Progress]] = []
     try:
-        sf = ld.trial_config(values)
+        sf = out.config = ld.trial_config(values)
         final = (stages.METHODS[sf.study.objectives[0].method].watched_stage(sf.pipeline)
                  if len(sf.study.objectives) == 1 else None)
 
@@ -208,21 +201,22 @@ def _run_trial(job: Job, log: Any, ld: studyfile.LoadedStudy,
 
         for r in range(sf.study.replicates):
             seed = sf.pipeline.seed + r
-            cfg = sf.pipeline.model_copy(update={"seed": seed})
             hub = progress.Progress.from_env(
-                log, listeners=[beat, attr],
+                log, listeners=listeners,
                 prefix=f"trial {job.trial}" + (f" seed {seed}" if sf.study.replicates > 1
                                                else ""))
-            pipe = Pipeline(cfg, StageCache(job.cache), log=stage_log,
-                            on_epoch=on_epoch if r == 0 else None, final_stage=final,
-                            progress=hub)
+            pipe = Pipeline(sf.pipeline.model_copy(update={"seed": seed}), StageCache(job.cache),
+                            log=stage_log, on_epoch=on_epoch if r == 0 else None,
+                            final_stage=final, progress=hub)
             runs.append((seed, pipe, hub))
             res = pipe.run()
-            first = first or res
-            seeds.append((seed, [dict(row) for row in res.rows]))
-        objs = objective_values([row for _, rows in seeds for row in rows], sf)
+            out.device = out.device or res.device
+            out.seed_rows.append((seed, [dict(row) for row in res.rows]))
+        out.values = results.objective_values(
+            [row for _, rows in out.seed_rows for row in rows],
+            [(o.method, o.metric) for o in sf.study.objectives])
     except optuna.TrialPruned as e:
-        state, error = "PRUNED", str(e)
+        out.state, out.error = "PRUNED", str(e)
         if runs and final is not None:
             # A pruned trial never resumes its watched stage, so its epoch checkpoint (for
             # ResNet56 ~14 MB: weights, best weights, two RAdam moments; one per pruned trial)
@@ -231,97 +225,101 @@ def _run_trial(job: Job, log: Any, ld: studyfile.LoadedStudy,
             pruned.checkpoint_path(final, pruned.key(final)).unlink(missing_ok=True)
     except Exception as e:  # noqa: BLE001 - a trial's own error fails that trial, once
         if atomic.is_disk_full(e):
-            raise   # not the trial's fault: the worker dies, the launcher retries the trial
-        state, error = "FAIL", "".join(traceback.format_exception(e))
-        fail_kind, fail_reason = classify_failure(e, ld)
+            raise
+        out.state, out.error = "FAIL", "".join(traceback.format_exception(e))
+        own = classify_failure(e, ld.sf.executor) if classify_failure else None
+        out.fail_kind, out.fail_reason = own or failures.classify_error(e)
+    out.histories = [h for seed, p, hub in runs for h in curve_histories(p, hub, seed)]
+    if out.state == "COMPLETE" and not all(math.isfinite(v) for v in out.values):
+        _not_a_number(out, ld)
     # a pruned first replicate has no result, but its pipeline knows what it built or loaded
     # (the compute summary counts a pruned trial's stages too)
-    records = first.stages if first else (runs[0][1].stages if runs else [])
-    stage_info = {s.stage: {"key": s.key, "hit": s.hit, "build_s": s.build_s}
-                  for s in records}
-    prov = results.provenance()
-    extra = {"wall_s": time.perf_counter() - t0, "error": error, "fail_kind": fail_kind,
-             "fail_reason": fail_reason,
-             "device": first.device if first else None, "gpu": gpu,
+    first = runs[0][1].stages if runs else []
+    out.stages = {s.stage: {"key": s.key, "hit": s.hit, "build_s": s.build_s} for s in first}
+    out.wall_s = time.perf_counter() - t0
+    return out
+
+
+def _not_a_number(out: TrialOutcome, ld: studyfile.LoadedStudy) -> None:
+    """A COMPLETE trial whose objective is NaN or infinite fails instead (Optuna refuses to
+    store it): "diverged" naming the stage and epoch where a training loss went non-finite,
+    else "config" (the rows hold no such number, e.g. the oracle's clean accuracy). Both count
+    in the circuit breaker: the next trials of the space would most likely do the same."""
+    names = [f"{o.method} {o.metric}" for o in ld.sf.study.objectives]
+    bad = ", ".join(f"{n} = {v}" for n, v in zip(names, out.values, strict=True)
+                    if not math.isfinite(v))
+    where = failures.divergence(out.histories)
+    out.state, out.values = "FAIL", []
+    if where:
+        out.fail_kind = "diverged"
+        out.fail_reason = f"training diverged: {where}; objective {bad}"
+    else:
+        out.fail_kind = "config"
+        out.fail_reason = (f"objective {bad}: the trial's results hold no such number (check "
+                           "study.objectives against pipeline.methods, eval.degradations and "
+                           "data.val_size)")
+    out.error = out.fail_reason
+
+
+def record(job: Job, sdir: Path, ld: studyfile.LoadedStudy, out: TrialOutcome, attempt: int,
+           gpu: str | None, log: Callable[[str], None]) -> bool:
+    """The trial's Parquet file, then its learning curves. False when a file was already there:
+    the launcher failed this trial meanwhile (a cancelled batch job runs on for a grace
+    period), and whoever writes first wins, so Parquet and storage agree."""
+    sf = out.config
+    extra = {"wall_s": out.wall_s, "error": out.error, "fail_kind": out.fail_kind,
+             "fail_reason": out.fail_reason, "device": out.device, "gpu": gpu,
              "amp": sf.pipeline.compute.amp if sf else None,
              "protocol": sf.pipeline.protocol if sf else None,
-             "config_json": sf.pipeline.model_dump() if sf else None, **prov}
-    n_obj = len(ld.sf.study.objectives)
+             "config_json": sf.pipeline.model_dump() if sf else None, **results.provenance()}
     df = results.trial_frame(
-        study_name=job.study_name, trial=job.trial, attempt=attempt, state=state,
-        seed_rows=seeds, params=values,
+        study_name=job.study_name, trial=job.trial, attempt=attempt, state=out.state,
+        seed_rows=out.seed_rows, params=out.params,
         param_dtypes={p.name: p.column_dtype for p in ld.space.params},
-        stages=stage_info, values=objs or [None] * n_obj, extra=extra)
-    if store.get_trial(trial_id).state != TrialState.RUNNING:   # retried elsewhere meanwhile
-        log(f"trial {job.trial} was finished by someone else; result not written")
-        return "STALE"
-    # The launcher may fail this trial between the check above and the tell below (a job
-    # that SLURM cancelled runs on for KillWait seconds): whoever writes the file first wins,
-    # and the loser tells nothing, so Parquet and storage agree.
+        stages=out.stages, values=out.values or [None] * len(ld.sf.study.objectives),
+        extra=extra)
     if results.write_trial(sdir, job.trial, df, replace=False) is None:
         log(f"trial {job.trial}: a result is already on disk; this one is not written")
-        return "STALE"
+        return False
     try:   # the learning curves: a view of the trial, never a reason to lose its result
         results.write_curves(sdir, job.trial, results.curve_frame(
-            study_name=job.study_name, trial=job.trial, state=state,
-            histories=[h for seed, p, hub in runs for h in curve_histories(p, hub, seed)]))
+            study_name=job.study_name, trial=job.trial, state=out.state,
+            histories=out.histories))
     except (OSError, ValueError, TypeError) as e:
         log(f"trial {job.trial}: learning curves not written ({e})")
-    attr.flush()
+    return True
+
+
+def tell(st: optuna.Study, store: optuna.storages.BaseStorage, trial: optuna.Trial,
+         trial_id: int, out: TrialOutcome, attempt: int, ld: studyfile.LoadedStudy,
+         log: Callable[[str], None]) -> str:
+    """The trial's attributes, then its final state, to the storage. A retryable failure is
+    marked `retried` here (a finished trial's attributes are frozen); the launcher enqueues
+    the retry (same parameters, attempt + 1) when it next looks."""
     try:
-        trial.set_user_attr("provenance", prov)
-        trial.set_user_attr("stages", stage_info)
-        trial.set_user_attr("wall_s", extra["wall_s"])
-        if error:
-            trial.set_user_attr("error", error[-4000:])
-        if fail_kind:
-            trial.set_user_attr("fail_kind", fail_kind)
-            trial.set_user_attr("fail_reason", fail_reason)
-        if fail_kind in RETRYABLE:
-            # decided here: a finished trial's attributes are frozen; the launcher enqueues
-            # the retry (same parameters, attempt + 1) when it next looks
+        trial.set_user_attr("provenance", results.provenance())
+        trial.set_user_attr("stages", out.stages)
+        trial.set_user_attr("wall_s", out.wall_s)
+        if out.error:
+            trial.set_user_attr("error", out.error[-4000:])
+        if out.fail_kind:
+            trial.set_user_attr("fail_kind", out.fail_kind)
+            trial.set_user_attr("fail_reason", out.fail_reason)
+        if out.fail_kind in failures.RETRYABLE:
             trial.set_user_attr("retried", attempt <= ld.sf.executor.retries)
-        if state == "COMPLETE":
-            st.tell(job.trial, objs)
+        if out.state == "COMPLETE":
+            st.tell(trial.number, out.values)
         else:
-            st.tell(job.trial, state=TrialState[state])
+            st.tell(trial.number, state=TrialState[out.state])
     except (RuntimeError, ValueError):
         if store.get_trial(trial_id).state == TrialState.RUNNING:
             raise
-        log(f"trial {job.trial} was finished by someone else meanwhile; not told")
+        log(f"trial {trial.number} was finished by someone else meanwhile; not told")
         return "STALE"
-    log(f"trial {job.trial}: {state}" + (f" {objs}" if objs else "") +
-        (f"\n{error}" if state == "FAIL" else ""))
-    return state
-
-
-def classify_failure(e: BaseException, ld: studyfile.LoadedStudy) -> tuple[str, str]:
-    """A failed trial's cause and its one-line reason (the traceback stays in `error` and the
-    trial's log). "timeout": submitit gave up requeueing a job that kept reaching its time
-    limit; its epoch checkpoints let a retry finish, so the launcher retries it. "config": the
-    trial's configuration is invalid (whole-space validation should have caught it). "code":
-    anything else, which a retry would repeat."""
-    if isinstance(e, UncompletedJobError) and "timed-out" in str(e):
-        s = ld.sf.executor.slurm
-        return "timeout", (f"the job reached its time limit (executor.slurm.time_min={s.time_min}"
-                           f") more often than it may be requeued (executor.slurm.max_requeues="
-                           f"{s.max_requeues}); retried from its checkpoints within "
-                           "executor.retries; raise executor.slurm.time_min")
-    if isinstance(e, UncompletedJobError):   # preempted and not requeued
-        return "infrastructure", f"the job was not requeued: {e}"
-    first_line = (str(e).strip().splitlines() or [""])[0][:300]
-    if any(s in str(e) for s in ("No space left on device", "Disk quota exceeded")):
-        # a library wrapped the OSError (torch.save: RuntimeError): the launcher stops on the
-        # full disk itself, and neither a retry nor the breaker would help
-        return "disk_full", f"{type(e).__name__}: {first_line}"
-    if isinstance(e, (StudyError, pydantic.ValidationError)):
-        return "config", f"{type(e).__name__}: {first_line}"
-    frames = traceback.extract_tb(e.__traceback__)
-    where = ""
-    if frames:
-        f = frames[-1]
-        where = f" (at {Path(f.filename).name}:{f.lineno} in {f.name})"
-    return "code", f"{type(e).__name__}: {first_line}{where}"
+    log(f"trial {trial.number}: {out.state}"
+        + (f" {[round(v, 4) for v in out.values]}" if out.values else "")
+        + (f"\n{out.error}" if out.state == "FAIL" else ""))
+    return out.state
 
 
 def main(argv: list[str] | None = None) -> int:

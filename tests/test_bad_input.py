@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 from toy_studies import run_cli as _cli
 
-from study import cli, config, studyfile
+from study import cli, config, schema, studyfile
 from study.config import DEGRADATION_NAMES, METHOD_NAMES, StudyFile
 
 pytestmark = pytest.mark.faults
@@ -507,7 +507,7 @@ def test_generated_unknown_keys(data: st.DataObject) -> None:
     """A key renamed to a random name anywhere under a model: an unknown key, always."""
     path, _ = data.draw(st.sampled_from(FIELDS))
     parent = path[:-1]
-    allowed = studyfile._allowed_keys(list(parent))
+    allowed = schema.allowed_keys(StudyFile, list(parent))
     new = data.draw(NAMES.filter(lambda s: s not in allowed and s not in ("preset", "extends")))
     tree = _set(RESOLVED, (*parent, new), data.draw(st.integers() | WORDS))
     _check_generated(tree, ".".join((*parent, new)), "unknown key")

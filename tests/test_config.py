@@ -8,7 +8,6 @@ import pytest
 
 from study import studyfile
 from study.errors import ConfigError
-from study.studyfile import load_study_file
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "search_spaces").glob("*.yaml"))
@@ -17,7 +16,7 @@ PRESETS = sorted((ROOT / "study" / "presets").glob("*.yaml"))
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_every_shipped_study_file_validates(path: Path) -> None:
-    _, sf = load_study_file(path)
+    sf = studyfile.load(path).sf
     assert sf.study.name == path.stem
     assert sf.pipeline.methods
 
@@ -31,7 +30,7 @@ def test_every_preset_validates(path: Path) -> None:
 
 
 def test_paper_preset_is_the_reference_recipe() -> None:
-    _, sf = load_study_file(ROOT / "search_spaces" / "paper_cifar100.yaml")
+    sf = studyfile.load(ROOT / "search_spaces" / "paper_cifar100.yaml").sf
     p = sf.pipeline
     assert p.model == "resnet56" and p.salt_value == 1
     assert (p.base.optimizer, p.base.lr, p.base.epochs, p.base.milestones) == ("sgd", 0.1, 200,
@@ -47,20 +46,20 @@ def test_paper_preset_is_the_reference_recipe() -> None:
     assert d.teacher_input == "clean" and d.same_images_per_degradation and d.loss == "feature"
     assert p.scratch.milestones == [60, 140, 180] and p.scratch.epochs == 200
     assert p.eval.test_level_step == 1
-    _, tiny = load_study_file(ROOT / "search_spaces" / "paper_tinyimagenet.yaml")
+    tiny = studyfile.load(ROOT / "search_spaces" / "paper_tinyimagenet.yaml").sf
     assert tiny.pipeline.base.cutout == 32
-    _, c10 = load_study_file(ROOT / "search_spaces" / "paper_cifar10.yaml")
+    c10 = studyfile.load(ROOT / "search_spaces" / "paper_cifar10.yaml").sf
     assert c10.pipeline.base.weight_decay == 1e-4
 
 
 def test_space_name_is_found_in_search_spaces() -> None:
-    path, _ = load_study_file("smoke.yaml")
-    assert path == ROOT / "search_spaces" / "smoke.yaml"
+    for name in ("smoke.yaml", "smoke"):
+        assert studyfile.load(name).source == str(ROOT / "search_spaces" / "smoke.yaml")
 
 
 def test_overrides_are_typed_and_default_to_pipeline() -> None:
-    _, sf = load_study_file("smoke.yaml", ["distill.temperature=2", "study.n_trials=3",
-                                           "degradations=[jpeg, blur]"])
+    sf = studyfile.load("smoke.yaml", ["distill.temperature=2", "study.n_trials=3",
+                                       "degradations=[jpeg, blur]"]).sf
     assert sf.pipeline.distill.temperature == 2.0
     assert sf.study.n_trials == 3
     assert sf.pipeline.degradations == ["jpeg", "blur"]
@@ -71,7 +70,7 @@ def test_all_errors_reported_together_with_file_and_key(tmp_path: Path) -> None:
     f.write_text("study: {name: t}\npipeline:\n  preset: smoke\n  distil: {x: 1}\n"
                  "  base: {epochs: -1}\n  degradations: [jpeg, fog]\n")
     with pytest.raises(ConfigError) as e:
-        load_study_file(f)
+        studyfile.load(f)
     msg = str(e.value)
     assert str(f) in msg and "3 error(s)" in msg
     assert "pipeline.distil" in msg and "did you mean 'distill'" in msg
@@ -98,7 +97,7 @@ def test_bad_files(tmp_path: Path, text: str, needle: str) -> None:
     f = tmp_path / "s.yaml"
     f.write_text(text)
     with pytest.raises(ConfigError, match=None) as e:
-        load_study_file(f)
+        studyfile.load(f)
     assert needle in str(e.value) and str(f) in str(e.value)
 
 
@@ -110,14 +109,14 @@ def test_yaml_bomb_is_refused(tmp_path: Path) -> None:
     f = tmp_path / "bomb.yaml"
     f.write_text("\n".join(lines) + "\n")
     with pytest.raises(ConfigError, match="expands to over"):
-        load_study_file(f)
+        studyfile.load(f)
 
 
 def test_missing_file_lists_shipped_files() -> None:
     with pytest.raises(ConfigError, match="smoke.yaml"):
-        load_study_file("does_not_exist.yaml")
+        studyfile.load("does_not_exist.yaml")
 
 
 def test_bad_override() -> None:
     with pytest.raises(ConfigError, match="expected key=value"):
-        load_study_file("smoke.yaml", ["distill.temperature"])
+        studyfile.load("smoke.yaml", ["distill.temperature"])

@@ -13,7 +13,7 @@ from study import augment, evaluation
 from study import device_degrade as dd
 from study.augment import DeviceTrainStream, TrainStream
 from study.data import Split, make_synthetic
-from study.studyfile import load_study_file
+from study.studyfile import load
 
 NAMES = ["jpeg", "blur", "awgn", "saltpepper"]
 
@@ -70,7 +70,7 @@ def test_vote_tie_rules_disagree_on_simulated_experts(
 def test_paper_tinyimagenet_cutout_per_stage() -> None:
     # the reference's Tiny ImageNet configs: 32 for base, experts, Scratch and Vanilla FT; 16
     # for Fusing and FusionDistill
-    _, sf = load_study_file("paper_tinyimagenet.yaml")
+    sf = load("paper_tinyimagenet.yaml", check_space=False).sf
     p = sf.pipeline
     assert {k: getattr(p, k).cutout for k in
             ("base", "expert", "scratch", "vanilla_ft", "fusing", "distill")} == {

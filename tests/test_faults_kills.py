@@ -160,8 +160,8 @@ def _launcher(tmp_path: Path, name: str) -> tuple[launcher.Launcher, optuna.Stud
     store = storage.open_storage(url)
     st = storage.load_or_create(ld.sf, store, optuna.samplers.RandomSampler(seed=0),
                                 optuna.pruners.NopPruner())
-    opened = launcher.Opened(ld, st, store, url, storage.study_dir(tmp_path, name))
-    return launcher.Launcher(opened, LocalExecutor(), cache_dir=str(tmp_path / "cache"),
+    stored = storage.StoredStudy(ld, st, store, url, storage.study_dir(tmp_path, name))
+    return launcher.Launcher(stored, LocalExecutor(), cache_dir=str(tmp_path / "cache"),
                              parallel=1, retries=2, log=lambda m: None), st
 
 
@@ -235,14 +235,17 @@ def test_timeout_budget_failure_is_classified_and_retried(tmp_path: Path) -> Non
     the retry finish) up to executor.retries, and the breaker does not count it."""
     from submitit.core.utils import UncompletedJobError
 
-    from study import worker
+    from study import failures
+    from study.executors import SlurmExecutor
     launcher, st = _launcher(tmp_path, "tmo")
     err = UncompletedJobError("Job not requeued because: timed-out too many times.")
-    kind, reason = worker.classify_failure(err, launcher.ld)
+    settings = launcher.ld.sf.executor
+    kind, reason = SlurmExecutor.classify_failure(err, settings)
     assert kind == "timeout" and "executor.slurm.time_min=" in reason and "\n" not in reason
-    assert worker.classify_failure(ValueError("bad\nvalue"), launcher.ld)[0] == "code"
-    assert worker.classify_failure(RuntimeError("PytorchStreamWriter failed: No space left on "
-                                                "device"), launcher.ld)[0] == "disk_full"
+    assert SlurmExecutor.classify_failure(ValueError("bad"), settings) is None
+    assert failures.classify_error(ValueError("bad\nvalue"))[0] == "code"
+    assert failures.classify_error(RuntimeError("PytorchStreamWriter failed: No space left on "
+                                                "device"))[0] == "disk_full"
     for attempt in (1, 4):                            # the worker's part (retries=2)
         trial = st.ask()
         trial.set_user_attr("values", launcher.ld.space.sample(trial))

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from study import fusion
-from study.fusion import fuse, is_bn_buffer, recompute_bn_statistics
+from study.fusion.merge import fuse, is_bn_buffer, recompute_bn_statistics
 from study.models import build_model
 
 torch.set_num_threads(1)
@@ -124,7 +124,7 @@ def test_bn_copy_first_and_average():
 def test_outputs_are_new_tensors_and_load_into_the_model():
     base, experts = make_experts(2)
     snapshot = [{k: v.clone() for k, v in e.items()} for e in experts]
-    for method in fusion.FUSION_METHODS:
+    for method in fusion.METHODS:
         kw = {"weights": [0.5, 0.5]} if method == "weighted" else {}
         out = fuse(experts, method, base=base, **kw)
         inputs = {v.data_ptr() for sd in [base, *experts] for v in sd.values()}
@@ -223,8 +223,8 @@ def test_mismatched_keys_and_shapes_name_the_key():
     [
         ([0.5, 0.6], "sum to 1"),
         ([1.5, -0.5], "non-negative"),
-        ([1.0], "1 weights for 2"),
-        (None, "needs weights"),
+        ([1.0], "1 values of fusion.weights for 2 experts"),
+        (None, "needs fusion.weights"),
     ],
 )
 def test_weighted_validates_the_simplex(weights, match):

@@ -17,8 +17,9 @@ import pytest
 from optuna.trial import TrialState
 from toy_studies import assert_parquet_schemas, finished, free_port, journal_study
 
-from study import cli, launcher, results, storage, studyfile, worker
+from study import cli, launcher, results, storage, studyfile
 from study.executors import LocalExecutor
+from study.jobs import Job
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = [sys.executable, "-m", "study.cli"]
@@ -186,9 +187,9 @@ def _ld(tmp_path: Path, name: str) -> tuple[studyfile.LoadedStudy, optuna.Study,
 
 def _launcher(tmp_path: Path, ld: studyfile.LoadedStudy, st: optuna.Study, url: str
               ) -> launcher.Launcher:
-    opened = launcher.Opened(ld, st, storage.open_storage(url), url,
-                             storage.study_dir(tmp_path, ld.sf.study.name))
-    return launcher.Launcher(opened, LocalExecutor(), cache_dir=str(tmp_path / "cache"),
+    stored = storage.StoredStudy(ld, st, storage.open_storage(url), url,
+                                 storage.study_dir(tmp_path, ld.sf.study.name))
+    return launcher.Launcher(stored, LocalExecutor(), cache_dir=str(tmp_path / "cache"),
                              parallel=1, log=lambda m: None)
 
 
@@ -328,7 +329,7 @@ def test_job_file_carries_the_resolved_tree(tmp_path: Path) -> None:
     assert cli.main(["launch", "--space", str(space), "--executor", "debug", "--results",
                      str(tmp_path), "--n-trials", "1",
                      *[x for s in sets for x in ("--set", s)]]) == 0
-    job = worker.Job.read(tmp_path / "tree" / "jobs" / "trial-000000.json")
+    job = Job.read(tmp_path / "tree" / "jobs" / "trial-000000.json")
     assert job.tree == studyfile.load(str(space), [*sets, "executor.backend=debug"]).tree
     space.write_text("study: [not, a, study]\n")           # edited while the study runs
     ld = studyfile.from_tree(job.tree, job.study_file)

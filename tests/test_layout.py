@@ -1,12 +1,17 @@
 """The layout rules a newcomer relies on, checked on the source: no import cycle in study/
 (imports inside functions count), nothing imports the CLI, private attributes of other
-libraries only in study/adapter.py (pinned here against the installed versions), and no list
-of stage names outside the stage registry."""
+libraries only in study/adapter.py (pinned here against the installed versions), no list of
+stage names outside the stage registry; and parts that never reach past each other: building
+blocks below the loader and the harness, the harness driving stages rather than tensors, no
+torch for results, status and the report, no SLURM outside its executor, one Driver, one job
+shape, one atomic write path, shared-stage planning from the registry."""
 
 from __future__ import annotations
 
 import ast
 import inspect
+import subprocess
+import sys
 from pathlib import Path
 
 import submitit
@@ -112,3 +117,126 @@ def test_no_stage_name_list_outside_the_registry() -> None:
                 if len(keys & names) >= 2 and "base" in keys:
                     copies.append(f"{m}:{node.lineno} {sorted(keys & names)}")
     assert copies == []
+
+
+# ---------------------------------------------------------------- parts never reach past each other
+BUILDING_BLOCKS = ("study.data", "study.degradations", "study.device_degrade", "study.augment",
+                   "study.models", "study.losses", "study.fusion", "study.train",
+                   "study.evaluation", "study.cache")
+# what a building block may never import: the loader and its schema, the stages, the harness,
+# the results, the commands
+ABOVE_BUILDING_BLOCKS = ("study.config", "study.schema", "study.studyfile", "study.space",
+                         "study.stages", "study.pipeline", "study.launcher", "study.worker",
+                         "study.executors", "study.storage", "study.results", "study.report",
+                         "study.status", "study.jobs", "study.failures", "study.bench",
+                         "study.adapter", "study.cli", "study.commands")
+HARNESS = ("study.launcher", "study.worker", "study.executors", "study.storage", "study.status",
+           "study.results", "study.jobs", "study.failures", "study.report")
+TENSOR_CODE = ("study.data", "study.degradations", "study.device_degrade", "study.augment",
+               "study.models", "study.losses", "study.fusion.merge", "study.train",
+               "study.evaluation")
+
+
+def _under(module: str, roots: tuple[str, ...]) -> bool:
+    return any(module == r or module.startswith(r + ".") for r in roots)
+
+
+def test_building_blocks_never_import_the_loader_the_stages_or_the_harness() -> None:
+    found = {m: sorted(d for d in _imports(p) if _under(d, ABOVE_BUILDING_BLOCKS))
+             for m, p in MODULES.items() if _under(m, BUILDING_BLOCKS)}
+    assert len(found) >= 10 and {m: d for m, d in found.items() if d} == {}
+
+
+def test_the_harness_drives_stages_not_tensors() -> None:
+    """The launcher, worker, executors, storage, status, results and report reach training and
+    evaluation only through the pipeline and the stage registry."""
+    found = {m: sorted(d for d in _imports(p) if _under(d, TENSOR_CODE))
+             for m, p in MODULES.items() if _under(m, HARNESS)}
+    assert len(found) >= 10 and {m: d for m, d in found.items() if d} == {}
+
+
+def test_results_status_and_report_never_import_torch() -> None:
+    """They run on a login node, where nothing trains: torch's import (~1.3 s, ~300 MB) is for
+    workers. A fresh interpreter: this one imported torch long ago."""
+    code = ("import sys, study.results, study.report, study.stages, study.fusion, "
+            "study.studyfile; print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'torch', 'torchvision'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_help_imports_nothing_heavy() -> None:
+    """`study --help` and `study <cmd> --help` parse with argparse and this package's settings
+    only: under 0.5 s here, where the imports below took 3-4 s before the CLI dispatched."""
+    code = ("import sys\nfrom study import cli\nfor argv in (['--help'], ['launch', '--help'], "
+            "['report', '--help'], ['bench', '--help']):\n    try:\n        "
+            "cli.build_parser().parse_args(argv)\n    except SystemExit:\n        pass\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'plotly', "
+            "'optuna_dashboard', 'scipy', 'optuna', 'pandas', 'numpy'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
+
+
+def test_only_the_slurm_executor_names_slurm() -> None:
+    """Every SLURM fact (job states, handles, requeues, KillWait, the allotted CPUs) lives in
+    executors/slurm.py (and the pinned internals in adapter.py): the launcher, the worker,
+    status and the commands ask the executor."""
+    words = ("slurm", "submitit", "sacct", "scancel", "sbatch", "killwait")
+    found = []
+    for m in ("study.launcher", "study.worker", "study.status", "study.jobs", "study.failures",
+              "study.storage", "study.results", "study.cli", "study.executors.base",
+              *[x for x in MODULES if x.startswith("study.commands")]):
+        tree = ast.parse(MODULES[m].read_text())   # names, not comments or messages
+        names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+        names |= {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+        names |= {a.name for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
+                  for a in n.names}
+        names |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        found += [f"{m}: {x}" for x in sorted(names) if any(w in x.lower() for w in words)]
+    assert found == []
+    importers = []
+    for m, p in MODULES.items():
+        for n in ast.walk(ast.parse(p.read_text())):
+            mods = ([a.name for a in n.names] if isinstance(n, ast.Import)
+                    else [n.module or ""] if isinstance(n, ast.ImportFrom) else [])
+            if any(x.split(".")[0] == "submitit" for x in mods):
+                importers.append(m)
+    assert sorted(set(importers)) == ["study.adapter", "study.executors.slurm"]
+
+
+def test_one_driver_and_one_job_shape() -> None:
+    classes: dict[str, list[str]] = {}
+    for m, p in MODULES.items():
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.ClassDef) and node.name in ("Driver", "Job", "LaunchRequest"):
+                classes.setdefault(node.name, []).append(m)
+    assert classes == {"Driver": ["study.executors.base"], "Job": ["study.jobs"],
+                       "LaunchRequest": ["study.jobs"]}
+
+
+def test_shared_stage_planning_comes_from_the_stage_registry() -> None:
+    """The launcher asks stages.shared_instances which networks to build ahead, and reads no
+    parameter's YAML options (`.spec`) to find out."""
+    tree = ast.parse(MODULES["study.launcher"].read_text())
+    calls = {f"{n.func.value.id}.{n.func.attr}" for n in ast.walk(tree)
+             if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+             and isinstance(n.func.value, ast.Name)}
+    assert "stages.shared_instances" in calls
+    assert not [n for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr == "spec"]
+
+
+def test_one_atomic_write_path() -> None:
+    """Durable files are written through atomic.py only (temp file, fsync, rename): nobody
+    else renames a file into place."""
+    found = []
+    for m, p in MODULES.items():
+        if m == "study.atomic":
+            continue
+        for node in ast.walk(ast.parse(p.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in ("replace", "rename")
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "os"):
+                found.append(f"{m}:{node.lineno} os.{node.func.attr}")
+    assert found == []

@@ -12,18 +12,18 @@ import numpy as np
 import pytest
 import torch
 
-from study import augment, evaluation, train
+from study import augment, evaluation, results, train
 from study.cache import StageCache
 from study.data import make_synthetic
 from study.pipeline import Pipeline
-from study.studyfile import load_study_file
+from study.studyfile import load
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = [sys.executable, "-m", "study.cli"]
 
 
 def _pipeline(tmp_path: Path, *overrides: str) -> Pipeline:
-    _, sf = load_study_file("smoke.yaml", ["device=cpu", *overrides])
+    sf = load("smoke.yaml", ["device=cpu", *overrides], check_space=False).sf
     return Pipeline(sf.pipeline, StageCache(tmp_path / "cache"), log=lambda s: None)
 
 
@@ -165,7 +165,7 @@ def test_table_means_over_levels() -> None:
             for lv, acc in [(1, 0.2), (101, 0.6)]]
     rows += [{"model": "m", "degradation": "blur", "level": 0, "accuracy": 0.8},
              {"model": "m", "degradation": "clean", "level": 0, "accuracy": 0.9}]
-    t = evaluation.table(rows)
+    t = results.paper_table(rows)
     assert t.loc["m", "JPEG"] == pytest.approx(40.0)
     assert t.loc["m", "Avg"] == pytest.approx(60.0) and t.loc["m", "Clean"] == pytest.approx(90)
 
@@ -312,14 +312,14 @@ def test_real_image_smoke_study_keeps_signal_under_every_degradation(tmp_path: P
     """The shipped CIFAR-10 sample through the imagefolder dataset, the whole pipeline on CPU:
     unlike the synthetic gratings (at chance under blur sigma 2), real images keep a signal
     under every degradation, so each degraded column says something."""
-    _, sf = load_study_file(ROOT / "search_spaces" / "smoke_real.yaml")
+    sf = load(ROOT / "search_spaces" / "smoke_real.yaml", check_space=False).sf
     cwd = os.getcwd()
     os.chdir(ROOT)   # the file's data root is relative to the repository
     try:
         result = Pipeline(sf.pipeline, StageCache(tmp_path / "cache"), log=lambda s: None).run()
     finally:
         os.chdir(cwd)
-    test = evaluation.table([r for r in result.rows if r["split"] == "test"],
+    test = results.paper_table([r for r in result.rows if r["split"] == "test"],
                             sf.pipeline.methods)
     assert list(test.index) == sf.pipeline.methods
     chance = 10.0

@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 from toy_studies import journal_study
 
+from study.errors import ConfigError
 from study.executors import placement
 from study.executors.slurm import PackedTrialJob, StageJob, stage_groups
 
@@ -30,7 +31,7 @@ def test_visible_devices_and_spread() -> None:
     assert placement.visible_devices("auto", {"CUDA_VISIBLE_DEVICES": "2,5"}) == ["2", "5"]
     assert placement.visible_devices([1], {"CUDA_VISIBLE_DEVICES": "2,5"}) == ["5"]
     assert placement.visible_devices("none", {"CUDA_VISIBLE_DEVICES": "2,5"}) == []
-    with pytest.raises(ValueError, match="indices below 2"):
+    with pytest.raises(ConfigError, match=r"key 'executor.gpus'.*indices below 2"):
         placement.visible_devices([3], {"CUDA_VISIBLE_DEVICES": "2,5"})
     assert placement.spread(5, ["0", "1"]) == ["0", "1", "0", "1", "0"]
     assert placement.spread(2, []) == [None, None]

@@ -245,7 +245,7 @@ def test_status_rows_from_heartbeats_and_a_stale_one(
 
     assert wait(lambda: len(training()) == 2, timeout=400), "no trial reached fusiondistill"
     hb = training()[0]
-    assert {"stage", "epoch", "epochs", "images_per_s", "eta_s", "host", "slurm_job_id", "pid",
+    assert {"stage", "epoch", "epochs", "images_per_s", "eta_s", "host", "pid",
             "updated_at", "interval_s"} <= set(hb)
     assert hb["epochs"] == 400 and hb["interval_s"] == 1.0
     out = _status(results_dir)

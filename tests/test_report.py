@@ -32,7 +32,7 @@ import torch
 from figures import record
 from toy_studies import free_port
 
-from study import cli, evaluation, report, results, storage, studyfile, worker
+from study import cli, report, results, storage, studyfile, worker
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -166,7 +166,8 @@ def _figures(b: Built) -> set[str]:
 
 def _hand_table(df: pd.DataFrame, trial: int, seed: int) -> pd.DataFrame:
     rows = df[(df.trial == trial) & (df.split == "test") & (df.seed == seed)]
-    return evaluation.table(rows, ["oracle", "ensemble", "modelsoups", "fusing", "fusiondistill"])
+    return results.paper_table(rows, ["oracle", "ensemble", "modelsoups", "fusing",
+                                      "fusiondistill"])
 
 
 # ---------------------------------------------------------------- the real study
@@ -188,7 +189,7 @@ def test_report_cli_writes_a_self_contained_html(built: Built) -> None:
 
 
 @pytest.mark.slow
-def test_paper_and_best_tables_equal_evaluation_table_per_seed(built: Built) -> None:
+def test_paper_and_best_tables_equal_paper_table_per_seed(built: Built) -> None:
     df, a = built.df, _analysis(built)
     best = _hand_best(df)
     assert (a.best, a.baseline) == (best, 0)

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 from toy_studies import finished, journal_study, wait
 
 from study.executors.slurm import sbatch_script
-from study.studyfile import load_study_file
+from study.studyfile import load
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = [sys.executable, "-m", "study.cli"]
@@ -42,8 +42,8 @@ def _sacct(*fields: str) -> list[dict[str, str]]:
 
 @pytest.mark.parametrize("preset", ["local", "gpu", "node"])
 def test_generated_sbatch_script_matches_golden_file(preset: str, tmp_path: Path) -> None:
-    _, sf = load_study_file("smoke.yaml", [f"executor.slurm.preset={preset}",
-                                           "executor.slurm.account=proj42"])
+    sf = load("smoke.yaml", [f"executor.slurm.preset={preset}", "executor.slurm.account=proj42"],
+              check_space=False).sf
     text = sbatch_script(sf.executor.slurm, tmp_path / "jobs")
     text = text.replace(str(tmp_path), "<folder>").replace(sys.executable, "<python>")
     golden = GOLDEN / f"sbatch_{preset}.sh"

@@ -141,9 +141,9 @@ def test_reconcile_decides_per_state(fake_slurm: Path, tmp_path: Path) -> None:
     store = storage.open_storage(url)
     st = storage.load_or_create(ld.sf, store, optuna.samplers.RandomSampler(seed=0),
                                 optuna.pruners.NopPruner())
-    opened = launcher.Opened(ld, st, store, url, storage.study_dir(tmp_path, "fk"))
+    stored = storage.StoredStudy(ld, st, store, url, storage.study_dir(tmp_path, "fk"))
     ex = slurm.SlurmExecutor(ld.sf.executor.slurm, tmp_path / "jobs", "fk")
-    lau = launcher.Launcher(opened, ex, cache_dir=str(tmp_path / "cache"), parallel=3,
+    lau = launcher.Launcher(stored, ex, cache_dir=str(tmp_path / "cache"), parallel=3,
                             retries=2, log=lambda m: None)
     jobs = {"41": "RUNNING", "42": "NODE_FAIL", "43": "COMPLETED"}
     for jid in jobs:
@@ -151,7 +151,7 @@ def test_reconcile_decides_per_state(fake_slurm: Path, tmp_path: Path) -> None:
         trial.set_user_attr("values", ld.space.sample(trial))
         trial.set_user_attr("job", {"kind": "slurm", "job_id": jid, "submitted": 0})
     _set_jobs(fake_slurm, jobs=jobs)
-    results.write_trial(opened.study_dir, 2, results.trial_frame(
+    results.write_trial(stored.study_dir, 2, results.trial_frame(
         study_name="fk", trial=2, attempt=1, state="COMPLETE", seed_rows=[], params={},
         param_dtypes={}, stages={}, values=[0.75], extra={}))
     lau.reconcile()

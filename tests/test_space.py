@@ -712,3 +712,25 @@ def test_the_grid_is_bounded_without_being_enumerated(tree: dict[str, Any]) -> N
     assert product.grid_size() == 47**3 and product.grid() is None
     subset = space(f"eval.degradations: {{type: subset, of: {DEGS}}}")
     assert subset.grid_size() == 16 and subset.grid() is not None
+
+
+def test_a_step_finer_than_floats_can_tell_apart_is_refused(tree: dict[str, Any]) -> None:
+    """`step: 1e-320` on [1e-4, 1e-2] is a grid of 1e318 points: decimal (28 digits) raised
+    InvalidOperation, a traceback with exit 1. Below one float spacing at the range's larger
+    end (1.7e-18 at 0.01), neighbouring points are the same float: refused, naming the key
+    and the finest step allowed."""
+    finest = math.ulp(1e-2)
+    for step in (1e-320, 1e-30, "1e-320", finest / 2):
+        with pytest.raises(ConfigError) as e:
+            parse_space({"distill.lr": F(1e-4, 1e-2, step=step)}, tree, SOURCE)
+        msg = str(e.value)
+        assert "'space.distill.lr.step'" in msg and f"at least {finest}" in msg, msg
+    with pytest.raises(ConfigError, match=r"'space\.distill\.lr\.step'.*at least 2\.0"):
+        parse_space({"distill.lr": F(0.0, 1e16, step=1)}, tree, SOURCE)   # ulp(1e16) = 2
+    ok = parse_space({"distill.lr": F(1e-4, 1e-2, step=finest)}, tree, SOURCE)
+    assert 5.7e15 < ok.grid_size() <= (1e-2 - 1e-4) / finest + 1 and ok.grid() is None
+    for v in ok.probe_samples(5, 0, 5):
+        assert 1e-4 <= v["distill.lr"] <= 1e-2
+    # through the loader, as `study launch --set` reads it: a ConfigError (exit 2)
+    with pytest.raises(ConfigError, match=r"'space\.distill\.lr\.step'.*finer than floats"):
+        studyfile.load(SMOKE, ["space.distill.lr.log=false", "space.distill.lr.step=1.0e-320"])

@@ -26,8 +26,10 @@ import yaml
 from pydantic import BaseModel
 
 from study import cli, config, studyfile
+from study.commands import options
 from study.config import SEED_MAX, StudyFile
 from study.errors import ConfigError
+from study.space import SearchSpace
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "search_spaces").glob("*.yaml"))
@@ -188,6 +190,50 @@ def test_the_probe_samples_are_fixed_distinct_and_bounded() -> None:
     assert len(samples) <= 6 + 300
 
 
+def test_a_20000_item_subset_is_checked_in_bounded_work(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 21: every corner pattern of a subset was built up front (4 * 20,000**2 flags, a
+    MemoryError), and 600 samples were drawn however wide (minutes). The corners are now built
+    as they are taken, and a space wider than TRIAL_RAW_VALUES / 600 raw values gets fewer
+    samples: the whole check draws at most TRIAL_RAW_VALUES raw values. Counted, not timed."""
+    lr = {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}
+    path = _file(tmp_path, {"data.classes": {"type": "subset",
+                                             "of": [f"c{i}" for i in range(20_000)]},
+                            "distill.lr": lr},
+                 {"data": {"dataset": "imagefolder", "root": "data"}})
+    sizes: list[int] = []   # of data.classes, in each sample validated as a trial
+    apply = SearchSpace.apply
+
+    def counted(self: SearchSpace, tree: dict[str, Any], values: Any) -> dict[str, Any]:
+        sizes.append(len(values["data.classes"]))
+        return apply(self, tree, values)
+
+    monkeypatch.setattr(SearchSpace, "apply", counted)
+    ld = studyfile.load(path)
+    corners, draws = studyfile.probe_counts(ld.space)
+    assert ld.space.raw_width() == 20_001 and 2 <= corners + draws < 60
+    assert 2 <= len(sizes) <= corners + draws
+    assert len(sizes) * ld.space.raw_width() <= studyfile.TRIAL_RAW_VALUES
+    assert {20_000, 19_999, 1} <= set(sizes)   # all, each left out, alone (or none, repaired)
+    # a space of ordinary width keeps every sample
+    fusion = studyfile.load("fusion.yaml", check_space=False).space
+    assert studyfile.probe_counts(fusion) == (studyfile.TRIAL_CORNER_LIMIT,
+                                              studyfile.TRIAL_DRAWS)
+
+
+def test_status_and_report_can_skip_the_whole_space_check(tmp_path: Path) -> None:
+    """load(check_space=False), for commands that start no trial: each parameter is still
+    checked at its own path, the trials the space can produce are not."""
+    _, space, pipeline, _ = WHOLE[0]
+    path = _file(tmp_path, space, pipeline)
+    assert [p.name for p in studyfile.load(path, check_space=False).space.params] == [
+        "fusion.method"]
+    _refused(path, "the space can produce an invalid trial")
+    bad = _file(tmp_path, {"fusion.method": {"type": "categorical", "choices": ["wieghted"]}})
+    with pytest.raises(ConfigError, match="'space.fusion.method.choices': 'wieghted'"):
+        studyfile.load(bad, check_space=False)
+
+
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_every_shipped_space_passes_within_the_budget(path: Path) -> None:
     """Measured on a 2-core box: fusion.yaml, the largest, about 0.09 s; 0.5 s is the budget
@@ -206,13 +252,17 @@ def _timed(fn: typing.Callable[[], object]) -> float:
 
 def test_the_cli_refuses_it_with_exit_2_and_writes_nothing(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`status` starts no trial and skips the whole-space check (load(check_space=False)):
+    it still writes nothing and exits 2, here because no study was launched."""
     path = _file(tmp_path, {"fusion.method": {"type": "categorical",
                                               "choices": ["uniform", "weighted"]}})
-    for argv in (["launch", "--dry-run"], ["launch"], ["status"]):
+    for argv, needle in ((["launch", "--dry-run"], "fusion.method='weighted'"),
+                         (["launch"], "fusion.method='weighted'"),
+                         (["status"], "not been launched")):
         res = tmp_path / "res"
         rc, err = _cli([*argv, "--space", str(path), "--results", str(res)], capsys)
         assert rc == 2 and err.startswith("study: error:") and str(path) in err, err
-        assert "fusion.method='weighted'" in err and not res.exists()
+        assert needle in err and not res.exists(), err
 
 
 # ---------------------------------------------------------------- 2. pipeline keys only
@@ -332,7 +382,7 @@ def test_a_step_wider_than_the_range_is_refused(spec: dict[str, Any], ok: bool,
 
 def test_study_names_that_collide_with_the_results_folder_are_refused() -> None:
     args = cli.build_parser().parse_args(["launch", "--space", "smoke.yaml"])
-    default_cache = Path(cli._dirs(args)[1]).name
+    default_cache = Path(options.results_and_cache(args)[1]).name
     assert default_cache in config.RESERVED_STUDY_NAMES
     for name in (default_cache, default_cache.upper(), "README.md", "readme.MD"):
         _refused(SMOKE, "key 'study.name'", "reserved", overrides=(f"study.name={name}",))
@@ -425,9 +475,12 @@ def test_special_files_are_refused_before_they_are_read(tmp_path: Path) -> None:
 
 def test_a_preset_that_is_not_a_regular_file_is_refused(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    os.mkfifo(tmp_path / "pipe.yaml")
-    monkeypatch.setattr(studyfile, "SLURM_PRESET_DIRS", (tmp_path,))
-    with unblocked(tmp_path / "pipe.yaml") as blocked:
+    """A preset in the working directory's slurm/presets/ that is a FIFO."""
+    folder = tmp_path / "slurm" / "presets"
+    folder.mkdir(parents=True)
+    os.mkfifo(folder / "pipe.yaml")
+    monkeypatch.chdir(tmp_path)
+    with unblocked(folder / "pipe.yaml") as blocked:
         _refused(SMOKE, "key 'executor.slurm.preset'", "pipe.yaml", "FIFO",
                  overrides=("executor.slurm.preset=pipe",))
     assert not blocked

@@ -4,29 +4,48 @@
     local   one process per trial on this machine (`--parallel K` at once)
     slurm   one SLURM job per trial (or per pack of trials) through submitit
 
-To add one: a module here with an Executor subclass, a branch in make_executor, a test.
+To add one: a module here with an Executor subclass, its entry in EXECUTORS, its name in
+config.ExecutorSection.backend, and a toy study launched on it in tests/test_launch.py.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
+from study import worker
 from study.config import StudyFile
+from study.errors import ConfigError
 from study.executors.base import Driver, Executor, Handle, JobFiles
 from study.executors.debug import DebugExecutor
 from study.executors.local import LocalExecutor
 from study.executors.slurm import SlurmExecutor
 
-__all__ = ["DebugExecutor", "Driver", "Executor", "Handle", "JobFiles",
-           "LocalExecutor", "SlurmExecutor", "make_executor"]
+__all__ = ["EXECUTORS", "DebugExecutor", "Driver", "Executor", "Handle", "JobFiles",
+           "LocalExecutor", "SlurmExecutor", "allotted_cpus", "get",
+           "make_executor"]
+
+EXECUTORS: dict[str, type[Executor]] = {
+    cls.name: cls for cls in (DebugExecutor, LocalExecutor, SlurmExecutor)}
+
+
+def get(backend: str) -> type[Executor]:
+    try:
+        return EXECUTORS[backend]
+    except KeyError:
+        raise ConfigError(f"key 'executor.backend': unknown executor {backend!r}; allowed: "
+                          f"{list(EXECUTORS)}") from None
+
 
 def make_executor(sf: StudyFile, study_dir: Path) -> Executor:
-    backend = sf.executor.backend
-    if backend == "local":
-        # the cores split between the trials in flight: 2 on a 2-core box at --parallel 1
-        return LocalExecutor(threads=max(1, (os.cpu_count() or 1) // sf.executor.parallel),
-                             gpus=sf.executor.gpus)
-    if backend == "slurm":
-        return SlurmExecutor(sf.executor.slurm, study_dir / "jobs" / "slurm", sf.study.name)
-    return DebugExecutor()
+    return get(sf.executor.backend).from_settings(sf.executor, study_dir, sf.study.name)
+
+
+def allotted_cpus(environ: Mapping[str, str] | None = None) -> int | None:
+    """The CPUs this process may use: its share where a parent split them (STUDY_THREADS),
+    else what a batch system allotted it (a site without cgroups does not pin CPUs, and torch
+    would take every core of the node), else None (all of this machine's)."""
+    env = os.environ if environ is None else environ
+    own = (cls.allotted_cpus(env) for cls in EXECUTORS.values())
+    return worker.threads_from_env(env) or next((n for n in own if n), None)

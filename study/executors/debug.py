@@ -4,23 +4,34 @@ counterpart of submitit's `cluster="debug"`."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import ClassVar
 
 from optuna.trial import FrozenTrial
 
 from study import worker
+from study.config import ExecutorSection
 from study.executors import local
 from study.executors.base import Driver, Executor, Handle, JobFiles
+from study.jobs import Job
 
 
 class DebugExecutor(Executor):
     name: ClassVar[str] = "debug"
     inline: ClassVar[bool] = True
 
+    @classmethod
+    def from_settings(cls, settings: ExecutorSection, study_dir: Path, study_name: str
+                      ) -> DebugExecutor:
+        return cls()
+
     def submit(self, trials: Sequence[JobFiles]) -> Handle:
         for t in trials:
-            worker.run_job(worker.Job.read(t.job))
+            worker.run_job(Job.read(t.job))
         return {"kind": self.name}
+
+    def describe_placement(self, parallel: int) -> str:
+        return "one trial at a time, in the launcher's own process (debug)"
 
     def alive(self, handle: Handle, trial: FrozenTrial) -> bool:
         return False   # a debug trial still RUNNING belongs to a launcher that died

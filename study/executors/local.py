@@ -17,6 +17,8 @@ from typing import ClassVar, Literal
 
 from optuna.trial import FrozenTrial
 
+from study import worker
+from study.config import ExecutorSection
 from study.executors import placement
 from study.executors.base import Driver, Executor, Handle, JobFiles
 
@@ -47,11 +49,10 @@ def kill_local(handles: Sequence[Handle]) -> None:
 
 
 def start_process_driver(driver: Driver) -> Handle:
-    log_path = Path(driver.argv[-1]).with_suffix(".log")
-    with open(log_path, "ab") as log:
+    with open(driver.log, "ab") as log:
         p = subprocess.Popen(driver.argv, stdout=log, stderr=subprocess.STDOUT,
                              stdin=subprocess.DEVNULL, start_new_session=True)
-    return {"kind": "local", "pid": p.pid, "host": platform.node(), "log": str(log_path)}
+    return {"kind": "local", "pid": p.pid, "host": platform.node(), "log": str(driver.log)}
 
 
 def stop_process_driver(handle: Handle, wait_s: float) -> None:
@@ -73,13 +74,20 @@ class LocalExecutor(Executor):
         self._in_use: list[str | None] = []   # the device of every trial in flight
         self._children: list[subprocess.Popen[bytes]] = []
 
+    @classmethod
+    def from_settings(cls, settings: ExecutorSection, study_dir: Path, study_name: str
+                      ) -> LocalExecutor:
+        # the cores split between the trials in flight: 2 on a 2-core box at --parallel 1
+        return cls(threads=max(1, (os.cpu_count() or 1) // settings.parallel),
+                   gpus=settings.gpus)
+
     def submit(self, trials: Sequence[JobFiles]) -> Handle:
         (t,) = trials   # one process per trial: trials_per_submission is 1
         device = placement.least_loaded(self.devices, self._in_use)
         self._in_use.append(device)
         env = placement.child_env(device, hide_all=self.hide_gpus)
         if self.threads:
-            env["STUDY_THREADS"] = str(self.threads)
+            env[worker.THREADS_ENV] = str(self.threads)
         with open(t.log, "ab") as log:
             # argv list, no shell: user values never reach a shell string.
             p = subprocess.Popen([sys.executable, "-m", WORKER_MODULE, str(t.job)],
@@ -113,6 +121,19 @@ class LocalExecutor(Executor):
 
     def cancel(self, handles: Sequence[Handle]) -> None:
         kill_local(handles)
+
+    def describe(self, handles: Sequence[Handle]) -> list[str]:
+        return [line + (f", gpu {h['gpu']}" if h.get("gpu") else "")
+                for line, h in zip(super().describe(handles), handles, strict=True)]
+
+    def describe_placement(self, parallel: int) -> str:
+        threads = f"{self.threads} torch thread(s) each" if self.threads else "all CPUs"
+        if self.hide_gpus or not self.devices:
+            return f"{parallel} worker process(es) on this machine's CPU, {threads}"
+        share = placement.spread(parallel, self.devices)
+        per = {d: share.count(d) for d in self.devices}
+        return (f"{parallel} worker process(es) on GPUs {self.devices} (CUDA_VISIBLE_DEVICES), "
+                + ", ".join(f"{n} on GPU {d}" for d, n in per.items()) + f"; {threads}")
 
     def start_driver(self, driver: Driver) -> Handle:
         return start_process_driver(driver)

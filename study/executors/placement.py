@@ -16,6 +16,8 @@ from typing import Literal
 
 import torch
 
+from study.errors import ConfigError
+
 __all__ = ["ENV", "child_env", "least_loaded", "spread", "visible_devices"]
 
 ENV = "CUDA_VISIBLE_DEVICES"
@@ -40,8 +42,11 @@ def visible_devices(setting: Literal["auto", "none"] | Sequence[int] = "auto",
         # no GPU here (a CPU box, a test): the indices stand for themselves
         return [str(i) for i in setting]
     if missing:
-        raise ValueError(f"executor.gpus {list(setting)}: this machine shows {len(ids)} "
-                         f"device(s) {ids}; allowed: indices below {len(ids)}, auto or none")
+        seen = f"{len(ids)} device(s) {ids}" if ids else "no device"
+        raise ConfigError(f"key 'executor.gpus': {list(setting)} names device indices this "
+                          f"machine does not show (it shows {seen}"
+                          + (f", from {ENV}={shown}" if shown is not None else "")
+                          + f"); allowed: indices below {len(ids)}, auto or none")
     return [ids[i] for i in setting]
 
 

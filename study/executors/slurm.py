@@ -1,5 +1,6 @@
 """SLURM through submitit: one job per trial, shared stages as a job graph, a driver job for
---detach, one sacct call per refresh for every job in flight.
+--detach, one sacct call per refresh for every job in flight. Every SLURM fact of `study` lives
+here: job states and handles, requeues after time limits, KillWait, the allotted CPUs.
 
 Jobs are Checkpointable: on preemption or the pre-timeout signal submitit requeues them, and the
 rerun resumes from the stage cache (finished stages) and the epoch checkpoint (the stage in
@@ -16,23 +17,32 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import submitit
 from optuna.trial import FrozenTrial
+from submitit.core.utils import UncompletedJobError
 
 from study import adapter, worker
-from study.config import SlurmSettings
+from study.config import ExecutorSection, SlurmSettings
 from study.executors import local, placement
 from study.executors.base import Driver, Executor, Handle, JobFiles
+from study.jobs import Job
 
 # sacct states in which a job may still run (or run again after a requeue).
 ALIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING",
          "COMPLETING", "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD"}
 # sacct may not know a job for a moment after sbatch returns.
 UNKNOWN_GRACE_S = 60.0
+# `study cancel`: scancel makes sacct call the driver job CANCELLED at once, while its process
+# lives on for SLURM's KillWait (30 s by default, 5 s on the test cluster; submitit ignores the
+# SIGTERM), so it may still start a trial. Such trials are stopped until none has appeared for
+# DRAIN_QUIET_S, for at most DRAIN_MAX_S.
+DRAIN_QUIET_S = 6.0
+DRAIN_MAX_S = 60.0
+CPUS_ENV = "SLURM_CPUS_PER_TASK"
 
 
 @contextlib.contextmanager
@@ -47,14 +57,17 @@ def submission_env() -> Iterator[None]:
 
 
 class TrialJob(submitit.helpers.Checkpointable):
-    """A trial's worker; checkpoint() (inherited) requeues the same call on preemption."""
+    """A trial's worker in the job's own process; checkpoint() (inherited) requeues the same
+    call on preemption and before the time limit. Past max_requeues submitit raises inside the
+    worker, which fails the trial as SlurmExecutor.classify_failure says."""
 
     def __init__(self, job_path: str):
         self.job_path = job_path
 
     def __call__(self) -> str:
-        worker.use_allotted_cpus()
-        return worker.run_job(worker.Job.read(self.job_path))
+        worker.use_allotted_cpus(SlurmExecutor.allotted_cpus(os.environ))
+        return worker.run_job(Job.read(self.job_path),
+                              classify_failure=SlurmExecutor.classify_failure)
 
 
 class PackedTrialJob(submitit.helpers.Checkpointable):
@@ -68,10 +81,10 @@ class PackedTrialJob(submitit.helpers.Checkpointable):
     def environments(self, environ: dict[str, str] | None = None) -> list[dict[str, str]]:
         """Each process's environment: its GPU of the allocation and its share of the CPUs."""
         base = dict(os.environ if environ is None else environ)
-        cpus = int(base.get("SLURM_CPUS_PER_TASK", "0") or 0)
+        cpus = SlurmExecutor.allotted_cpus(base) or 0
         threads = str(max(1, cpus // len(self.job_paths)))
         devices = placement.spread(len(self.job_paths), placement.visible_devices("auto", base))
-        return [placement.child_env(d, base) | {"STUDY_THREADS": threads} for d in devices]
+        return [placement.child_env(d, base) | {worker.THREADS_ENV: threads} for d in devices]
 
     def __call__(self) -> list[str]:
         procs = []
@@ -95,10 +108,10 @@ class StageJob(submitit.helpers.Checkpointable):
 
     def __call__(self) -> list[Any]:
         if len(self.stages) == 1:
-            worker.use_allotted_cpus()
+            worker.use_allotted_cpus(SlurmExecutor.allotted_cpus(os.environ))
             return [self.build(*self.stages[0])]
         devices = placement.spread(len(self.stages), placement.visible_devices("auto"))
-        cpus = int(os.environ.get("SLURM_CPUS_PER_TASK", "0") or 0)
+        cpus = SlurmExecutor.allotted_cpus(os.environ) or 0
         threads = max(1, cpus // len(self.stages))
         # spawn, not fork: each child sets its device before torch first touches CUDA
         ctx = multiprocessing.get_context("spawn")
@@ -113,9 +126,20 @@ def _build_on(build: Callable[[str, int], Any], stage: str, seed: int, device: s
     """One stage in a process of its own, on one device of the job's allocation."""
     if device is not None:
         os.environ[placement.ENV] = device
-    os.environ["STUDY_THREADS"] = str(threads)
-    worker.use_allotted_cpus()
+    os.environ[worker.THREADS_ENV] = str(threads)   # and what the build starts, its share too
+    worker.use_allotted_cpus(threads)
     return build(stage, seed)
+
+
+class DriverJob(submitit.helpers.Checkpointable):
+    """The --detach launcher loop as a job: requeued on preemption, it resumes the study (the
+    launcher keeps no state of its own)."""
+
+    def __init__(self, call: Callable[[], Any]):
+        self.call = call
+
+    def __call__(self) -> Any:
+        return self.call()
 
 
 def sacct_states(job_ids: Iterable[str]) -> dict[str, str]:
@@ -149,8 +173,13 @@ class SlurmExecutor(Executor):
         self.submitted_at: dict[str, float] = {}
         self.dependency: list[str] = []     # shared-stage jobs the next trials wait for
 
+    @classmethod
+    def from_settings(cls, settings: ExecutorSection, study_dir: Path, study_name: str
+                      ) -> SlurmExecutor:
+        return cls(settings.slurm, study_dir / "jobs" / "slurm", study_name)
+
     def auto_executor(self, name: str, time_min: int, cpus: int | None = None,
-                  dependency: list[str] | None = None) -> submitit.AutoExecutor:
+                      dependency: list[str] | None = None) -> submitit.AutoExecutor:
         s = self.settings
         # a requeue per preemption or timeout, each resuming from checkpoints
         ex = submitit.AutoExecutor(folder=self.folder / "%j", cluster="slurm",
@@ -217,7 +246,7 @@ class SlurmExecutor(Executor):
         return handle
 
     def build_shared_stages(self, plan: Sequence[tuple[str, int]],
-                            build: Callable[[str, int], Any]) -> dict[str, str]:
+                            build: Callable[[str, int], Any]) -> dict[str, Handle]:
         """base first, then the experts depending on it (one job each, or, where a job has
         several GPUs, the experts of a seed together, one GPU each); trials then depend on all
         of them."""
@@ -234,7 +263,7 @@ class SlurmExecutor(Executor):
             for s, sd in group:
                 ids[f"{s}@{sd}"] = jid
         self.dependency = sorted(set(ids.values()))
-        return ids
+        return {k: {"kind": self.name, "job_id": jid} for k, jid in ids.items()}
 
     def start_driver(self, driver: Driver) -> Handle:
         ex = self.auto_executor(f"study-{self.study_name}-driver", self.settings.driver_time_min,
@@ -242,7 +271,7 @@ class SlurmExecutor(Executor):
         # The driver only asks, submits and tells: no GPU, whatever the trials need.
         ex.update_parameters(slurm_gres=None, gpus_per_node=None, mem_gb=2)
         with submission_env():
-            j = ex.submit(driver)
+            j = ex.submit(DriverJob(driver.call))
         return {"kind": self.name, "job_id": self._track(j)}
 
     def stop_driver(self, handle: Handle, wait_s: float) -> None:
@@ -254,12 +283,23 @@ class SlurmExecutor(Executor):
         while time.time() < deadline and sacct_states([jid]).get(str(jid), "PENDING") in ALIVE:
             time.sleep(1)
 
+    def drain_stopped_driver(self, stop_new_trials: Callable[[], int]) -> int:
+        stopped = 0
+        quiet_since = time.time()
+        deadline = quiet_since + DRAIN_MAX_S
+        while time.time() - quiet_since < DRAIN_QUIET_S and time.time() < deadline:
+            time.sleep(1)
+            late = stop_new_trials()
+            if late:
+                stopped, quiet_since = stopped + late, time.time()
+        return stopped
+
     def cancel(self, handles: Sequence[Handle]) -> None:
         scancel([h["job_id"] for h in handles if h.get("kind") == self.name and h.get("job_id")])
         local.kill_local(handles)   # workers this machine runs (a single-node cluster)
 
     def refresh(self, handles: Iterable[dict[str, Any]]) -> None:
-        ids = [h["job_id"] for h in handles if h.get("job_id")]
+        ids = [h["job_id"] for h in handles if h.get("kind") == self.name and h.get("job_id")]
         self.states.update(sacct_states(ids))
 
     def alive(self, handle: dict[str, Any], trial: FrozenTrial) -> bool:
@@ -268,14 +308,50 @@ class SlurmExecutor(Executor):
             return False
         state = self.states.get(str(jid))
         if state is None:
+            # sacct may not know a fresh submission for a moment
             return time.time() - float(handle.get("submitted", 0)) < UNKNOWN_GRACE_S
-        if state in ALIVE:
-            return True
-        # sacct can lag a requeue by a moment: trust a fresh submission for a short while
-        return False
+        return state in ALIVE
 
-    def poll(self) -> None:
-        pass
+    def describe(self, handles: Sequence[Handle]) -> list[str]:
+        """`slurm job 123 RUNNING` (one sacct call for every job), others as the base says."""
+        ids = [str(h["job_id"]) for h in handles if h.get("kind") == self.name and h.get("job_id")]
+        states = sacct_states(ids) if ids else {}
+        lines = super().describe(handles)
+        for i, h in enumerate(handles):
+            state = states.get(str(h.get("job_id")), "") if h.get("kind") == self.name else ""
+            packed = f", {h['packed']} trials packed" if h.get("packed") else ""
+            lines[i] = f"{lines[i]} {state}".rstrip() + packed
+        return lines
+
+    def describe_placement(self, parallel: int) -> str:
+        s = self.settings
+        per_job = s.trials_per_job
+        gpus = (f"{s.gpus_per_node} GPU(s)" if s.gpus_per_node else s.gres or "no GPU")
+        return (f"up to {parallel} trial(s) in flight as SLURM jobs of {per_job} trial(s), "
+                f"each job with {gpus}, {s.cpus_per_task} CPU(s), {s.time_min} min "
+                f"(partition {s.partition or 'default'})")
+
+    @classmethod
+    def classify_failure(cls, error: BaseException, settings: ExecutorSection
+                         ) -> tuple[str, str] | None:
+        """submitit gave up requeueing a job: "timeout" after too many time limits (its
+        epoch checkpoints let a retry finish, so the launcher retries it), "infrastructure"
+        for a preemption it did not requeue."""
+        if not isinstance(error, UncompletedJobError):
+            return None
+        if "timed-out" in str(error):
+            s = settings.slurm
+            return "timeout", (f"the job reached its time limit (executor.slurm.time_min="
+                               f"{s.time_min}) more often than it may be requeued (executor."
+                               f"slurm.max_requeues={s.max_requeues}); retried from its "
+                               "checkpoints within executor.retries; raise "
+                               "executor.slurm.time_min")
+        return "infrastructure", f"the job was not requeued: {error}"
+
+    @classmethod
+    def allotted_cpus(cls, environ: Mapping[str, str]) -> int | None:
+        n = environ.get(CPUS_ENV, "")
+        return int(n) if n.isdigit() and int(n) > 0 else None
 
 
 def stage_groups(plan: Sequence[tuple[str, int]], gpus_per_job: int

@@ -1,0 +1,121 @@
+"""`study report`: the ablation report of a study (results/<study>/report.html) and the same
+figures on optuna-dashboard.
+
+Compute, then draw, as optuna.visualization does: every number comes from a pure function of the
+Parquet results (`results.load`) or the study's storage and returns a DataFrame or a dict that the
+tests check against hand computations; the `fig_*` functions only draw what those return.
+
+    trials      which trials count: one row each, completed, Pareto front, best, baseline
+    accuracy    seed tables with t-intervals, accuracy per level, subset ablation, paired diffs
+    comparison  the baseline beside the paper's published tables
+    parameters  slices per parameter, temperature x alpha, fusion weights, importances
+    budget      compute spent, saved by the stage cache, projected for the trials to come
+    learning    which epoch records the learning curves draw
+    analysis    Analysis: all of the above in one pass (`analyse`)
+    figures     fig_*: one plotly figure per computed table
+    page        render: the HTML page, one function per numbered section
+    note        the Markdown note for optuna-dashboard
+    dashboard   push_to_dashboard: the figures the dashboard lacks, and the note
+    png         export_png (--png)
+
+Two choices a reader should know:
+- The baseline is the study file's own pipeline (its preset and overrides, the paper setting
+  for the paper_* files) with nothing searched. When it lies inside the space, the launcher
+  enqueues it exactly as the study's first trial (`study.baseline`, on by default); paired
+  differences compare the best trial against it. Without one (outside the space, switched off,
+  or not completed yet) the report says so and shows no differences.
+- The best configuration is chosen on validation (the study's first objective); every number
+  shown for it is on test, so the choice does not leak into what is reported.
+
+The report imports no torch (tests/test_report_imports.py): it runs on a login node that only
+has the results and the storage.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from study import atomic, results, storage, studyfile
+from study.published import OPTIMISTIC  # shown in section 1; callers read report.OPTIMISTIC
+from study.report.accuracy import (
+    COLUMNS,
+    CONFIDENCE,
+    SeedTable,
+    level_curves,
+    paired_differences,
+    seed_table,
+    subset_ablation,
+    t_interval,
+)
+from study.report.analysis import Analysis, analyse
+from study.report.budget import budget
+from study.report.comparison import published_comparison
+from study.report.dashboard import PUSHED, push_to_dashboard
+from study.report.figures import (
+    COLOR,
+    LEVEL_AXIS,
+    PALETTE,
+    fig_budget,
+    fig_heatmap,
+    fig_history,
+    fig_importance,
+    fig_learning,
+    fig_levels,
+    fig_paired,
+    fig_pareto,
+    fig_slices,
+    fig_surface,
+    fig_weights,
+)
+from study.report.learning import learning_curves
+from study.report.page import Rendered, render
+from study.report.parameters import fusion_weights, importances, slices, surface
+from study.report.png import CHROMIUM, export_png
+from study.report.trials import baseline_trial, best_trial, pareto_front, per_trial
+
+__all__ = [
+    "CHROMIUM", "COLOR", "COLUMNS", "CONFIDENCE", "LEVEL_AXIS", "OPTIMISTIC", "PALETTE",
+    "PUSHED", "Analysis", "Rendered", "SeedTable", "analyse", "baseline_trial", "best_trial",
+    "budget", "build_report", "export_png", "fig_budget", "fig_heatmap", "fig_history",
+    "fig_importance", "fig_learning", "fig_levels", "fig_paired", "fig_pareto", "fig_slices",
+    "fig_surface", "fig_weights", "fusion_weights", "importances", "learning_curves",
+    "level_curves", "paired_differences", "pareto_front", "per_trial", "published_comparison",
+    "push_to_dashboard", "render", "seed_table", "slices", "subset_ablation", "surface",
+    "t_interval",
+]
+
+
+def build_report(study_file: str, overrides: Sequence[str] = (),
+                 results_dir: str | Path = "results", *, png: bool = False, push: bool = True,
+                 log: Callable[[str], None] = print) -> Path:
+    """Write results/<study>/report.html from the study's Parquet results and storage, push
+    the main figures and a summary note to optuna-dashboard; returns the HTML path."""
+    t0 = time.perf_counter()
+    ld = studyfile.load(study_file, list(overrides))
+    sf = ld.sf
+    st, _ = storage.open_existing(sf, results_dir)
+    sdir = storage.study_dir(results_dir, sf.study.name)
+    df = results.load(sdir)
+    a = analyse(df, st, ld.space.params,
+                objectives=[o.model_dump() for o in sf.study.objectives],
+                methods=sf.pipeline.methods, study_name=sf.study.name,
+                dataset=sf.pipeline.data.dataset, protocol=sf.pipeline.protocol,
+                curves_df=results.load_curves(sdir))
+    out = sdir / "report.html"
+    rendered = render(a, str(out))
+    sdir.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(out, rendered.html)   # a browser open on the old report never sees half
+    log(f"report: {out} ({len(rendered.figures)} figures, {out.stat().st_size / 1e6:.1f} MB)")
+    log(a.published_note)
+    if a.published is not None:
+        log(a.published.round(1).to_string())
+    if push:
+        ids = push_to_dashboard(st, rendered)
+        log(f"dashboard: {len(ids)} figures and a note pushed to study '{sf.study.name}' "
+            f"(`study dashboard --space {study_file}` shows them)")
+    if png:
+        export_png(rendered.figures, sdir / "report_png", log)
+    log(f"report took {time.perf_counter() - t0:.1f}s")
+    return out

@@ -1,0 +1,174 @@
+"""Where a study stands, in lines for people: trials by state, the best so far, failures by
+cause, each trial in flight (its executor's description and its heartbeat), compute spent and
+projected, the stage cache. `study status` prints them (`--watch` redraws them in place); the
+launcher logs the one-line count.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from study import failures, progress, results, storage
+from study.cache import StageCache
+from study.executors import make_executor
+
+__all__ = ["Counts", "count", "status_lines", "watch"]
+
+
+@dataclass
+class Counts:
+    """A study's trials by state; a FAIL that was retried counts as `retried`, not failed."""
+
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+    running: int = 0
+    retried: int = 0
+    best: float | None = None
+    best_trial: int | None = None
+
+    @property
+    def done(self) -> int:
+        return self.complete + self.pruned + self.failed
+
+    def line(self, n_trials: int) -> str:
+        best = (f", best {self.best:.4f} (trial {self.best_trial})" if self.best is not None
+                else "")
+        retried = f", {self.retried} retried" if self.retried else ""
+        target = max(n_trials, self.done)   # a study topped up past its file's n_trials
+        return (f"[{time.strftime('%H:%M:%S')}] {self.done}/{target} done (complete "
+                f"{self.complete}, pruned {self.pruned}, failed {self.failed}{retried}), "
+                f"running {self.running}{best}")
+
+
+def count(study: optuna.Study, trials: list[FrozenTrial]) -> Counts:
+    c = Counts()
+    for t in trials:
+        if t.state == TrialState.FAIL and t.user_attrs.get("retried"):
+            c.retried += 1
+        elif t.state == TrialState.COMPLETE:
+            c.complete += 1
+        elif t.state == TrialState.PRUNED:
+            c.pruned += 1
+        elif t.state == TrialState.FAIL:
+            c.failed += 1
+        elif t.state == TrialState.RUNNING:   # WAITING = an enqueued retry, not yet asked
+            c.running += 1
+    if len(study.directions) == 1 and c.complete:
+        best = study.best_trial
+        c.best, c.best_trial = best.value, best.number
+    return c
+
+
+def status_lines(stored: storage.StoredStudy, cache_dir: str, *, n_trials: int | None = None,
+                 stale_after: float | None = None) -> list[str]:
+    """What `study status` prints, as lines (--watch redraws them in place)."""
+    ld, st = stored.ld, stored.study
+    out: list[str] = []
+    trials = st.get_trials(deepcopy=False)
+    c = count(st, trials)
+    target = n_trials or st.user_attrs.get("n_trials") or ld.sf.study.n_trials
+    out.append(f"study '{ld.sf.study.name}' ({storage.masked(stored.url)})")
+    out.append(c.line(target))
+    halted = st.user_attrs.get("halted")
+    if halted:
+        out.append(f"halted: {halted['reason']}; `study launch` resumes it")
+    out += failures.failure_lines([(t.number, t.user_attrs) for t in trials
+                                   if t.state == TrialState.FAIL])
+    if c.best_trial is not None:
+        out.append(f"best trial {c.best_trial}: value {c.best:.4f}; parameters:")
+        for k, v in st.best_trial.user_attrs.get("values", {}).items():
+            out.append(f"  {k} = {v}")
+    elif len(st.directions) > 1:
+        out.append(f"Pareto front: trials {[t.number for t in st.best_trials]}")
+    driver = st.user_attrs.get("driver")
+    running = [t for t in trials if t.state == TrialState.RUNNING]
+    handles = [driver] if driver else []
+    handles += [t.user_attrs.get("job") or {} for t in running]
+    # one status query for the driver and every job in flight, never one per job
+    where = make_executor(ld.sf, stored.study_dir).describe(handles) if handles else []
+    if driver:
+        out.append(f"launcher: {where.pop(0)}")
+    df = results.load(stored.study_dir)
+    summary = results.compute_summary(df, max(target - c.done, 0))
+    if running:
+        out += _in_flight(stored, running, where, summary, stale_after)
+    out.append(f"Parquet: {df.trial.nunique() if len(df) else 0} trial files")
+    out += _compute_lines(summary, ld.sf.executor.parallel)
+    out.append(f"stage cache {cache_dir}: " + ", ".join(
+        f"{k} {v}" for k, v in StageCache(cache_dir).summary().items()))
+    return out
+
+
+def _in_flight(stored: storage.StoredStudy, running: list[FrozenTrial], where: list[str],
+               summary: Mapping[str, Any], stale_after: float | None) -> list[str]:
+    """Each running trial: where its executor says it runs, then its heartbeat."""
+    now = time.time()
+    stale = 0
+    out = ["in flight:"]
+    for t, place in zip(running, where, strict=True):
+        registered = t.user_attrs.get("worker") or {}
+        gpu = registered.get("gpu")
+        out.append(f"  trial {t.number} (attempt {t.user_attrs.get('attempt', 1)}): {place}"
+                   + (f", gpu {gpu}" if gpu and "gpu" not in place else ""))
+        hb = progress.read_heartbeat(progress.heartbeat_path(stored.study_dir, t.number))
+        started = (hb or {}).get("started_at") or registered.get("started")
+        eta = (summary["mean_trial_s"] - (now - float(started))
+               if summary["mean_trial_s"] is not None and started else None)
+        if eta is not None and eta <= 0:
+            eta = None   # past the mean trial time: no honest guess
+        text, is_stale = progress.describe_heartbeat(hb, now, stale_after, eta)
+        stale += is_stale
+        out.append(f"    {text}")
+    if stale:
+        out.append(f"{stale} trial(s) with a stale heartbeat: `study launch` again "
+                   "reconciles them (a dead worker's trial is retried)")
+    return out
+
+
+def _compute_lines(summary: Mapping[str, Any], parallel: int) -> list[str]:
+    """Device-hours (results.compute_summary): a trial holds one device for its wall time."""
+    stages = summary["stages"]
+    if not stages and not summary["spent_s"]:
+        return []
+    h = 3600.0
+    out = [f"compute: {summary['spent_s'] / h:.3f} device-hours spent by "
+           f"{summary['trials_timed']} trials; stages built {summary['built_s'] / h:.3f} h, "
+           f"saved by the cache {summary['saved_s'] / h:.3f} h"]
+    for name, st in stages.items():
+        out.append(f"  {name:<17} built {st['built']} ({st['built_s'] / h:.3f} h), "
+                   f"cache hits {st['hits']} (saved {st['saved_s'] / h:.3f} h)")
+    mean, remaining = summary["mean_trial_s"], summary["remaining"]
+    if mean is not None and remaining:
+        proj = summary["projected_s"]
+        out.append(f"projected: {remaining} trials to go x {progress.fmt_duration(mean)} "
+                   f"(mean trial, shared stages left out) = {proj / h:.3f} device-hours, "
+                   f"~{progress.fmt_duration(proj / max(parallel, 1))} at parallel {parallel}")
+    return out
+
+
+def watch(stored: storage.StoredStudy, cache_dir: str, every_s: float, *,
+          n_trials: int | None = None, stale_after: float | None = None) -> None:
+    """Redraw the status every `every_s` seconds until Ctrl-C: in place on a terminal, as
+    separated pages in a log."""
+    tty = sys.stdout.isatty()
+    try:
+        while True:
+            lines = status_lines(stored, cache_dir, n_trials=n_trials, stale_after=stale_after)
+            stamp = f"every {every_s:g}s, Ctrl-C stops; {time.strftime('%H:%M:%S')}"
+            if tty:   # home, the page, then clear what an older, longer page left below it
+                sys.stdout.write("\x1b[H" + "\n".join(f"{ln}\x1b[K" for ln in [stamp, *lines])
+                                 + "\n\x1b[J")
+            else:
+                sys.stdout.write("\n".join(["", f"--- {stamp}", *lines]) + "\n")
+            sys.stdout.flush()
+            time.sleep(every_s)
+    except KeyboardInterrupt:
+        print()
