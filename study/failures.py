@@ -24,7 +24,7 @@ KINDS = {
     "code": "the trial's own exception: a retry would repeat it",
     "config": "its configuration or data is invalid (whole-space validation should have "
               "caught it)",
-    "diverged": "its training loss became non-finite, or its objective is not a number",
+    "diverged": "a stage kept weights from after its training loss became non-finite",
     "infrastructure": "its job vanished: scancel, node failure, OOM kill, preemption",
     "timeout": "its job kept reaching its time limit and ran out of requeues",
     "disk_full": "a write found the disk full: the launcher stops, the trial is retried",
@@ -55,16 +55,24 @@ def classify_error(error: BaseException) -> tuple[str, str]:
     return "code", f"{type(error).__name__}: {first_line}{where}"
 
 
-def divergence(histories: Iterable[tuple[Any, str, bool, Sequence[Mapping[str, Any]]]]
+def divergence(stages: Iterable[tuple[Any, str, Sequence[Mapping[str, Any]], int | None]]
                ) -> str | None:
-    """Where training diverged, from the epoch records (seed, stage, hit, records) of a
-    trial: the first epoch whose mean loss is not finite, e.g. "fusiondistill epoch 3 (seed
-    0): loss nan"; None if every recorded loss is finite."""
-    for seed, stage, _, records in histories:
-        for rec in records:
-            loss = rec.get("loss")
-            if isinstance(loss, float) and not math.isfinite(loss):
-                return f"{stage} epoch {rec.get('epoch')} (seed {seed}): loss {loss}"
+    """Where a trial's training diverged, from each stage's (seed, name, epoch records, kept
+    epoch): a stage whose kept weights come from an epoch with a non-finite mean loss, e.g.
+    "fusiondistill epoch 1 (seed 0): loss nan". A loss that went NaN after the kept epoch
+    (best_val selection kept an earlier one) does not count: the stage's network is sound.
+    None when every stage kept sound weights."""
+    for seed, stage, records, kept in stages:
+        if not records:
+            continue
+        epoch = kept if kept is not None else records[-1].get("epoch")
+        rec = next((r for r in records if r.get("epoch") == epoch), records[-1])
+        loss = rec.get("loss")
+        if isinstance(loss, float) and not math.isfinite(loss):
+            first = next(r.get("epoch") for r in records
+                         if isinstance(r.get("loss"), float) and not math.isfinite(r["loss"]))
+            return (f"{stage} epoch {first} (seed {seed}): loss {loss}, and its kept weights "
+                    f"(epoch {rec.get('epoch')}) come from after that")
     return None
 
 

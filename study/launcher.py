@@ -195,7 +195,8 @@ class Launcher:
         if any(x.user_attrs.get("retry_of") == t.number
                for x in self.study.get_trials(deepcopy=False)):
             return
-        keep = {k: t.user_attrs[k] for k in ("baseline", "baseline_values") if k in t.user_attrs}
+        keep: dict[str, Any] = {k: t.user_attrs[k] for k in ("baseline", "baseline_values")
+                                if k in t.user_attrs}
         self.study.enqueue_trial(t.params, user_attrs={
             "attempt": int(t.user_attrs.get("attempt", 1)) + 1, "retry_of": t.number, **keep})
 

@@ -50,6 +50,19 @@ class PipelineResult:
     device: str = "cpu"
 
 
+def _kept(meta: dict[str, Any], selection: str) -> str:
+    """Which epoch's weights a built stage keeps, and why: its progress bar ends on the last
+    epoch's val, which best_val selection need not keep."""
+    kept, history = meta.get("kept_epoch"), meta.get("history") or []
+    if kept is None:
+        return ""
+    val = next((r.get("val") for r in history if r.get("epoch") == kept), None)
+    why = ("best validation" if selection == "best_val" and val is not None
+           else "the last epoch")
+    return (f", kept epoch {kept}/{len(history)} ({why}"
+            + (f", val {val:.3f})" if val is not None else ")"))
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -73,6 +86,7 @@ class Pipeline:
         self.device = resolve_device(cfg.device)
         self.stages: list[StageRecord] = []
         self.histories: dict[str, list[dict[str, float]]] = {}
+        self.kept_epochs: dict[str, int | None] = {}   # stages built here: whose weights kept
         self._nets: dict[str, nn.Module] = {}
         self._val_views: dict[str, torch.Tensor] = {}
 
@@ -171,9 +185,9 @@ class Pipeline:
                                       meta | {"build_s": build_s, "stage_name": name,
                                               "key_fields": self.key_fields(name)})
                 self.checkpoint_path(name, key).unlink(missing_ok=True)
-                best = meta.get("best_val")
                 self.log(f"  {name:<17} built     {key} in {build_s:.1f}s"
-                         + (f", val {best:.3f}" if best is not None else ""))
+                         + _kept(meta, self.cfg.selection))
+        assert state is not None   # loaded, or built just now
         net = self.new_model()
         net.load_state_dict(state)
         net.eval()
@@ -258,7 +272,9 @@ class Pipeline:
         if result.resumed_from:
             self.log(f"  {name:<17} resumed   from epoch {result.resumed_from}")
         self.histories[name] = result.history
-        return result.state, {"best_val": result.best_val, "history": result.history}
+        self.kept_epochs[name] = result.kept_epoch
+        return result.state, {"best_val": result.best_val, "history": result.history,
+                              "kept_epoch": result.kept_epoch}
 
     # ------------------------------------------------------------ validation during training
     def _val_view(self, name: str) -> torch.Tensor:

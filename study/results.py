@@ -127,9 +127,8 @@ def trial_frame(*, study_name: str, trial: int, attempt: int, state: str,
         cols[f"build_s_{st}"] = ("Float64", [info.get("build_s")])
     for name, dtype in param_dtypes.items():
         v = params.get(name)
-        if dtype == "string" and v is not None:
-            v = json.dumps(v, sort_keys=True)
-        cols[f"param_{name}"] = (dtype, [v])
+        cols[f"param_{name}"] = (dtype, [json.dumps(v, sort_keys=True)
+                                         if dtype == "string" and v is not None else v])
     n = len(rows)
     return pd.DataFrame({c: pd.array(v if len(v) == n else v * n, dtype=dtype)
                          for c, (dtype, v) in cols.items()})

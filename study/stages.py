@@ -234,6 +234,11 @@ def _fusion_fields(cfg: PipelineConfig, env: KeyEnv) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- builds
+def _layers(weights: Mapping[Any, float]) -> dict[str, float]:
+    """A spec's feature-layer weights as the losses take them (layer name -> weight)."""
+    return {str(k): float(v) for k, v in weights.items()}
+
+
 # The builders import the losses (torch) when they run: the declarations below are read where
 # nothing trains (stage names and shared stages for the results schema, `study status` and the
 # report; keys on a login node), and torch's import costs ~1.3 s and ~300 MB there.
@@ -249,7 +254,7 @@ def _build_expert(run: Runner, name: str, degradation: str | None) -> Built:
     assert degradation is not None
     e = run.cfg.expert
     objective = losses.expert_objective(run.network("base"), e.ce_weight, e.feature_weight,
-                                        e.feature_layers)
+                                        _layers(e.feature_layers))
     return run.fit(name, e, run.copy_of("base"), [degradation], objective)
 
 
@@ -272,7 +277,8 @@ def _build_fusiondistill(run: Runner, name: str, _: str | None) -> Built:
     teachers = {d: run.network(instance("expert", d)) for d in c.degradations}
     objective = losses.distill_objective(
         teachers, loss=s.loss, ce_weight=s.ce_weight, feature_weight=s.feature_weight,
-        feature_layers=s.feature_layers, kd_weight=s.kd_weight, temperature=s.temperature,
+        feature_layers=_layers(s.feature_layers), kd_weight=s.kd_weight,
+        temperature=s.temperature,
         alpha=s.alpha, teacher_input=s.teacher_input)
     return run.fit(name, s, run.copy_of("modelsoups"), c.degradations, objective,
                    same_images=s.same_images_per_degradation)

@@ -95,6 +95,7 @@ class FitResult:
     best_val: float | None
     history: list[dict[str, float]] = field(default_factory=list)
     resumed_from: int = 0                 # epochs already done when this call started
+    kept_epoch: int | None = None         # whose weights `state` holds (1-based)
 
 
 # An epoch checkpoint is this header line, then torch.save's bytes: a file altered or cut on
@@ -107,8 +108,7 @@ def _save_checkpoint(obj: Any, path: Path) -> None:
     torch.save(obj, buf)
     payload = buf.getvalue()
     header = CHECKPOINT_MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n"
-    atomic.write_file(path, lambda f: (f.write(header), f.write(payload)),
-                      fault_point="epoch_write")
+    atomic.write_bytes(path, header + payload, fault_point="epoch_write")
 
 
 def load_checkpoint(path: Path) -> dict[str, Any] | None:
@@ -144,6 +144,7 @@ def fit(model: nn.Module, *, epochs: int, optimizer: torch.optim.Optimizer,
     resumed from a checkpoint of an older release lack the last four."""
     step_model = model if forward is None else forward
     start, best_val, best_state, history = 0, None, None, []
+    best_epoch: int | None = None
     ck = load_checkpoint(checkpoint) if checkpoint is not None and checkpoint.exists() else None
     if ck is not None:
         model.load_state_dict(ck["model"])
@@ -151,6 +152,9 @@ def fit(model: nn.Module, *, epochs: int, optimizer: torch.optim.Optimizer,
         scheduler.load_state_dict(ck["scheduler"])
         start, best_val, best_state, history = (ck["epoch"], ck["best_val"], ck["best_state"],
                                                 ck["history"])
+        # a checkpoint of release 0.3 has no best_epoch: the first epoch of its best val
+        best_epoch = ck.get("best_epoch", next((r["epoch"] for r in history
+                                                if r.get("val") == best_val), None))
     resumed_from = start
     if progress is not None:
         progress.begin(epochs, start)
@@ -179,6 +183,7 @@ def fit(model: nn.Module, *, epochs: int, optimizer: torch.optim.Optimizer,
                                        or (ties == "later" and val == best_val)))
         if select == "best_val" and better:
             best_val, best_state = val, copy.deepcopy(model.state_dict())
+            best_epoch = epoch + 1
         # taken before the checkpoint write, which stores this record: the write itself
         # (0.1-1 s a ResNet56 checkpoint with its optimiser state) is left out
         record["wall_s"] = time.perf_counter() - t0
@@ -186,7 +191,8 @@ def fit(model: nn.Module, *, epochs: int, optimizer: torch.optim.Optimizer,
         if checkpoint is not None:
             _save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                           "scheduler": scheduler.state_dict(), "epoch": epoch + 1,
-                          "best_val": best_val, "best_state": best_state, "history": history},
+                          "best_val": best_val, "best_state": best_state, "history": history,
+                          "best_epoch": best_epoch},
                          checkpoint)
         if progress is not None:
             progress.end_epoch(record)
@@ -195,5 +201,6 @@ def fit(model: nn.Module, *, epochs: int, optimizer: torch.optim.Optimizer,
     if select == "last" or best_state is None:
         best_state = copy.deepcopy(model.state_dict())
         best_val = history[-1].get("val") if history else None
+        best_epoch = epochs
     return FitResult({k: v.detach().cpu() for k, v in best_state.items()}, best_val, history,
-                     resumed_from)
+                     resumed_from, best_epoch)

@@ -100,11 +100,7 @@ def curve_histories(pipe: Pipeline, hub: progress.Progress, seed: int
     for rec in pipe.stages:
         seen.add(rec.stage)
         if rec.hit:
-            try:
-                history = pipe.cache.meta(stages.parse_instance(rec.stage)[0].folder,
-                                          rec.key).get("history") or []
-            except (OSError, ValueError):
-                history = []
+            history = _meta(pipe, rec).get("history") or []
         else:
             history = pipe.histories.get(rec.stage) or hub.records.get(rec.stage) or []
         out.append((seed, rec.stage, rec.hit, list(history)))
@@ -130,6 +126,30 @@ class TrialOutcome:
     error: str | None = None                    # the traceback, or the pruner's message
     fail_kind: str | None = None
     fail_reason: str | None = None
+
+
+def kept_epochs(pipe: Pipeline) -> dict[str, int | None]:
+    """The epoch whose weights each stage this pipeline got holds: built ones from this run,
+    cache hits from their entry (an entry of release 0.3 names none: the first epoch of its
+    best val, else its last)."""
+    out: dict[str, int | None] = {}
+    for rec in pipe.stages:
+        if not rec.hit:
+            out[rec.stage] = pipe.kept_epochs.get(rec.stage)
+            continue
+        meta = _meta(pipe, rec)
+        history = meta.get("history") or []
+        out[rec.stage] = meta.get("kept_epoch") or next(
+            (r.get("epoch") for r in history if r.get("val") == meta.get("best_val")),
+            history[-1].get("epoch") if history else None)
+    return out
+
+
+def _meta(pipe: Pipeline, rec: Any) -> dict[str, Any]:
+    try:
+        return pipe.cache.meta(stages.parse_instance(rec.stage)[0].folder, rec.key)
+    except (OSError, ValueError):
+        return {}
 
 
 def run_job(job: Job, log: Callable[[str], None] = print,
@@ -230,8 +250,13 @@ def run_trial(ld: studyfile.LoadedStudy, values: Mapping[str, Any], trial: optun
         own = classify_failure(e, ld.sf.executor) if classify_failure else None
         out.fail_kind, out.fail_reason = own or failures.classify_error(e)
     out.histories = [h for seed, p, hub in runs for h in curve_histories(p, hub, seed)]
-    if out.state == "COMPLETE" and not all(math.isfinite(v) for v in out.values):
-        _not_a_number(out, ld)
+    if out.state == "COMPLETE":
+        kept: dict[tuple[int | None, str], int | None] = {
+            (seed, stage): k for seed, p, _ in runs for stage, k in kept_epochs(p).items()}
+        diverged = failures.divergence((seed, stage, records, kept.get((seed, stage)))
+                                       for seed, stage, _, records in out.histories)
+        if diverged or not all(math.isfinite(v) for v in out.values):
+            _unusable(out, ld, diverged)
     # a pruned first replicate has no result, but its pipeline knows what it built or loaded
     # (the compute summary counts a pruned trial's stages too)
     first = runs[0][1].stages if runs else []
@@ -240,24 +265,24 @@ def run_trial(ld: studyfile.LoadedStudy, values: Mapping[str, Any], trial: optun
     return out
 
 
-def _not_a_number(out: TrialOutcome, ld: studyfile.LoadedStudy) -> None:
-    """A COMPLETE trial whose objective is NaN or infinite fails instead (Optuna refuses to
-    store it): "diverged" naming the stage and epoch where a training loss went non-finite,
-    else "config" (the rows hold no such number, e.g. the oracle's clean accuracy). Both count
-    in the circuit breaker: the next trials of the space would most likely do the same."""
+def _unusable(out: TrialOutcome, ld: studyfile.LoadedStudy, diverged: str | None) -> None:
+    """A trial that ran to its end without a result worth recording fails instead:
+    "diverged" when a stage kept weights trained past a non-finite loss (its accuracy is
+    chance, not a measurement of its hyperparameters), "config" when an objective is NaN or
+    infinite without that (the rows hold no such number, e.g. the oracle's clean accuracy;
+    Optuna refuses to store it). Both count in the circuit breaker: the next trials of the
+    space would most likely do the same."""
     names = [f"{o.method} {o.metric}" for o in ld.sf.study.objectives]
-    bad = ", ".join(f"{n} = {v}" for n, v in zip(names, out.values, strict=True)
-                    if not math.isfinite(v))
-    where = failures.divergence(out.histories)
+    values = ", ".join(f"{n} = {v:.4g}" for n, v in zip(names, out.values, strict=True))
     out.state, out.values = "FAIL", []
-    if where:
+    if diverged:
         out.fail_kind = "diverged"
-        out.fail_reason = f"training diverged: {where}; objective {bad}"
+        out.fail_reason = f"training diverged: {diverged}; objective {values}"
     else:
         out.fail_kind = "config"
-        out.fail_reason = (f"objective {bad}: the trial's results hold no such number (check "
-                           "study.objectives against pipeline.methods, eval.degradations and "
-                           "data.val_size)")
+        out.fail_reason = (f"objective {values}: the trial's results hold no such number "
+                           "(check study.objectives against pipeline.methods, "
+                           "eval.degradations and data.val_size)")
     out.error = out.fail_reason
 
 

@@ -103,7 +103,7 @@ class LocalExecutor(Executor):
         if registered.get("host", handle.get("host")) != platform.node():
             return True   # another machine's process: cannot look, assume alive
         pid = registered.get("pid") or handle.get("pid")
-        return bool(pid) and pid_alive(int(pid), handle.get("marker", WORKER_MODULE))
+        return pid is not None and pid_alive(int(pid), handle.get("marker", WORKER_MODULE))
 
     def started(self, job: Path) -> bool | None:
         if not Path("/proc").is_dir():
