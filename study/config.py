@@ -171,7 +171,8 @@ class FusionSettings(Strict):
     @field_validator("method")
     @classmethod
     def _known_method(cls, v: str) -> str:
-        fusion.get(v)   # ValueError listing the methods
+        if v not in fusion.METHODS:
+            raise ValueError(f"unknown fusion method {v!r}; allowed: {list(fusion.METHODS)}")
         return v
 
     @field_validator("experts")

@@ -50,8 +50,9 @@ Log = Callable[[str], None]
 def shared_stage_plan(ld: LoadedStudy, cache_dir: str) -> list[tuple[str, int]]:
     """The shared stages (base, experts) every trial will need, not yet cached: (stage, seed) in
     build order (the registry says which; the space, which degradations a trial may pick)."""
-    names = stages.shared_instances(ld.sf.pipeline, [p.path for p in ld.space.params],
-                                    _possible_degradations(ld))
+    names = stages.shared_instances(
+        ld.sf.pipeline, [p.path for p in ld.space.params],
+        ld.space.list_items_at(("pipeline", "degradations")))   # what a trial may pick
     cache = StageCache(cache_dir)
     plan = []
     for r in range(ld.sf.study.replicates):
@@ -59,15 +60,6 @@ def shared_stage_plan(ld: LoadedStudy, cache_dir: str) -> list[tuple[str, int]]:
         pipe = Pipeline(ld.sf.pipeline.model_copy(update={"seed": seed}), cache)
         plan += [(name, seed) for name in names if not pipe.cached(name)]
     return plan
-
-
-def _possible_degradations(ld: LoadedStudy) -> set[str]:
-    # TODO(space package): ask the space for every value a path can take
-    out: set[str] = set()
-    for p in ld.space.params:
-        if p.path == ("pipeline", "degradations"):
-            out |= set(p.spec.get("of", []))
-    return out
 
 
 def build_shared_stage(study_file: str, tree: dict[str, Any], cache_dir: str, name: str,

@@ -37,8 +37,9 @@ from test_data import write_cifar10, write_imagefolder, write_tinyimagenet
 from toy_studies import free_port, wait
 from toy_studies import run_cli as _cli
 
-from study import cli, data, pipeline, storage, studyfile
+from study import data, pipeline, storage, studyfile
 from study.cache import StageCache
+from study.commands import dashboard as dashboard_command
 from study.errors import DataError, StudyError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -323,7 +324,7 @@ def no_server(monkeypatch: pytest.MonkeyPatch) -> None:
     """A refused dashboard must never reach the server (which would block the test)."""
     def started(*args: object, **kwargs: object) -> None:
         raise AssertionError("the dashboard server was started")
-    monkeypatch.setattr(cli.optuna_dashboard, "run_server", started)
+    monkeypatch.setattr(dashboard_command.optuna_dashboard, "run_server", started)
 
 
 @pytest.mark.usefixtures("no_server")

@@ -738,7 +738,7 @@ def test_dashboard_binds_to_localhost_by_default() -> None:
     assert "127.0.0.1" in cli.build_parser()._subparsers._group_actions[0].choices[
         "dashboard"].format_help()
     # the address given is the one served: no hard-coded 0.0.0.0 anywhere in the package
-    served = _calls((ROOT / "study" / "cli.py").read_text(), "run_server")
+    served = _calls((ROOT / "study" / "commands" / "dashboard.py").read_text(), "run_server")
     assert served and all("host=args.host" in c for c in served)
     assert not any("0.0.0.0" in f.read_text() for f in SOURCES)
 

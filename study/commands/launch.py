@@ -7,8 +7,9 @@ import argparse
 
 import yaml
 
-from study import launcher, storage, studyfile
+from study import executors, launcher, storage, studyfile
 from study.commands.options import apply_verbosity, positive, results_and_cache
+from study.errors import StudyError
 from study.executors import make_executor
 from study.jobs import LaunchRequest
 
@@ -18,6 +19,9 @@ def main(args: argparse.Namespace) -> int:
     apply_verbosity(args)
     overrides = list(args.overrides)
     if args.executor:
+        if args.executor not in executors.EXECUTORS:   # checked here: the parser imports none
+            raise StudyError(f"--executor: invalid choice {args.executor!r} (choose from "
+                             f"{', '.join(repr(n) for n in executors.EXECUTORS)})")
         overrides.append(f"executor.backend={args.executor}")
     if args.parallel:
         overrides.append(f"executor.parallel={args.parallel}")

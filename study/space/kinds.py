@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -287,6 +287,9 @@ class CategoricalParam(Param):
     def possible_values(self) -> Any:
         return self.spec["choices"]
 
+    def list_items(self) -> list[Any]:
+        return _items(c for c in self.spec["choices"] if isinstance(c, list))
+
     def grid_size(self) -> int:
         return len(self.spec["choices"])
 
@@ -377,6 +380,9 @@ class SubsetParam(Param):
 
     def grid(self) -> dict[str, list[Any]]:
         return {raw: [False, True] for raw in self.raw_names()}
+
+    def list_items(self) -> list[Any]:
+        return list(self.spec["of"])
 
     def display(self) -> str:
         s = self.spec
@@ -552,6 +558,10 @@ class FixedParam(Param):
     def possible_values(self) -> Any:
         return [self.spec["value"]]
 
+    def list_items(self) -> list[Any]:
+        value = self.spec["value"]
+        return _items([value]) if isinstance(value, list) else []
+
     def grid_size(self) -> int:
         return 1
 
@@ -598,6 +608,15 @@ def simplex_weights(u: list[float], items: list[Any]) -> dict[Any, float]:
     e = [max(-math.log(max(x, _U_FLOOR)), _EXP_FLOOR) for x in u]
     total = math.fsum(e)
     return {i: x / total for i, x in zip(items, e)}
+
+
+def _items(lists: Iterable[list[Any]]) -> list[Any]:
+    """The distinct items of some lists, in first-seen order (True and 1 kept apart)."""
+    seen: dict[Any, Any] = {}
+    for items in lists:
+        for item in items:
+            seen.setdefault(value_key(item) if is_scalar(item) else repr(item), item)
+    return list(seen.values())
 
 
 def _is_int_setting(leaf: Any) -> bool:

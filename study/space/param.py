@@ -148,6 +148,12 @@ class Param(ABC):
         """The values a `when` may test this parameter for, as shown in messages."""
         raise TypeError(f"a `when` cannot test a {self.kind} parameter")
 
+    def list_items(self) -> list[Any]:
+        """Every item of a list value this parameter can give its setting (a subset's `of`,
+        the items of a categorical's list choices, a fixed list's items); [] when its values
+        are not lists. The launcher asks which degradations a trial may pick this way."""
+        return []
+
     # ------------------------------------------------------------ views
     @abstractmethod
     def grid_size(self) -> int | None:

@@ -45,6 +45,11 @@ class SearchSpace:
         object.__setattr__(self, "_by_name", {p.name: p for p in self.params})
 
     # ------------------------------------------------------------ sampling
+    def list_items_at(self, path: tuple[str, ...]) -> list[Any]:
+        """Every item a trial's list setting at `path` (e.g. ("pipeline", "degradations"))
+        may hold, over the parameters searching it; [] when none does."""
+        return [i for p in self.params if p.path == path for i in p.list_items()]
+
     def sample(self, trial: Any) -> dict[str, Any]:
         """Suggest every active parameter; also stored as the trial's user attributes."""
         values: dict[str, Any] = {}
