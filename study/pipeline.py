@@ -315,11 +315,7 @@ class Pipeline:
         e = self.cfg.eval
 
         def copy(name: str, level: int) -> np.ndarray:
-            fields: dict[str, Any] = {**stages.split_fields(self.cfg, split), "split": split,
-                                      "degradation": name, "level": level, "seed": e.seed}
-            if name == "saltpepper":
-                fields["salt_value"] = self.cfg.salt_value
-            key = content_key("bank", fields)
+            key = self.bank_key(split, name, level)
             bank = self.cache.load_array("bank", key)
             if bank is None:
                 bank = evaluation.degraded_copy(images, name, level, e.seed, self.cfg.salt_value)
@@ -327,18 +323,29 @@ class Pipeline:
             return bank
         return copy
 
+    def bank_key(self, split: str, degradation: str, level: int) -> str:
+        """The key of one degraded copy of a split (see stages.copy_fields)."""
+        return content_key("bank", stages.copy_fields(self.cfg, split, degradation, level))
+
+    def evaluation_key(self, method: str, split: str) -> str:
+        """The key of one method's evaluation rows on a split: what evaluation reads
+        (stages.evaluation_fields) and the keys of the networks it evaluates."""
+        e = self.cfg.eval
+        step = e.val_level_step if split == "val" else e.test_level_step
+        return content_key("eval", stages.evaluation_fields(self.cfg, split, step)
+                           | {"method": method},
+                           [self.key(n) for n in self._method_networks(method)])
+
     def evaluate(self, split: str) -> list[dict[str, Any]]:
         c, e = self.cfg, self.cfg.eval
         sp = self.val if split == "val" else self.test
         if len(sp) == 0:
             return []
         step = e.val_level_step if split == "val" else e.test_level_step
-        eval_slice = stages.evaluation_fields(c, split, step)
         rows: list[dict[str, Any]] = []
         todo: dict[str, str] = {}
         for m in c.methods:
-            parents = [self.key(n) for n in self._method_networks(m)]
-            k = content_key("eval", eval_slice | {"method": m}, parents)
+            k = self.evaluation_key(m, split)
             cached = self.cache.load_json("eval", k)
             if cached is None:
                 todo[m] = k

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from study import losses
 
 __all__ = ["METHODS", "SHARED", "STAGES", "Built", "KeyEnv", "Method", "Runner", "Stage",
-           "evaluation_fields", "instance", "instance_names", "parse_instance",
+           "copy_fields", "evaluation_fields", "instance", "instance_names", "parse_instance",
            "shared_instances", "split_fields"]
 
 # The key field naming a per-degradation instance's degradation: not a config path.
@@ -160,6 +160,17 @@ def evaluation_fields(cfg: PipelineConfig, split: str, step: int) -> dict[str, A
     out = {"split": split, "step": step, "seed": e.seed, "degradations": e.degradations,
            **split_fields(cfg, split)}
     if "saltpepper" in e.degradations:
+        out["salt_value"] = cfg.salt_value
+    return out
+
+
+def copy_fields(cfg: PipelineConfig, split: str, degradation: str, level: int
+                ) -> dict[str, Any]:
+    """What one degraded copy of a split depends on: its images, the degradation and level,
+    the copies' seed, and the salt value of a salt-and-pepper copy."""
+    out = {**split_fields(cfg, split), "split": split, "degradation": degradation,
+           "level": level, "seed": cfg.eval.seed}
+    if degradation == "saltpepper":
         out["salt_value"] = cfg.salt_value
     return out
 

@@ -256,3 +256,66 @@ def test_seed_rebuilds_trained_stages_and_ignored_fields_rebuild_nothing(tmp_pat
     ignored = _smoke(tmp_path, "fusion.lambdas=0.5", "distill.temperature=9")
     ignored.run()
     assert ignored.stages and all(s.hit for s in ignored.stages)
+
+
+# ---------------------------------------------------------------- evaluation and degraded copies
+def _smoke_cfg(**changes: Any) -> PipelineConfig:
+    tree = load("smoke.yaml", ["device=cpu"], check_space=False).sf.pipeline.model_dump()
+    for path, value in changes.items():
+        node = tree
+        *parents, leaf = path.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return PipelineConfig.model_validate(tree)
+
+
+def _eval_keys(cfg: PipelineConfig) -> dict[str, str]:
+    """fusiondistill's evaluation key per split, and a JPEG and a salt-and-pepper copy's."""
+    pipe = Pipeline(cfg, StageCache("/nonexistent"), log=lambda s: None)
+    out = {f"eval {split}": pipe.evaluation_key("fusiondistill", split)
+           for split in ("val", "test")}
+    out |= {f"{d} {split}": pipe.bank_key(split, d, 5)
+            for split in ("val", "test") for d in ("jpeg", "saltpepper")}
+    return out
+
+
+ALL_EVAL = frozenset(_eval_keys(_smoke_cfg()))
+VAL_EVAL = frozenset(k for k in ALL_EVAL if k.endswith(" val"))
+TEST_EVAL = ALL_EVAL - VAL_EVAL
+# leaf -> (new value, evaluation and copy keys that change): they cover what decides a split's
+# images (and the networks' keys), not the whole data section as 0.3's did.
+EVAL_TABLE: list[tuple[str, Any, frozenset[str]]] = [
+    # the test set is drawn on its own stream: the held-out validation images stay
+    ("data.synthetic_test", 200, TEST_EVAL),
+    ("data.val_size", 400, ALL_EVAL - {"jpeg test", "saltpepper test"}),   # networks too
+    ("data.root", "unused", frozenset()),                  # synthetic data has no folder
+    ("eval.batch_size", 100, frozenset()),                 # changes no number
+    ("eval.test_level_step", 5, frozenset({"eval test"})),
+    ("eval.seed", 3, ALL_EVAL),                            # copies and checkpoint choice
+    ("eval.degradations", ["jpeg"], frozenset({"eval val", "eval test"})),
+    # under protocol reference the validation split IS the test set: its copies differ from
+    # the held-out ones (issue: they were shared, and the tables read each other's)
+    ("protocol", "reference", ALL_EVAL - {"jpeg test", "saltpepper test"}),
+]
+
+
+@pytest.mark.parametrize(("leaf", "value", "expected"), EVAL_TABLE,
+                         ids=[row[0] for row in EVAL_TABLE])
+def test_evaluation_and_copy_keys_cover_what_they_read(leaf: str, value: Any,
+                                                       expected: frozenset[str]) -> None:
+    before, after = _eval_keys(_smoke_cfg()), _eval_keys(_smoke_cfg(**{leaf: value}))
+    assert {k for k in before if before[k] != after[k]} == set(expected)
+
+
+def test_salt_value_reaches_only_salt_and_pepper_copies() -> None:
+    """salt_value changes the salt-and-pepper copies, not the JPEG ones; with no
+    salt-and-pepper evaluated, the evaluation key no longer covers it (only the networks
+    trained on salt-and-pepper do)."""
+    cfg = _smoke_cfg(**{"eval.degradations": ["jpeg"]})
+    before, after = _eval_keys(cfg), _eval_keys(
+        _smoke_cfg(**{"eval.degradations": ["jpeg"], "salt_value": 255}))
+    changed = {k for k in before if before[k] != after[k]}
+    assert {"saltpepper val", "saltpepper test"} <= changed
+    assert not changed & {"jpeg val", "jpeg test"}
+    assert stages.evaluation_fields(cfg, "test", 10).get("salt_value") is None
