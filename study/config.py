@@ -29,6 +29,9 @@ DEGRADATION_NAMES = ("jpeg", "blur", "awgn", "saltpepper")
 METHOD_NAMES = (
     "oracle", "ensemble", "scratch", "vanilla_ft", "modelsoups", "fusing", "fusiondistill",
 )
+# The oracle picks, for each image, the expert of its degradation: a clean image has none, so
+# it has no clean accuracy (stages.METHODS checks this against its combiners at import).
+METHODS_WITHOUT_CLEAN = ("oracle",)
 METRIC_SPLITS = ("val", "test")
 METRIC_AGGREGATES = ("avg", "clean", *DEGRADATION_NAMES)
 STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql")   # `+driver` suffixes allowed
@@ -308,6 +311,20 @@ class PipelineConfig(Strict):
             )
         return self
 
+    def cannot_measure(self, method: str, metric: str) -> str | None:
+        """Why the rows of a run of this pipeline hold no `metric` for `method`, or None."""
+        split, _, aggregate = metric.partition(".")
+        if split == "val" and self.protocol == "holdout" and self.data.val_size == 0:
+            return ("data.val_size is 0, so nothing is held out for validation: give "
+                    "data.val_size > 0, or measure on test")
+        if aggregate in DEGRADATION_NAMES and aggregate not in self.eval.degradations:
+            return (f"eval.degradations {self.eval.degradations} does not evaluate "
+                    f"{aggregate!r}; add it there, or measure avg or clean")
+        if aggregate == "clean" and method in METHODS_WITHOUT_CLEAN:
+            return (f"{method} has no clean accuracy (it picks the expert of an image's "
+                    "degradation; a clean image has none); measure a degradation or avg")
+        return None
+
     @property
     def fused_experts(self) -> list[str]:
         chosen = self.fusion.experts if self.fusion.experts is not None else self.degradations
@@ -466,6 +483,11 @@ class StudyFile(Strict):
             # caught here, not as a FAIL of every trial
             raise ValueError(f"study.objectives use {missing}, which pipeline.methods "
                              f"{self.pipeline.methods} does not run")
+        for o in self.study.objectives:
+            why = self.pipeline.cannot_measure(o.method, o.metric)
+            if why:   # else every trial trains fully, then fails on a number that is not there
+                raise ValueError(f"study.objectives: {o.method} {o.metric} cannot be measured: "
+                                 f"{why}")
         last = self.pipeline.seed + self.study.replicates - 1
         if last > SEED_MAX:
             raise ValueError(f"pipeline.seed {self.pipeline.seed} + study.replicates "

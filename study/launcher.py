@@ -103,7 +103,7 @@ class Launcher:
         for t in running:
             if not self._vanished(t):
                 continue
-            if results.has_trial(self.sdir, t.number):
+            if results.has_trial(self.sdir, t.number, t.user_attrs.get("result_id")):
                 self._recover(t)
             else:
                 self._infrastructure_failure(t, "the worker vanished without a result "
@@ -153,7 +153,7 @@ class Launcher:
         batch job may run on for a grace period): its result is recovered instead."""
         attempt = int(t.user_attrs.get("attempt", 1))
         trial_id = storage.trial_id(self.store, self.study.study_name, t.number)
-        if results.has_trial(self.sdir, t.number):
+        if results.has_trial(self.sdir, t.number, t.user_attrs.get("result_id")):
             self._recover(t)
             return
         self.store.set_trial_user_attr(trial_id, "error", reason)
@@ -168,7 +168,7 @@ class Launcher:
             param_dtypes={p.name: p.column_dtype for p in self.ld.space.params}, stages={},
             values=[None] * n_obj, extra={"error": reason, "fail_kind": fail_kind,
                                           "fail_reason": reason, **results.provenance()}),
-            replace=False)
+            result_id=t.user_attrs.get("result_id"), replace=False)
         if written is None:   # the worker's file landed between the check and the write
             for key in ("error", "fail_kind", "fail_reason", "retried"):
                 self.store.set_trial_user_attr(trial_id, key, None)
@@ -221,6 +221,8 @@ class Launcher:
         attempt = trial.user_attrs.get("attempt")
         if attempt is None:
             trial.set_user_attr("attempt", 1)
+        # what its result file will carry: trial numbers restart in a new storage
+        trial.set_user_attr("result_id", results.new_result_id())
         job = Job(study_file=self.ld.source, overrides=[], results=str(self.sdir.parent),
                   cache=self.cache_dir, storage=self.storage_url,
                   study_name=self.ld.sf.study.name, trial=trial.number, tree=self.ld.tree)

@@ -18,6 +18,7 @@ import math
 import platform
 import subprocess
 import sys
+import uuid
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 import study
 from study import atomic
@@ -134,17 +136,56 @@ def trial_frame(*, study_name: str, trial: int, attempt: int, state: str,
                          for c, (dtype, v) in cols.items()})
 
 
-def write_trial(study_dir: str | Path, number: int, df: pd.DataFrame, replace: bool = True
-                ) -> Path | None:
-    """Atomically (a reader sees the whole file or none). replace=False (a worker): keep a file
-    already there (the launcher failed the trial, or an earlier run of a requeued job wrote it)
-    and return None, so the file and the storage never disagree."""
-    return atomic.write_file(trial_path(study_dir, number), lambda f: df.to_parquet(f, index=False),
-                             replace=replace, fault_point="parquet_write")
+# A trial's file names the trial it holds in its Parquet footer: the id the launcher gave the
+# trial when it asked it (Optuna user attribute `result_id`). Trial numbers restart with a new
+# storage (a deleted journal, another study.storage), so a file left by an older study of the
+# same name would otherwise pass for the new trial N's result.
+RESULT_ID_KEY = b"study.result_id"
 
 
-def has_trial(study_dir: str | Path, number: int) -> bool:
-    return trial_path(study_dir, number).exists()
+def new_result_id() -> str:
+    return uuid.uuid4().hex
+
+
+def write_trial(study_dir: str | Path, number: int, df: pd.DataFrame, *,
+                result_id: str | None, replace: bool = True) -> Path | None:
+    """Atomically (a reader sees the whole file or none), carrying `result_id` in its footer.
+    replace=False (the worker, the launcher failing a trial): a file already there that
+    carries the same id is this trial's (the launcher failed it, or an earlier run of a
+    requeued job wrote it): it is kept and None returned, so the file and the storage never
+    disagree. A file of another trial (an older study of the same name) is moved aside first,
+    with a warning."""
+    path = trial_path(study_dir, number)
+    if not replace and path.exists() and not belongs(path, result_id):
+        _move_aside(path, "holds another study's trial (an older study of this name, before "
+                    "its storage was deleted or changed)")
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                           RESULT_ID_KEY: (result_id or "").encode()})
+    return atomic.write_file(path, lambda f: pq.write_table(table, f), replace=replace,
+                             fault_point="parquet_write")
+
+
+def belongs(path: Path, result_id: str | None) -> bool:
+    """Whether the file at `path` holds the trial of this id (None: a trial asked by release
+    0.3, whose files carry no id either). An unreadable footer belongs to nobody."""
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except (OSError, ValueError, pa.ArrowException):
+        return False
+    return meta.get(RESULT_ID_KEY, b"").decode() == (result_id or "")
+
+
+def has_trial(study_dir: str | Path, number: int, result_id: str | None) -> bool:
+    """A result file of this trial is on disk; another trial's there is moved aside."""
+    path = trial_path(study_dir, number)
+    if not path.exists():
+        return False
+    if belongs(path, result_id):
+        return True
+    _move_aside(path, "is not this study's result for this trial number (another study of "
+                "this name, or unreadable)")
+    return False
 
 
 def read_trial(study_dir: str | Path, number: int) -> pd.DataFrame | None:
@@ -157,9 +198,18 @@ def objective_columns(df: pd.DataFrame) -> list[float]:
     return [float(df[c].iloc[0]) for c in sorted(df.columns) if c.startswith("value_")]
 
 
-def load(study_dir: str | Path) -> pd.DataFrame:
+def load(study_dir: str | Path, result_ids: Mapping[int, str | None] | None = None
+         ) -> pd.DataFrame:
+    """Every trial file of a study as one frame. `result_ids` (trial number -> the trial's
+    result_id in the storage), when given, admits only the files of those trials, by the id in
+    their footer: a file left by an older study of the same name is skipped (the launcher and
+    the worker move such files aside; a reader may not: a launch may be writing the next
+    trial's file meanwhile)."""
     d = trials_dir(study_dir)
     files = sorted(d.glob("trial-*.parquet")) if d.exists() else []
+    if result_ids is not None:
+        files = [p for p in files if _number(p) in result_ids
+                 and belongs(p, result_ids[_number(p)])]
     frames = [f for f in (_read_or_move_aside(p) for p in files) if f is not None]
     if not frames:
         return pd.DataFrame()
@@ -187,10 +237,19 @@ def _read_or_move_aside(path: Path, *, may_be_empty: bool = False) -> pd.DataFra
     except FileNotFoundError:
         return None
     except (OSError, ValueError, TypeError, KeyError, pa.ArrowException) as e:
-        aside = atomic.move_aside(path)
-        print(f"study: warning: {path} is not a readable result file ({type(e).__name__}: "
-              f"{str(e)[:200]}); moved aside to {aside.name}", file=sys.stderr)
+        _move_aside(path, f"is not a readable result file ({type(e).__name__}: "
+                    f"{str(e)[:200]})")
         return None
+
+
+def _number(path: Path) -> int:
+    digits = path.stem.removeprefix("trial-")
+    return int(digits) if digits.isdigit() else -1
+
+
+def _move_aside(path: Path, why: str) -> None:
+    aside = atomic.move_aside(path)
+    print(f"study: warning: {path} {why}; moved aside to {aside.name}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------- learning curves

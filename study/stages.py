@@ -27,7 +27,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from study import fusion
-from study.config import DEGRADATION_NAMES, METHOD_NAMES, PipelineConfig, TrainSpec
+from study.config import (
+    DEGRADATION_NAMES,
+    METHOD_NAMES,
+    METHODS_WITHOUT_CLEAN,
+    PipelineConfig,
+    TrainSpec,
+)
 from study.degradations import CLEAN
 
 if TYPE_CHECKING:
@@ -422,3 +428,5 @@ METHODS: Mapping[str, Method] = {m.name: m for m in [
       for name in ("scratch", "vanilla_ft", "modelsoups", "fusing", "fusiondistill")],
 ]}
 assert tuple(METHODS) == METHOD_NAMES, "config.METHOD_NAMES and METHODS disagree"
+assert {m.name for m in METHODS.values() if m.combine == "oracle"} == set(
+    METHODS_WITHOUT_CLEAN), "config.METHODS_WITHOUT_CLEAN and the oracle combiners disagree"

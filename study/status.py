@@ -96,7 +96,8 @@ def status_lines(stored: storage.StoredStudy, cache_dir: str, *, n_trials: int |
     where = make_executor(ld.sf, stored.study_dir).describe(handles) if handles else []
     if driver:
         out.append(f"launcher: {where.pop(0)}")
-    df = results.load(stored.study_dir)
+    df = results.load(stored.study_dir, {t.number: t.user_attrs.get("result_id")
+                                         for t in trials})
     summary = results.compute_summary(df, max(target - c.done, 0))
     if running:
         out += _in_flight(stored, running, where, summary, stale_after)

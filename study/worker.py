@@ -185,7 +185,8 @@ def run_job(job: Job, log: Callable[[str], None] = print,
         if store.get_trial(trial_id).state != TrialState.RUNNING:   # retried elsewhere
             log(f"trial {job.trial} was finished by someone else; result not written")
             state = "STALE"
-        elif not record(job, sdir, ld, outcome, attempt, gpu, log):
+        elif not record(job, sdir, ld, outcome, attempt, gpu, log,
+                        frozen.user_attrs.get("result_id")):
             state = "STALE"
         else:
             attr.flush()
@@ -287,7 +288,7 @@ def _unusable(out: TrialOutcome, ld: studyfile.LoadedStudy, diverged: str | None
 
 
 def record(job: Job, sdir: Path, ld: studyfile.LoadedStudy, out: TrialOutcome, attempt: int,
-           gpu: str | None, log: Callable[[str], None]) -> bool:
+           gpu: str | None, log: Callable[[str], None], result_id: str | None) -> bool:
     """The trial's Parquet file, then its learning curves. False when a file was already there:
     the launcher failed this trial meanwhile (a cancelled batch job runs on for a grace
     period), and whoever writes first wins, so Parquet and storage agree."""
@@ -303,7 +304,7 @@ def record(job: Job, sdir: Path, ld: studyfile.LoadedStudy, out: TrialOutcome, a
         param_dtypes={p.name: p.column_dtype for p in ld.space.params},
         stages=out.stages, values=out.values or [None] * len(ld.sf.study.objectives),
         extra=extra)
-    if results.write_trial(sdir, job.trial, df, replace=False) is None:
+    if results.write_trial(sdir, job.trial, df, result_id=result_id, replace=False) is None:
         log(f"trial {job.trial}: a result is already on disk; this one is not written")
         return False
     try:   # the learning curves: a view of the trial, never a reason to lose its result

@@ -201,7 +201,7 @@ def test_launcher_killed_inside_fail_before_the_retry(tmp_path: Path) -> None:
     results.write_trial(launcher.sdir, trial.number, results.trial_frame(
         study_name="infail", trial=trial.number, attempt=1, state="FAIL", seed_rows=[],
         params=values, param_dtypes={}, stages={}, values=[None],
-        extra={"error": "the worker vanished", "fail_kind": "infrastructure"}))
+        extra={"error": "the worker vanished", "fail_kind": "infrastructure"}), result_id=None)
     launcher.reconcile()
     launcher.reconcile()                              # and again: one retry, not two
     assert st.trials[0].state == TrialState.FAIL
@@ -220,7 +220,7 @@ def test_worker_that_told_meanwhile_is_recovered_not_refailed(tmp_path: Path) ->
     stale = st.trials[0]                              # the launcher's snapshot: RUNNING
     results.write_trial(launcher.sdir, 0, results.trial_frame(
         study_name="told", trial=0, attempt=1, state="COMPLETE", seed_rows=[], params={},
-        param_dtypes={}, stages={}, values=[0.25], extra={}))
+        param_dtypes={}, stages={}, values=[0.25], extra={}), result_id=None)
     st.tell(0, [0.25])                                # the worker, meanwhile
     launcher.fail(stale, "the worker vanished", "infrastructure", retry=True)
     t0 = st.trials[0]
@@ -291,8 +291,9 @@ def test_worker_never_overwrites_a_result_on_disk(tmp_path: Path) -> None:
                                    seed_rows=[], params={}, param_dtypes={}, stages={},
                                    values=[None], extra={})
 
-    assert results.write_trial(tmp_path, 0, frame("FAIL")) is not None   # the launcher's
-    assert results.write_trial(tmp_path, 0, frame("COMPLETE"), replace=False) is None
+    assert results.write_trial(tmp_path, 0, frame("FAIL"), result_id="a") is not None
+    assert results.write_trial(tmp_path, 0, frame("COMPLETE"), result_id="a",
+                               replace=False) is None   # the launcher's FAIL file wins
     assert results.read_trial(tmp_path, 0).state.iloc[0] == "FAIL"
     assert [p.name for p in (tmp_path / "trials").iterdir()] == ["trial-000000.parquet"]
 

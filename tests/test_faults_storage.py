@@ -204,7 +204,7 @@ def test_each_write_on_a_full_disk_fails_whole_and_names_its_file(
                                                  "level_step": 1, "accuracy": 0.5,
                                                  "n_images": 10}])],
                                 params={}, param_dtypes={}, stages={}, values=[0.5], extra={})
-    results.write_trial(disk / "s", 0, frame)
+    results.write_trial(disk / "s", 0, frame, result_id=None)
     cache = StageCache(disk / "cache")
     filler = Filler(disk / "filler")
     filler.fill()
@@ -219,7 +219,7 @@ def test_each_write_on_a_full_disk_fails_whole_and_names_its_file(
     events += 1
     second = results.trial_path(disk / "s", 1)
     with pytest.raises(DiskFullError, match=re.escape(str(second))):
-        results.write_trial(disk / "s", 1, frame.assign(trial=1))
+        results.write_trial(disk / "s", 1, frame.assign(trial=1), result_id=None)
     assert sorted(p.name for p in results.trials_dir(disk / "s").iterdir()) == [
         results.trial_path(disk / "s", 0).name]                 # no temp file left to fill it
     assert len(results.load(disk / "s")) == 1

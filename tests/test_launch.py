@@ -225,7 +225,7 @@ def test_result_written_before_a_kill_is_recovered_not_rerun(tmp_path: Path) -> 
                                               "level_step": 1, "accuracy": 0.5,
                                               "n_images": 10}])],
                              params={}, param_dtypes={}, stages={}, values=[0.5], extra={})
-    results.write_trial(tmp_path / "rec", 0, df)
+    results.write_trial(tmp_path / "rec", 0, df, result_id=None)
     _launcher(tmp_path, ld, st, url).reconcile()
     assert st.trials[0].state == TrialState.COMPLETE and st.trials[0].value == 0.5
 

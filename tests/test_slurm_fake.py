@@ -153,7 +153,7 @@ def test_reconcile_decides_per_state(fake_slurm: Path, tmp_path: Path) -> None:
     _set_jobs(fake_slurm, jobs=jobs)
     results.write_trial(stored.study_dir, 2, results.trial_frame(
         study_name="fk", trial=2, attempt=1, state="COMPLETE", seed_rows=[], params={},
-        param_dtypes={}, stages={}, values=[0.75], extra={}))
+        param_dtypes={}, stages={}, values=[0.75], extra={}), result_id=None)
     lau.reconcile()
     running, node_fail, done = st.trials[:3]
     assert running.state == TrialState.RUNNING

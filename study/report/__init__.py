@@ -93,11 +93,11 @@ def build_report(study_file: str, overrides: Sequence[str] = (),
     """Write results/<study>/report.html from the study's Parquet results and storage, push
     the main figures and a summary note to optuna-dashboard; returns the HTML path."""
     t0 = time.perf_counter()
-    ld = studyfile.load(study_file, list(overrides))
+    ld = studyfile.load(study_file, list(overrides), check_space=False)   # runs no trial
     sf = ld.sf
     st, _ = storage.open_existing(sf, results_dir)
     sdir = storage.study_dir(results_dir, sf.study.name)
-    df = results.load(sdir)
+    df = results.load(sdir, {t.number: t.user_attrs.get("result_id") for t in st.trials})
     a = analyse(df, st, ld.space.params,
                 objectives=[o.model_dump() for o in sf.study.objectives],
                 methods=sf.pipeline.methods, study_name=sf.study.name,
