@@ -9,6 +9,7 @@ system, NFS included.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -80,7 +81,10 @@ def write_file(dest: str | Path, write: Callable[[BinaryIO], None], *, replace: 
     except OSError as e:
         raise disk_full(e, dest) from None
     finally:
-        tmp.unlink(missing_ok=True)   # a full disk gets its space back; a no-op after rename
+        # a full disk gets its space back; a no-op after rename; on a read-only file system
+        # the unlink fails too, and must not hide the first error
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def write_bytes(dest: str | Path, data: bytes, **kwargs: object) -> Path | None:

@@ -29,6 +29,8 @@ from study.errors import StudyError
 # Bump when a stage's semantics change, so old entries stop matching instead of being reused.
 CODE_VERSION = "2"
 META = "meta.json"
+# The file each kind of entry holds (its meta.json lists the sha256 of each).
+STATE, JSON, ARRAY = "state.pt", "data.json", "array.npy"
 
 
 def content_key(stage: str, config_slice: Any, parents: Sequence[str] = ()) -> str:
@@ -75,9 +77,12 @@ class StageCache:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
-    def _verified(self, stage: str, key: str) -> dict[str, bytes] | None:
-        """The entry's files, each read once and checked against its recorded sha256: what is
-        loaded is exactly what was hashed, so a file altered after the check is never used."""
+    def _verified(self, stage: str, key: str, *names: str) -> dict[str, bytes] | None:
+        """The entry's files `names`, each read once and checked against the sha256 its
+        meta.json records: what is loaded is exactly what was hashed, so a file altered after
+        the check is never used. A meta.json that records no sha256 for one of them (`null`,
+        `{"sha256": {}}`) makes the entry as corrupt as a mismatch: once loaded as a hit, it
+        failed every later run the same way."""
         path = self.entry(stage, key)
         meta_path = path / META
         if not meta_path.exists():
@@ -85,12 +90,15 @@ class StageCache:
         files: dict[str, bytes] = {}
         try:
             meta = json.loads(meta_path.read_text())
-            for name, digest in meta["sha256"].items():
+            digests = meta.get("sha256") if isinstance(meta, dict) else None
+            if not isinstance(digests, dict):
+                raise ValueError("meta.json records no sha256 per file")
+            for name in names:
                 files[name] = (path / name).read_bytes()
-                if hashlib.sha256(files[name]).hexdigest() != digest:
-                    raise ValueError(f"{name}: checksum mismatch")
+                if hashlib.sha256(files[name]).hexdigest() != digests.get(name):
+                    raise ValueError(f"{name}: checksum mismatch or none recorded")
             ok = True
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError):   # UnicodeDecodeError and JSONDecodeError too
             ok = False
         if not ok:
             atomic.move_aside(path)   # not deleted: the evidence stays for a post-mortem
@@ -115,37 +123,37 @@ class StageCache:
 
     # ------------------------------------------------------------ typed entries
     def load_state(self, stage: str, key: str) -> dict[str, Any] | None:
-        files = self._verified(stage, key)
+        files = self._verified(stage, key, STATE)
         self._note(stage, key, files is not None)
         if files is None:
             return None
-        return torch.load(io.BytesIO(files["state.pt"]), map_location="cpu", weights_only=True)
+        return torch.load(io.BytesIO(files[STATE]), map_location="cpu", weights_only=True)
 
     def save_state(self, stage: str, key: str, state: Mapping[str, Any],
                    meta: Mapping[str, Any]) -> None:
         buf = io.BytesIO()
         torch.save(dict(state), buf)
-        self._write(stage, key, {"state.pt": buf.getvalue()}, meta)
+        self._write(stage, key, {STATE: buf.getvalue()}, meta)
 
     def load_json(self, stage: str, key: str) -> Any | None:
-        files = self._verified(stage, key)
+        files = self._verified(stage, key, JSON)
         self._note(stage, key, files is not None)
-        return None if files is None else json.loads(files["data.json"])
+        return None if files is None else json.loads(files[JSON])
 
     def save_json(self, stage: str, key: str, data: Any, meta: Mapping[str, Any]) -> None:
-        self._write(stage, key, {"data.json": json.dumps(data).encode()}, meta)
+        self._write(stage, key, {JSON: json.dumps(data).encode()}, meta)
 
     def load_array(self, stage: str, key: str) -> np.ndarray | None:
-        files = self._verified(stage, key)
+        files = self._verified(stage, key, ARRAY)
         if files is None:
             return None
-        return np.load(io.BytesIO(files["array.npy"]))
+        return np.load(io.BytesIO(files[ARRAY]))
 
     def save_array(self, stage: str, key: str, array: np.ndarray, meta: Mapping[str, Any]
                    ) -> None:
         buf = io.BytesIO()
         np.save(buf, array)
-        self._write(stage, key, {"array.npy": buf.getvalue()}, meta)
+        self._write(stage, key, {ARRAY: buf.getvalue()}, meta)
 
     def meta(self, stage: str, key: str) -> dict[str, Any]:
         return json.loads((self.entry(stage, key) / META).read_text())

@@ -176,7 +176,8 @@ def _channel_stats(images: np.ndarray) -> tuple[Stats, Stats]:
 
 
 def _read_images(paths: Sequence[Path], size: tuple[int, int] | None = None) -> np.ndarray:
-    """Decode image files to one (N, H, W, 3) uint8 array (grayscale/RGBA/palette -> RGB).
+    """Decode image files to one (N, H, W, 3) uint8 array (grayscale/RGBA/palette -> RGB,
+    16-bit samples -> 8: `_rgb8`).
 
     All images must share one size (the first file's unless `size` is given); the error names the
     offending file. Decoding runs in threads because PIL releases the GIL while decoding, which
@@ -186,7 +187,9 @@ def _read_images(paths: Sequence[Path], size: tuple[int, int] | None = None) -> 
     def read(path: Path) -> np.ndarray:
         try:
             with Image.open(path) as img:
-                return np.asarray(img.convert("RGB"))
+                return _rgb8(img, path)
+        except DataFormatError:   # _rgb8's own, which names the file already
+            raise
         except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
             # PIL raises OSError for empty, truncated and unknown files, SyntaxError/ValueError
             # from some format plugins on damaged headers
@@ -211,6 +214,31 @@ def _read_images(paths: Sequence[Path], size: tuple[int, int] | None = None) -> 
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         list(pool.map(place, range(len(paths))))  # list() re-raises the first error
     return out
+
+
+# Modes in which PIL hands over 16 bits per sample: a 16-bit grayscale PNG or TIFF ("I;16...";
+# PIL 10 opens the PNG as "I", whose 32 bits a PNG fills with 16 at most).
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def _rgb8(img: Image.Image, path: Path) -> np.ndarray:
+    """The image as (H, W, 3) uint8, every sample scaled to 8 bits. PIL's convert("RGB") clips
+    a 16-bit grayscale image instead (any value over 255 turns white: a mid grey 0x8001 too).
+    16 bits become 8 as v >> 8, the high byte: what PIL itself keeps of a 16-bit RGB PNG
+    (0x12ff -> 18, where v / 257 gives 19), so a picture reads the same in both forms, and an
+    8-bit image widened the usual way (v * 257) comes back exactly. 32-bit integer and float
+    pixels have no white level a format fixes (0..1? 0..65535?): scaling them is a guess, so
+    they are refused."""
+    if img.mode in _SIXTEEN_BIT or (img.mode == "I" and img.format == "PNG"):
+        gray = (np.asarray(img).astype(np.uint32) >> 8).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if img.mode in ("I", "F"):
+        raise DataFormatError(
+            f"image {path} has {'32-bit integer' if img.mode == 'I' else 'floating-point'} "
+            "pixels, whose range no format fixes, so they cannot be scaled to the 8-bit "
+            "images the pipeline trains on without a guess; save it as an 8-bit (or 16-bit) "
+            "PNG first")
+    return np.asarray(img.convert("RGB"))
 
 
 def _unreadable_image(path: Path, exc: BaseException) -> str:

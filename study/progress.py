@@ -43,8 +43,9 @@ if TYPE_CHECKING:   # annotations only: `study --help` reads this module's setti
     import numpy as np
     import torch
 
-__all__ = ["ENV_HEARTBEAT_S", "ENV_LEVEL", "ENV_LINE_S", "LEVELS", "Display", "Heartbeat",
-           "LineDisplay", "BarDisplay", "Progress", "Snapshot", "StageProgress",
+__all__ = ["ENV_HEARTBEAT_S", "ENV_LEVEL", "ENV_LINE_S", "HEARTBEAT_FIELDS",
+           "HEARTBEAT_MAX_BYTES", "LEVELS", "UNREADABLE", "Display", "Heartbeat", "LineDisplay",
+           "BarDisplay", "Progress", "Snapshot", "StageProgress", "check_environment",
            "describe_heartbeat", "fmt_duration", "heartbeat_interval", "heartbeat_path",
            "line_interval", "log_level", "read_heartbeat", "set_log_level", "stale_threshold"]
 
@@ -98,6 +99,15 @@ def line_interval() -> float:
 
 def heartbeat_interval() -> float:
     return _seconds(ENV_HEARTBEAT_S, HEARTBEAT_S)
+
+
+def check_environment() -> None:
+    """Every setting above, checked where a command that starts workers begins: workers
+    inherit the environment and read STUDY_HEARTBEAT_S only as they start, so a bad value
+    there failed each trial, which was retried as an infrastructure fault, again and again."""
+    log_level()
+    line_interval()
+    heartbeat_interval()
 
 
 def fmt_duration(s: float | None) -> str:
@@ -459,12 +469,72 @@ def _json_default(v: Any) -> Any:
     return str(v)
 
 
-def read_heartbeat(path: str | Path) -> dict[str, Any] | None:
+# A heartbeat is one small JSON object: 720 bytes with every stage of the paper's tables in its
+# `progress` (measured), under 2 KB with long names. Reading stops at 64 KiB, 30x that: a bigger
+# file is no heartbeat (one of 1.5 GB, read whole, took 3.8 GB of memory in `study status`).
+HEARTBEAT_MAX_BYTES = 64 * 1024
+UNREADABLE = "unreadable"   # read_heartbeat's note of what it could not use
+
+
+def _number(v: Any) -> bool:
+    """A JSON number to compute with: no bool, finite as a float (1e999 reads as inf)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
     try:
-        doc = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+        return math.isfinite(float(v))
+    except OverflowError:   # an integer of 400 digits
+        return False
+
+
+def _positive(v: Any) -> bool:
+    return _number(v) and v > 0
+
+
+def _text(v: Any) -> bool:
+    return isinstance(v, str)
+
+
+def _stage_epochs(v: Any) -> bool:
+    return isinstance(v, dict) and all(isinstance(x, str) for kv in v.items() for x in kv)
+
+
+# Each field of a heartbeat (Heartbeat.doc and the worker's fields) and what its value must be;
+# null passes everywhere (not known yet). `study status` does arithmetic on the numbers.
+HEARTBEAT_FIELDS: dict[str, Callable[[Any], bool]] = {
+    **dict.fromkeys(("host", "study", "gpu", "state", "phase", "stage", "detail"), _text),
+    **dict.fromkeys(("pid", "trial", "attempt", "epoch", "epochs", "epochs_done", "done",
+                     "total", "images_per_s", "eta_s", "loss", "val", "started_at",
+                     "progress_at", "updated_at"), _number),
+    "interval_s": _positive,
+    "progress": _stage_epochs,
+}
+
+
+def read_heartbeat(path: str | Path) -> dict[str, Any] | None:
+    """A trial's heartbeat; None while there is none. What cannot be used is left out and
+    said under UNREADABLE: the whole file when it is too big or no JSON object, else each
+    field of the wrong type (`"updated_at": "x"`), so that the rest still shows."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(HEARTBEAT_MAX_BYTES + 1)
+    except (FileNotFoundError, NotADirectoryError):
         return None
-    return doc if isinstance(doc, dict) else None
+    except OSError as e:
+        return {UNREADABLE: f"cannot read it ({e.strerror or e})"}
+    if len(raw) > HEARTBEAT_MAX_BYTES:
+        return {UNREADABLE: f"over {HEARTBEAT_MAX_BYTES // 1024} KiB, which no heartbeat is"}
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError):   # RecursionError: [[[[... nested past the stack
+        return {UNREADABLE: "not JSON"}
+    if not isinstance(doc, dict):
+        return {UNREADABLE: "not a JSON object"}
+    bad = [k for k, v in doc.items()
+           if k in HEARTBEAT_FIELDS and v is not None and not HEARTBEAT_FIELDS[k](v)]
+    out = {k: v for k, v in doc.items() if k in HEARTBEAT_FIELDS and k not in bad}
+    if bad:
+        out[UNREADABLE] = f"fields of the wrong type: {', '.join(bad)}"
+    return out
 
 
 def stale_threshold(hb: Mapping[str, Any], stale_after: float | None = None
@@ -482,10 +552,13 @@ def describe_heartbeat(hb: Mapping[str, Any] | None, now: float | None = None,
     """One `study status` row's text for a running trial's heartbeat, and whether it is stale."""
     if hb is None:
         return "no heartbeat yet (starting, or a worker of an older release)", False
+    if set(hb) == {UNREADABLE}:
+        return f"heartbeat unreadable ({hb[UNREADABLE]}); the trial's log says more", False
     now = time.time() if now is None else now
-    age = now - float(hb.get("updated_at") or 0.0)
+    # without its time a beat says nothing of the worker: not called stale on no evidence
+    age = now - float(hb["updated_at"]) if hb.get("updated_at") is not None else None
     limit, why = stale_threshold(hb, stale_after)
-    stale = age > limit
+    stale = age is not None and age > limit
     stage = hb.get("stage") or hb.get("phase") or "starting"
     if hb.get("phase") == "eval":
         where = f"{stage} level {hb.get('done')}/{hb.get('total')}"
@@ -505,7 +578,9 @@ def describe_heartbeat(hb: Mapping[str, Any] | None, now: float | None = None,
     if trial_eta_s is not None:
         parts.append(f"trial ETA ~{fmt_duration(trial_eta_s)}")
     parts.append(f"{hb.get('host', '?')} pid {hb.get('pid')}")
-    parts.append(f"beat {fmt_duration(age)} ago")
+    parts.append(f"beat {fmt_duration(age)} ago" if age is not None else "beat time unknown")
+    if hb.get(UNREADABLE):
+        parts.append(f"heartbeat partly unreadable ({hb[UNREADABLE]})")
     text = ", ".join(parts)
     if stale:
         text += (f"  STALE: no heartbeat for {fmt_duration(age)} (> {fmt_duration(limit)} = "

@@ -169,22 +169,30 @@ def write_trial(study_dir: str | Path, number: int, df: pd.DataFrame, *,
 def belongs(path: Path, result_id: str | None) -> bool:
     """Whether the file at `path` holds the trial of this id (None: a trial asked by release
     0.3, whose files carry no id either). An unreadable footer belongs to nobody."""
+    return _footer_id(path) == (result_id or "")
+
+
+def _footer_id(path: Path) -> str | None:
+    """The result id in a file's footer ("" when it has none); None when unreadable."""
     try:
         meta = pq.read_schema(path).metadata or {}
     except (OSError, ValueError, pa.ArrowException):
-        return False
-    return meta.get(RESULT_ID_KEY, b"").decode() == (result_id or "")
+        return None
+    return meta.get(RESULT_ID_KEY, b"").decode()
 
 
 def has_trial(study_dir: str | Path, number: int, result_id: str | None) -> bool:
-    """A result file of this trial is on disk; another trial's there is moved aside."""
+    """A result file of this trial is on disk; an unreadable one, or another study's trial,
+    is moved aside with a warning."""
     path = trial_path(study_dir, number)
     if not path.exists():
         return False
-    if belongs(path, result_id):
+    found = _footer_id(path)
+    if found == (result_id or ""):
         return True
-    _move_aside(path, "is not this study's result for this trial number (another study of "
-                "this name, or unreadable)")
+    _move_aside(path, "is not a readable result file" if found is None else
+                "holds another study's trial of this number (an older study of this name, "
+                "before its storage was deleted or changed)")
     return False
 
 
@@ -208,8 +216,7 @@ def load(study_dir: str | Path, result_ids: Mapping[int, str | None] | None = No
     d = trials_dir(study_dir)
     files = sorted(d.glob("trial-*.parquet")) if d.exists() else []
     if result_ids is not None:
-        files = [p for p in files if _number(p) in result_ids
-                 and belongs(p, result_ids[_number(p)])]
+        files = [p for p in files if _admitted(p, result_ids)]
     frames = [f for f in (_read_or_move_aside(p) for p in files) if f is not None]
     if not frames:
         return pd.DataFrame()
@@ -240,6 +247,15 @@ def _read_or_move_aside(path: Path, *, may_be_empty: bool = False) -> pd.DataFra
         _move_aside(path, f"is not a readable result file ({type(e).__name__}: "
                     f"{str(e)[:200]})")
         return None
+
+
+def _admitted(path: Path, result_ids: Mapping[int, str | None]) -> bool:
+    found = _footer_id(path)
+    if found is None:   # a visible file is whole (atomic writes): this one is garbage
+        _move_aside(path, "is not a readable result file")
+        return False
+    number = _number(path)
+    return number in result_ids and found == (result_ids[number] or "")
 
 
 def _number(path: Path) -> int:

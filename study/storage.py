@@ -26,13 +26,12 @@ import sqlalchemy.engine
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
 from study.atomic import disk_full
-from study.config import StudyFile
-from study.errors import ConfigError, StorageError, naming_file
+from study.config import STORAGE_SCHEMES, StudyFile
+from study.errors import ConfigError, StorageError, StudyError, naming_file
 
 if TYPE_CHECKING:
     from study.studyfile import LoadedStudy
 
-RDB_SCHEMES = ("sqlite:", "postgresql", "mysql")
 FINGERPRINT_ATTR = "study_fingerprint"
 # numpy's RandomState, behind every Optuna sampler, takes seeds in 0..2**32-1 only
 SEED_RANGE = 2**32
@@ -40,6 +39,12 @@ SEED_RANGE = 2**32
 # own backend and JournalFile below both dump with separators (",", ":")).
 _JOURNAL_HEAD = re.compile(rb'\A\{\s*"op_code"\s*:')
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# What a study folder holds, each made by its writer when missing: jobs/ (job files, worker
+# logs, heartbeats: launcher.job_path, progress.heartbeat_path), trials/ and curves/
+# (results.trials_dir, results.curves_dir).
+STUDY_FOLDERS = ("jobs", "trials", "curves")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")   # RFC 3986
+
 
 def _cut_partial_line(fd: int) -> int:
     """Truncate the journal after its last newline; returns the new size. Readers skip a line
@@ -89,6 +94,21 @@ def study_dir(results: str | Path, name: str) -> Path:
     return Path(results) / name
 
 
+def check_study_dir(sdir: Path) -> Path:
+    """The study folder and the folders in it (STUDY_FOLDERS) are folders wherever they exist.
+    A regular file named results/<study>/jobs otherwise surfaced as a NotADirectoryError
+    traceback in the middle of a launch, after its trial was asked, and as "no heartbeat yet"
+    for every trial in `study status`."""
+    for path in (sdir, *(sdir / name for name in STUDY_FOLDERS)):
+        if os.path.lexists(path) and not path.is_dir():   # lexists: a dangling link too
+            what = "the study's folder" if path == sdir else f"the study's {path.name}/ folder"
+            raise StudyError(
+                f"{path} is not a folder (a file or a dangling link has its name); it must be "
+                f"{what}, which is created when missing. Move the file away and run the "
+                "command again.")
+    return sdir
+
+
 def storage_url(sf: StudyFile, results: str | Path) -> str:
     """The storage as a string a worker can reopen (journal file path or RDB URL)."""
     if sf.study.storage:
@@ -109,10 +129,19 @@ def expand(url: str, source: str = "study.storage") -> str:
     return _ENV_REF.sub(value, url)
 
 
+def _database(url: str) -> str | None:
+    """The database a URL names (sqlite, postgresql, mysql), its `+driver` dropped; None for
+    a journal path. sqlite+pysqlite:///x.db, taken for a path, became a journal file
+    ./sqlite+pysqlite:/x.db, and sqlite+pysqlite:///:memory: escaped the in-memory check."""
+    scheme, sep, _ = url.partition("://")
+    base = scheme.split("+")[0]
+    return base if sep and base in STORAGE_SCHEMES else None
+
+
 def _in_memory(url: str) -> bool:
     """A SQLite URL whose database lives in the opening process only: `sqlite://`,
     `sqlite:///:memory:`, `sqlite:///file::memory:?cache=shared`, `...?mode=memory`."""
-    if not url.startswith("sqlite:"):
+    if _database(url) != "sqlite":
         return False
     try:
         u = sqlalchemy.engine.make_url(url)
@@ -128,6 +157,24 @@ def check(url: str, source: str = "study.storage") -> str:
     with `${NAME}` expanded. A launch, its dry run and each worker run it."""
     full = expand(url, source)
     scheme, sep, rest = full.partition("://")
+    head = full.split(":", 1)[0] if ":" in full else ""
+    if not sep and head.split("+")[0] in STORAGE_SCHEMES:
+        # sqlite:/x.db would be a journal file ./sqlite:/x.db; the rest is not echoed: a
+        # URL without '//' is not masked
+        raise StorageError(
+            f"key '{source}': the storage starts with '{head}:' but has no '//' after it, so "
+            "it would be taken for a journal file path; a database URL reads e.g. "
+            "sqlite:///results/study.db or postgresql://user@host/optuna")
+    if sep and _database(full) is None:
+        # config's _known_scheme saw what the file says: `${X}` has no scheme (a journal
+        # path), so X=redis://... became a journal file ./redis:/localhost:6379/0. The scheme
+        # is shown only when it looks like one: what precedes '://' may hold the password.
+        shown = f"the scheme {scheme!r}" if _SCHEME.fullmatch(scheme) else "a malformed scheme"
+        raise StorageError(
+            f"key '{source}': the storage {masked(url)!r} "
+            f"{'expands to a URL with' if full != url else 'has'} {shown}, which no storage "
+            "has; allowed: a journal file path or a URL "
+            f"{[x + '://...' for x in STORAGE_SCHEMES]}")
     if sep and re.split(r"[/?#]", rest, maxsplit=1)[0].count("@") > 1:
         # SQLAlchemy would read postgresql://u:se@cret@host as password 'se' on host
         # 'cret@host', and the driver's "cannot resolve host" message would print the rest
@@ -141,7 +188,7 @@ def check(url: str, source: str = "study.storage") -> str:
             "open its own empty one and no trial could be told. Give a file, e.g. "
             "sqlite:///results/study.db, a server URL (postgresql://, mysql://), or leave the "
             "key out for the journal file results/<study>/optuna.journal")
-    if not full.startswith(RDB_SCHEMES):
+    if _database(full) is None:
         _check_journal_file(Path(full), source)
     return full
 
@@ -175,10 +222,10 @@ def _check_journal_file(path: Path, source: str) -> None:
 def open_storage(url: str, source: str = "study.storage") -> optuna.storages.BaseStorage:
     full = check(url, source)
     try:
-        if full.startswith(RDB_SCHEMES):
+        if _database(full) is not None:
             # pool_pre_ping: long studies outlive idle database connections.
             kwargs: dict[str, Any] = {"pool_pre_ping": True}
-            if full.startswith("sqlite:"):
+            if _database(full) == "sqlite":
                 # SQLite has one writer at a time and others wait at most `timeout` s (default
                 # 5). 16 writers on 2 busy cores hit "database is locked" (surfacing as Optuna's
                 # StorageInternalError) once in 1,600 trials at 5 s: a worker holding the lock
@@ -324,11 +371,12 @@ def open_existing(sf: StudyFile, results: str | Path
                   ) -> tuple[optuna.Study, optuna.storages.BaseStorage]:
     """A study already launched, with the storage it lives in."""
     url = storage_url(sf, results)
+    check_study_dir(study_dir(results, sf.study.name))
     full = check(url)
     # sqlite would create an empty database file just to say the study is not in it
-    file = full.removeprefix("sqlite:///") if full.startswith("sqlite:///") else full
-    if (not full.startswith(RDB_SCHEMES) or full.startswith("sqlite:///")) and (
-            not Path(file).exists()):
+    db = _database(full)
+    file = full.partition(":///")[2] if db == "sqlite" else full
+    if (db is None or (db == "sqlite" and file)) and not Path(file).exists():
         raise StorageError(f"study '{sf.study.name}' has not been launched yet (no {file})")
     store = open_storage(url)
     try:
@@ -349,8 +397,9 @@ class StoredStudy:
 
 
 def study_paths(ld: LoadedStudy, results: str | Path) -> tuple[str, Path]:
-    """The storage URL and the results folder of a study file's study."""
-    return storage_url(ld.sf, results), study_dir(results, ld.sf.study.name)
+    """The storage URL and the results folder of a study file's study (checked: a file where
+    one of its folders goes is refused, see check_study_dir)."""
+    return storage_url(ld.sf, results), check_study_dir(study_dir(results, ld.sf.study.name))
 
 
 def open_study(ld: LoadedStudy, results: str | Path) -> StoredStudy:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 import optuna
@@ -113,10 +114,21 @@ def test_trial_out_of_requeues_is_retried_and_completes(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """What submitit raises in a job that reached its time limit once too often: the first run
-    of the trial gets it (as a real job would at epoch 28 of 40), the retry runs for real."""
+    of the trial gets it (as a real job would at epoch 28 of 40), the retry runs for real.
+    Each trial runs through the SLURM job's own entry point (TrialJob, which hands the worker
+    the SLURM executor's failure classifier), in this process instead of a cluster's."""
     from submitit.core.utils import UncompletedJobError
 
-    from study import pipeline
+    from study import executors, pipeline
+    from study.executors.slurm import TrialJob
+
+    class SlurmJobsInline(executors.DebugExecutor):
+        def submit(self, trials: Sequence[executors.JobFiles]) -> executors.Handle:
+            for t in trials:
+                TrialJob(str(t.job))()
+            return {"kind": self.name}
+
+    monkeypatch.setitem(executors.EXECUTORS, "debug", SlurmJobsInline)
     real_run, calls = pipeline.Pipeline.run, []
 
     def times_out_once(self: pipeline.Pipeline) -> pipeline.PipelineResult:

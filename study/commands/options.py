@@ -27,7 +27,7 @@ def apply_verbosity(args: argparse.Namespace) -> str:
         if not args.progress_interval > 0:
             raise StudyError(f"--progress-interval must be > 0, got {args.progress_interval}")
         os.environ[progress.ENV_LINE_S] = str(args.progress_interval)
-    progress.line_interval()   # a bad value in the environment: exit 2 here, not in a worker
+    progress.check_environment()   # bad settings: exit 2 here, not in every worker
     with contextlib.suppress(AttributeError, ValueError):
         sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     return progress.log_level()

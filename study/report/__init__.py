@@ -33,11 +33,13 @@ has the results and the storage.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from study import atomic, results, storage, studyfile
+from study.errors import DiskFullError, StudyError
 from study.published import OPTIMISTIC  # shown in section 1; callers read report.OPTIMISTIC
 from study.report.accuracy import (
     COLUMNS,
@@ -97,6 +99,8 @@ def build_report(study_file: str, overrides: Sequence[str] = (),
     sf = ld.sf
     st, _ = storage.open_existing(sf, results_dir)
     sdir = storage.study_dir(results_dir, sf.study.name)
+    if sdir.is_dir() and not os.access(sdir, os.W_OK | os.X_OK):
+        raise _unwritable(sdir, "not writable by this user or on a read-only file system")
     df = results.load(sdir, {t.number: t.user_attrs.get("result_id") for t in st.trials})
     a = analyse(df, st, ld.space.params,
                 objectives=[o.model_dump() for o in sf.study.objectives],
@@ -105,8 +109,13 @@ def build_report(study_file: str, overrides: Sequence[str] = (),
                 curves_df=results.load_curves(sdir))
     out = sdir / "report.html"
     rendered = render(a, str(out))
-    sdir.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(out, rendered.html)   # a browser open on the old report never sees half
+    try:
+        sdir.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(out, rendered.html)   # a browser open on the old report sees no half
+    except DiskFullError:
+        raise
+    except OSError as e:   # what os.access cannot tell: root on NFS, ACLs
+        raise _unwritable(sdir, e.strerror or str(e)) from None
     log(f"report: {out} ({len(rendered.figures)} figures, {out.stat().st_size / 1e6:.1f} MB)")
     log(a.published_note)
     if a.published is not None:
@@ -119,3 +128,11 @@ def build_report(study_file: str, overrides: Sequence[str] = (),
         export_png(rendered.figures, sdir / "report_png", log)
     log(f"report took {time.perf_counter() - t0:.1f}s")
     return out
+
+
+def _unwritable(sdir: Path, why: str) -> StudyError:
+    return StudyError(
+        f"study report: cannot write into the study folder {sdir} ({why}); the report "
+        "(report.html) goes there, so the folder must be writable. Copy the results folder "
+        "(it holds the study's journal and trial files) somewhere writable and give that "
+        "as --results.")
