@@ -20,6 +20,7 @@ from study import bench, cli, losses, train
 from study import device_degrade as dd
 from study.augment import Batch
 from study.data import make_synthetic
+from study.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGE_FIGURES = {"images_per_step", "reference_ips", "device_ips", "resident_ips",
@@ -181,11 +182,11 @@ def test_targets_live_in_the_docs() -> None:
 def test_parts_and_flags_are_validated() -> None:
     assert bench.expand_parts(["distill", "expert", "base"]) == [
         "base", "expert_jpeg", "expert_blur", "expert_awgn", "expert_saltpepper", "distill"]
-    with pytest.raises(ValueError, match="valid names"):
+    with pytest.raises(ConfigError, match="valid names"):
         bench.expand_parts(["fog"])
-    with pytest.raises(ValueError, match="valid names"):
+    with pytest.raises(ConfigError, match="valid names"):
         bench.get("expert")
-    with pytest.raises(ValueError, match="CUDA-only"):
+    with pytest.raises(ConfigError, match="CUDA-only"):
         bench.run_bench(_toy(bf16=True), ["base"])
     assert dd.bank_qualities(1) is None and dd.bank_qualities(50) == (1, 51, 100)
     with pytest.raises(ValueError, match=">= 1"):

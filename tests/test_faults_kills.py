@@ -427,8 +427,10 @@ def test_slurm_study_survives_kills_requeues_and_cancels(slurm_cluster: str,
     assert wait(lambda: journal.exists()
                 and "stage_jobs" in journal_study(tmp_path, name).user_attrs, 300), tail()
     stage_jobs = journal_study(tmp_path, name).user_attrs["stage_jobs"]
-    base_job = next(v for k, v in stage_jobs.items() if k.startswith("base@"))
-    expert_job = next(v for k, v in stage_jobs.items() if k.startswith("expert_jpeg@"))
+    # the executor's handles of the stage jobs
+    base_job = next(v["job_id"] for k, v in stage_jobs.items() if k.startswith("base@"))
+    expert_job = next(v["job_id"] for k, v in stage_jobs.items()
+                      if k.startswith("expert_jpeg@"))
     assert wait(lambda: _state(base_job) == "RUNNING", 300), _state(base_job)
     subprocess.run(["scontrol", "requeue", base_job], check=True, timeout=60)
     assert wait(lambda: _state(expert_job) in ("RUNNING", "COMPLETED"), 300), tail()

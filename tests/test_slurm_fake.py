@@ -95,14 +95,15 @@ def test_alive_by_sacct_state(fake_slurm: Path, tmp_path: Path, state: str, aliv
     _set_jobs(fake_slurm, jobs={"21": state})
     ex = slurm.SlurmExecutor(studyfile.load("smoke.yaml", QUICK).sf.executor.slurm,
                              tmp_path / "jobs", "s")
-    ex.refresh([{"job_id": "21"}])
-    assert ex.alive({"job_id": "21", "submitted": time.time() - 3600}, None) is alive
+    ex.refresh([{"kind": "slurm", "job_id": "21"}])
+    assert ex.alive({"kind": "slurm", "job_id": "21", "submitted": time.time() - 3600},
+                    None) is alive
 
 
 def test_job_sacct_does_not_know_yet(fake_slurm: Path, tmp_path: Path) -> None:
     ex = slurm.SlurmExecutor(studyfile.load("smoke.yaml", QUICK).sf.executor.slurm,
                              tmp_path / "jobs", "s")
-    ex.refresh([{"job_id": "31"}])
+    ex.refresh([{"kind": "slurm", "job_id": "31"}])
     assert ex.alive({"job_id": "31", "submitted": time.time()}, None)          # just submitted
     old = time.time() - slurm.UNKNOWN_GRACE_S - 1
     assert not ex.alive({"job_id": "31", "submitted": old}, None)              # vanished
