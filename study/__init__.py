@@ -4,5 +4,5 @@ Train one expert per degradation, fuse their weights, distil the experts into th
 search every knob of that recipe with Optuna, on a laptop or a SLURM cluster.
 """
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 __all__ = ["__version__"]

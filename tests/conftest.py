@@ -62,6 +62,21 @@ def slurm_cluster() -> Iterator[str]:
 
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """Pipelines run in this process on one torch thread. On a 2-core box that also runs a
+    launch's workers (or anything else), two OpenMP threads spin-wait on each other: an
+    in-process study took 130 s instead of 13. One thread is what every in-process test after
+    test_bench.py already had (it sets one), so a file run alone now runs as in the suite.
+    Workers in their own processes take their executor's share (STUDY_THREADS), as in a study."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _reap_what_the_test_started(request: pytest.FixtureRequest) -> Iterator[None]:
     """Launchers, workers, servers and SLURM jobs of a test end with it, pass or fail: each
@@ -73,16 +88,33 @@ def _reap_what_the_test_started(request: pytest.FixtureRequest) -> Iterator[None
         yield
 
 
-# A test over this long should carry @pytest.mark.slow (so `-m "not slow"` is a quick loop);
-# reported, not failed: the same test takes 2-3x longer on a loaded box.
-SLOW_S = 60.0
+@pytest.hookimpl(tryfirst=True)   # before -m deselects
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that needs the SLURM cluster is slow too: `-m "not slow"` never starts the
+    cluster (its start, and a job's way through sbatch and sacct, take seconds each)."""
+    for item in items:
+        if "slurm_cluster" in getattr(item, "fixturenames", ()) and not item.get_closest_marker(
+                "slurm"):
+            item.add_marker(pytest.mark.slurm)
+        if item.get_closest_marker("slurm") and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
+
+
+# A test of the quick loop (`-m "not slow"`, ~3 minutes for ~800 tests on 2 cores) that takes
+# over this long, set-up included, should carry @pytest.mark.slow: its longest tests take ~6 s
+# on an idle box. Reported, not failed: the same test takes 2-3x longer on a loaded box.
+SLOW_S = 10.0
 _UNMARKED_SLOW: list[tuple[str, float]] = []
+_SPENT: dict[str, float] = {}
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if (report.when == "call" and report.duration > SLOW_S
-            and "slow" not in report.keywords):
-        _UNMARKED_SLOW.append((report.nodeid, report.duration))
+    # setup + call + teardown: a module fixture's work lands on its first test's setup
+    _SPENT[report.nodeid] = _SPENT.get(report.nodeid, 0.0) + report.duration
+    if report.when == "teardown":
+        spent = _SPENT.pop(report.nodeid)
+        if spent > SLOW_S and "slow" not in report.keywords:
+            _UNMARKED_SLOW.append((report.nodeid, spent))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

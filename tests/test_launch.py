@@ -30,6 +30,19 @@ QUICK = ["data.synthetic_train=500", "data.val_size=100", "data.synthetic_test=1
          "degradations=[jpeg, awgn]", "base.epochs=1", "expert.epochs=1", "distill.epochs=2",
          "distill.milestones=[1]", "fusing.epochs=1", "fusing.milestones=[1]",
          "eval.test_level_step=50", "eval.val_level_step=50", "study.pruner=none"]
+# QUICK with FusionDistill alone (the objective's method; it still trains base and experts), on
+# 300 images, one epoch: what the in-process launches below check is the launcher (resume, top-up,
+# refusal, job file), not the other six methods (~2/3 of a QUICK trial) nor a second epoch. 5
+# debug trials: 19 s with QUICK. The local study below runs all seven methods.
+QUICK_FD = [*QUICK, "methods=[fusiondistill]", "data.synthetic_train=300", "data.val_size=60",
+            "data.synthetic_test=60", "distill.epochs=1", "distill.milestones=[]"]
+# The shipped smoke study's every degradation and method, on fewer images, epochs and evaluation
+# levels: the smoke preset's own scale is test_pipeline's acceptance run (`study run`).
+SMOKE_SMALL = ["data.synthetic_train=500", "data.val_size=100", "data.synthetic_test=100",
+               "base.epochs=1", "expert.epochs=1", "expert.t_max=1", "scratch.epochs=1",
+               "scratch.milestones=[1]", "vanilla_ft.epochs=1", "vanilla_ft.milestones=[1]",
+               "fusing.epochs=1", "fusing.milestones=[1]", "eval.test_level_step=50",
+               "eval.val_level_step=50"]
 SCHEMA = ["study", "trial", "attempt", "state", "seed", "model", "split", "degradation",
           "level", "accuracy", "n_images", "wall_s", "git_commit", "host", "device",
           "key_base", "hit_base", "param_distill.loss", "param_fusion.method"]
@@ -47,7 +60,7 @@ def test_every_shipped_space_dry_runs(path: Path, capsys: pytest.CaptureFixture[
 
 def test_debug_study_runs_resumes_and_tops_up(tmp_path: Path) -> None:
     args = ["launch", "--space", "smoke.yaml", "--executor", "debug", "--results", str(tmp_path),
-            *[x for s in QUICK for x in ("--set", s)], "--set", "study.name=dbg"]
+            *[x for s in QUICK_FD for x in ("--set", s)], "--set", "study.name=dbg"]
     assert cli.main([*args, "--n-trials", "3"]) == 0
     st = journal_study(tmp_path, "dbg")
     assert len(finished(st)) == 3
@@ -70,7 +83,7 @@ def test_debug_study_runs_resumes_and_tops_up(tmp_path: Path) -> None:
     # the stored values reproduce a trial's configuration
     t = st.trials[3]
     values = t.user_attrs["values"]
-    ld = studyfile.load("smoke.yaml", [*QUICK, "study.name=dbg"])
+    ld = studyfile.load("smoke.yaml", [*QUICK_FD, "study.name=dbg"])
     cfg = ld.trial_config(values).pipeline
     assert cfg.distill.loss == values["distill.loss"]
     assert cfg.fusion.method == values["fusion.method"]
@@ -79,7 +92,7 @@ def test_debug_study_runs_resumes_and_tops_up(tmp_path: Path) -> None:
 def test_incompatible_change_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]
                                         ) -> None:
     args = ["launch", "--space", "smoke.yaml", "--executor", "debug", "--results", str(tmp_path),
-            *[x for s in QUICK for x in ("--set", s)], "--set", "study.name=fp"]
+            *[x for s in QUICK_FD for x in ("--set", s)], "--set", "study.name=fp"]
     assert cli.main([*args, "--n-trials", "1"]) == 0
     capsys.readouterr()
     assert cli.main([*args, "--n-trials", "2", "--set", "distill.epochs=3"]) == 2
@@ -244,10 +257,12 @@ def test_result_written_before_a_kill_is_recovered_not_rerun(tmp_path: Path) -> 
 
 @pytest.mark.slow
 def test_local_study_of_4_then_5_then_dashboard(tmp_path: Path) -> None:
-    """The shipped smoke study, local executor, parallel 2: a study, then topped up (4 and 5
-    trials: 8 and 10 took 4 minutes of CI for the same checks)."""
+    """The shipped smoke study (its space, sampler, pruner, every degradation and method) at
+    SMOKE_SMALL's scale, local executor, parallel 2: a study, then topped up (4 and 5 trials: 8
+    and 10 took 4 minutes of CI for the same checks; the preset's scale took 2)."""
     base = [*STUDY, "launch", "--space", "search_spaces/smoke.yaml", "--executor", "local",
-            "--parallel", "2", "--results", str(tmp_path)]
+            "--parallel", "2", "--results", str(tmp_path),
+            *[x for s in SMOKE_SMALL for x in ("--set", s)]]
     r = subprocess.run([*base, "--n-trials", "4"], cwd=ROOT, capture_output=True, text=True,
                        timeout=1200)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -269,7 +284,8 @@ def test_local_study_of_4_then_5_then_dashboard(tmp_path: Path) -> None:
     assert len(finished(st)) == 5 and len(st.trials) == 5
     assert pd.read_parquet(tmp_path / "smoke" / "trials").trial.nunique() == 5
     status = subprocess.run([*STUDY, "status", "--space", "smoke.yaml", "--results",
-                             str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+                             str(tmp_path), *[x for s in SMOKE_SMALL for x in ("--set", s)]],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert status.returncode == 0 and "5/4 done" not in status.stdout
     assert "best trial" in status.stdout and "expert 4" in status.stdout
 
@@ -337,7 +353,7 @@ def test_job_file_carries_the_resolved_tree(tmp_path: Path) -> None:
     """Workers run the tree the launcher validated (no YAML re-read, immune to later edits)."""
     space = tmp_path / "mine.yaml"
     space.write_text((ROOT / "search_spaces" / "smoke.yaml").read_text())
-    sets = [*QUICK, "study.name=tree", "distill.temperature=3.5"]
+    sets = [*QUICK_FD, "study.name=tree", "distill.temperature=3.5"]
     assert cli.main(["launch", "--space", str(space), "--executor", "debug", "--results",
                      str(tmp_path), "--n-trials", "1",
                      *[x for s in sets for x in ("--set", s)]]) == 0

@@ -77,8 +77,15 @@ def _tiny_fit(tmp_path: Path, stop_after: int | None, ckpt: Path) -> train.FitRe
                      checkpoint=ckpt, on_epoch=hook)
 
 
-def test_interrupted_stage_resumes_to_the_same_weights(tmp_path: Path) -> None:
-    straight = _tiny_fit(tmp_path, None, tmp_path / "a.pt")
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory: pytest.TempPathFactory) -> train.FitResult:
+    """The uninterrupted run the resumed ones must equal: fitted once for the three tests."""
+    tmp = tmp_path_factory.mktemp("straight")
+    return _tiny_fit(tmp, None, tmp / "a.pt")
+
+
+def test_interrupted_stage_resumes_to_the_same_weights(tmp_path: Path,
+                                                       straight: train.FitResult) -> None:
     with pytest.raises(KeyboardInterrupt):
         _tiny_fit(tmp_path, 2, tmp_path / "b.pt")
     resumed = _tiny_fit(tmp_path, None, tmp_path / "b.pt")
@@ -90,10 +97,10 @@ def test_interrupted_stage_resumes_to_the_same_weights(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip_byte"])
-def test_altered_epoch_checkpoint_restarts_the_stage(tmp_path: Path, damage: str) -> None:
+def test_altered_epoch_checkpoint_restarts_the_stage(tmp_path: Path, damage: str,
+                                                     straight: train.FitResult) -> None:
     """A checkpoint cut or altered on disk is never loaded: moved aside, the stage starts over
     from epoch 0 and ends with the weights of an uninterrupted run."""
-    straight = _tiny_fit(tmp_path, None, tmp_path / "a.pt")
     ckpt = tmp_path / "b.pt"
     with pytest.raises(KeyboardInterrupt):
         _tiny_fit(tmp_path, 2, ckpt)

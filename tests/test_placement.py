@@ -77,6 +77,7 @@ def test_stage_jobs_group_the_experts_on_a_multi_gpu_node() -> None:
     assert stage_groups(experts, 2) == [experts[:2], experts[2:]]   # base already cached
 
 
+@pytest.mark.slow   # a local study: two worker processes, ~9 s on 2 cores
 def test_local_workers_each_get_their_own_gpu(tmp_path: Path) -> None:
     """Two trials in flight on two (fake) GPUs: one each, recorded in storage and Parquet."""
     sets = [*QUICK, "study.name=gpus", "executor.gpus=[0, 1]"]

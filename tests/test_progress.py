@@ -264,7 +264,10 @@ def test_status_rows_from_heartbeats_and_a_stale_one(
     victim = workers[0]
     os.kill(victim, signal.SIGKILL)
     assert wait(lambda: not pid_alive(victim, "study.worker"), timeout=30)
-    time.sleep(3 * 1.0 + 1.5)                  # three missed beats of 1 s, and a margin
+    # its last beat three intervals of 1 s old, and a margin: stale from then on
+    beat = jobs / "trial-000000.heartbeat.json"
+    assert wait(lambda: time.time() - float((progress.read_heartbeat(beat) or {})[
+        "updated_at"]) > 3 * 1.0 + 0.5, timeout=30, interval=0.1)
     out = _status(results_dir)
     stale = [ln for ln in out.splitlines() if "STALE" in ln]
     assert len(stale) == 1 and f"pid {victim}" in stale[0], out
