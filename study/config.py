@@ -483,6 +483,10 @@ class StudyFile(Strict):
             # caught here, not as a FAIL of every trial
             raise ValueError(f"study.objectives use {missing}, which pipeline.methods "
                              f"{self.pipeline.methods} does not run")
+        named = [(o.method, o.metric) for o in self.study.objectives]
+        if len(set(named)) != len(named):   # each has its results column, named after it
+            raise ValueError(f"study.objectives name {named}: each (method, metric) at most "
+                             "once")
         for o in self.study.objectives:
             why = self.pipeline.cannot_measure(o.method, o.metric)
             if why:   # else every trial trains fully, then fails on a number that is not there

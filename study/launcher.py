@@ -80,6 +80,7 @@ class Launcher:
         self.executor, self.cache_dir = executor, cache_dir
         self.parallel, self.retries, self.poll_s, self.log = parallel, retries, poll_s, log
         self.stop_after_failures = self.ld.sf.study.stop_after_failures
+        self.schema = results.Schema.of(self.ld.sf.study.objectives, self.ld.space.params)
         self.started = time.time()   # the breaker counts the failures of this launch only
 
     # ------------------------------------------------------------ reconciliation
@@ -137,7 +138,7 @@ class Launcher:
         # skip_if_finished: the worker may tell between our read of RUNNING and this tell (it
         # writes the file first, then tells, then exits); the storage then already agrees.
         if state == "COMPLETE":
-            values = results.objective_columns(df)
+            values = results.recorded_objectives(df, self.schema)
             self.study.tell(t.number, values, skip_if_finished=True)
         else:
             self.study.tell(t.number, state=TrialState[state], skip_if_finished=True)
@@ -161,13 +162,13 @@ class Launcher:
         self.store.set_trial_user_attr(trial_id, "fail_reason", reason)
         if retry:
             self.store.set_trial_user_attr(trial_id, "retried", True)
-        n_obj = len(self.study.directions)
         written = results.write_trial(self.sdir, t.number, results.trial_frame(
             study_name=self.ld.sf.study.name, trial=t.number, attempt=attempt, state="FAIL",
             seed_rows=[], params=t.user_attrs.get("values", {}),
-            param_dtypes={p.name: p.column_dtype for p in self.ld.space.params}, stages={},
-            values=[None] * n_obj, extra={"error": reason, "fail_kind": fail_kind,
-                                          "fail_reason": reason, **results.provenance()}),
+            param_columns=self.schema.params, stages={},
+            objectives=dict.fromkeys(self.schema.objectives),
+            extra={"error": reason, "fail_kind": fail_kind, "fail_reason": reason,
+                   **results.provenance()}),
             result_id=t.user_attrs.get("result_id"), replace=False)
         if written is None:   # the worker's file landed between the check and the write
             for key in ("error", "fail_kind", "fail_reason", "retried"):

@@ -97,7 +97,8 @@ def status_lines(stored: storage.StoredStudy, cache_dir: str, *, n_trials: int |
     if driver:
         out.append(f"launcher: {where.pop(0)}")
     df = results.load(stored.study_dir, {t.number: t.user_attrs.get("result_id")
-                                         for t in trials})
+                                         for t in trials},
+                      results.Schema.of(ld.sf.study.objectives, ld.space.params))
     summary = results.compute_summary(df, max(target - c.done, 0))
     if running:
         out += _in_flight(stored, running, where, summary, stale_after)

@@ -298,11 +298,12 @@ def record(job: Job, sdir: Path, ld: studyfile.LoadedStudy, out: TrialOutcome, a
              "amp": sf.pipeline.compute.amp if sf else None,
              "protocol": sf.pipeline.protocol if sf else None,
              "config_json": sf.pipeline.model_dump() if sf else None, **results.provenance()}
+    schema = results.Schema.of(ld.sf.study.objectives, ld.space.params)
+    values: list[float | None] = list(out.values) or [None] * len(schema.objectives)
     df = results.trial_frame(
         study_name=job.study_name, trial=job.trial, attempt=attempt, state=out.state,
-        seed_rows=out.seed_rows, params=out.params,
-        param_dtypes={p.name: p.column_dtype for p in ld.space.params},
-        stages=out.stages, values=out.values or [None] * len(ld.sf.study.objectives),
+        seed_rows=out.seed_rows, params=out.params, param_columns=schema.params,
+        stages=out.stages, objectives=dict(zip(schema.objectives, values, strict=True)),
         extra=extra)
     if results.write_trial(sdir, job.trial, df, result_id=result_id, replace=False) is None:
         log(f"trial {job.trial}: a result is already on disk; this one is not written")

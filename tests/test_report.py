@@ -34,6 +34,9 @@ from toy_studies import free_port
 
 from study import cli, report, results, storage, studyfile, worker
 
+# the column of the smoke study's objective
+OBJECTIVE = results.objective_column("fusiondistill", "val.avg")
+
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
@@ -151,7 +154,7 @@ def _analysis(b: Built, df: pd.DataFrame | None = None) -> report.Analysis:
 
 
 def _hand_best(df: pd.DataFrame) -> int:
-    v = df[df.state == "COMPLETE"].groupby("trial").value_0.first().astype(float)
+    v = df[df.state == "COMPLETE"].groupby("trial")[OBJECTIVE].first().astype(float)
     return int(v.idxmax())
 
 
@@ -234,7 +237,8 @@ def test_budget_is_the_sum_of_wall_times_and_of_cached_build_times(built: Built)
 def test_subset_ablation_picks_the_validation_best_per_subset(built: Built) -> None:
     df, a = built.df, _analysis(built)
     t = a.subsets["degradations"]
-    pt = report.per_trial(df)
+    pt = report.per_trial(df, results.Schema.of(built.ld.sf.study.objectives,
+                                                built.ld.space.params))
     chosen = pt.set_index("trial")["param_degradations"].map("+".join)
     assert set(t.index) == set(chosen) and {"jpeg+awgn", "jpeg", "awgn"} <= set(t.index)
     vals = pt.set_index("trial").value_0.astype(float)
@@ -383,7 +387,7 @@ def a_objectives() -> list[dict[str, str]]:
 
 def test_a_study_whose_trials_all_failed_gets_notes_not_a_crash() -> None:
     df = results.trial_frame(study_name="f", trial=0, attempt=1, state="FAIL", seed_rows=[],
-                             params={}, param_dtypes={}, stages={}, values=[None],
+                             params={}, param_columns={}, stages={}, objectives={OBJECTIVE: None},
                              extra={"error": "boom", "wall_s": 3.0})
     st = optuna.create_study()
     a = report.analyse(df, st, [], objectives=a_objectives(), methods=["fusiondistill"],

@@ -101,7 +101,8 @@ def build_report(study_file: str, overrides: Sequence[str] = (),
     sdir = storage.study_dir(results_dir, sf.study.name)
     if sdir.is_dir() and not os.access(sdir, os.W_OK | os.X_OK):
         raise _unwritable(sdir, "not writable by this user or on a read-only file system")
-    df = results.load(sdir, {t.number: t.user_attrs.get("result_id") for t in st.trials})
+    df = results.load(sdir, {t.number: t.user_attrs.get("result_id") for t in st.trials},
+                      results.Schema.of(sf.study.objectives, ld.space.params))
     a = analyse(df, st, ld.space.params,
                 objectives=[o.model_dump() for o in sf.study.objectives],
                 methods=sf.pipeline.methods, study_name=sf.study.name,

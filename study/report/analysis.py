@@ -10,6 +10,7 @@ from typing import Any
 import optuna
 import pandas as pd
 
+from study import results
 from study.report.accuracy import (
     SeedTable,
     level_curves,
@@ -72,7 +73,10 @@ def analyse(df: pd.DataFrame, study: Any, params: Sequence[Param],
     """All computations of the report. objectives: [{method, metric, direction}]."""
     directions = [o["direction"] for o in objectives]
     method = objectives[0]["method"]
-    pt = per_trial(df)
+    schema = results.Schema(
+        tuple(results.objective_column(o["method"], o["metric"]) for o in objectives),
+        {p.name: p.column for p in params})
+    pt = per_trial(df, schema)
     baseline, baseline_note = baseline_trial(pt, study)
     best = best_trial(pt, directions) if len(pt) else None
     test = df[df.split == "test"] if len(df) else df
