@@ -35,7 +35,7 @@ from study.errors import StudyError, StudyHalted, naming_file
 from study.executors import Driver, Executor, Handle, JobFiles, make_executor
 from study.jobs import Job, LaunchRequest
 from study.pipeline import Pipeline
-from study.status import Counts, count
+from study.status import Counts, count, summary_lines
 from study.storage import StoredStudy
 from study.studyfile import LoadedStudy
 
@@ -188,8 +188,8 @@ class Launcher:
         if any(x.user_attrs.get("retry_of") == t.number
                for x in self.study.get_trials(deepcopy=False)):
             return
-        keep: dict[str, Any] = {k: t.user_attrs[k] for k in ("baseline", "baseline_values")
-                                if k in t.user_attrs}
+        keep: dict[str, Any] = {k: t.user_attrs[k] for k in ("baseline", "baseline_values",
+                                                             "confirm") if k in t.user_attrs}
         self.study.enqueue_trial(t.params, user_attrs={
             "attempt": int(t.user_attrs.get("attempt", 1)) + 1, "retry_of": t.number, **keep})
 
@@ -501,7 +501,8 @@ def _launch_locked(request: LaunchRequest, stored: StoredStudy, n_trials: int, d
     launcher = Launcher(stored, executor, cache_dir=request.cache_dir,
                         parallel=sf.executor.parallel, retries=sf.executor.retries, log=log)
     counts = launcher.run(n_trials)
-    log(f"results: {stored.study_dir}/trials ({counts.done} finished trials)")
+    for line in summary_lines(stored, request.study_file):
+        log(line)
     return counts
 
 

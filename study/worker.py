@@ -180,8 +180,10 @@ def run_job(job: Job, log: Callable[[str], None] = print,
     state = "died"   # what the last beat says if the worker raises (a full disk)
     try:
         attr = ProgressAttr(trial)
+        confirm = frozen.user_attrs.get("confirm")   # a `study confirm` re-run: one new seed
         outcome = run_trial(ld, frozen.user_attrs.get("values", {}), trial, job, log,
-                            listeners=[beat, attr], classify_failure=classify_failure)
+                            listeners=[beat, attr], classify_failure=classify_failure,
+                            seeds=[int(confirm["seed"])] if confirm else None)
         if store.get_trial(trial_id).state != TrialState.RUNNING:   # retried elsewhere
             log(f"trial {job.trial} was finished by someone else; result not written")
             state = "STALE"
@@ -198,10 +200,12 @@ def run_job(job: Job, log: Callable[[str], None] = print,
 
 def run_trial(ld: studyfile.LoadedStudy, values: Mapping[str, Any], trial: optuna.Trial,
               job: Job, log: Callable[[str], None], *, listeners: list[Any],
-              classify_failure: ClassifyFailure | None = None) -> TrialOutcome:
+              classify_failure: ClassifyFailure | None = None,
+              seeds: list[int] | None = None) -> TrialOutcome:
     """The trial's pipeline, once per replicate seed (the first one's epochs go to the pruner),
     and its objective values; a pruned or failed trial is an outcome too, never an exception
-    (but a full disk, which is not the trial's fault: the worker dies, the launcher retries)."""
+    (but a full disk, which is not the trial's fault: the worker dies, the launcher retries).
+    `seeds`: these pipeline seeds instead of the replicates, never pruned (a confirmation)."""
     quiet = progress.log_level() == "warning"
     stage_log = (lambda _: None) if quiet else log
     t0 = time.perf_counter()
@@ -220,14 +224,15 @@ def run_trial(ld: studyfile.LoadedStudy, values: Mapping[str, Any], trial: optun
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch} (val {val:.4f})")
 
-        for r in range(sf.study.replicates):
-            seed = sf.pipeline.seed + r
+        run_seeds = seeds or [sf.pipeline.seed + r for r in range(sf.study.replicates)]
+        for r, seed in enumerate(run_seeds):
             hub = progress.Progress.from_env(
                 log, listeners=listeners,
-                prefix=f"trial {job.trial}" + (f" seed {seed}" if sf.study.replicates > 1
+                prefix=f"trial {job.trial}" + (f" seed {seed}" if len(run_seeds) > 1 or seeds
                                                else ""))
+            watched = r == 0 and seeds is None
             pipe = Pipeline(sf.pipeline.model_copy(update={"seed": seed}), StageCache(job.cache),
-                            log=stage_log, on_epoch=on_epoch if r == 0 else None,
+                            log=stage_log, on_epoch=on_epoch if watched else None,
                             final_stage=final, progress=hub)
             runs.append((seed, pipe, hub))
             res = pipe.run()
