@@ -385,6 +385,9 @@ def _create(ld: LoadedStudy, results_dir: str, n_trials: int) -> StoredStudy:
     with warnings.catch_warnings():   # set_metric_names is marked experimental in Optuna 5
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         st.set_metric_names(results.metric_names(sf))   # the dashboard: "fusiondistill val.avg"
+    # optuna-dashboard calls the pruner's per-epoch values "Intermediate values" with an axis
+    # "Objective Value"; they are not the objective, and the study page says what they are
+    st.set_user_attr("intermediate_values", intermediate_values(ld))
     if st.trials:
         st.sampler = storage.make_sampler(sf, ld.space.grid(), sf.executor.parallel,
                                           resumed_at=len(st.trials))
@@ -395,6 +398,20 @@ def _create(ld: LoadedStudy, results_dir: str, n_trials: int) -> StoredStudy:
     st.set_user_attr("cancelled", False)
     st.set_user_attr("halted", None)   # a new launch after a fix: the breaker starts afresh
     return StoredStudy(ld, st, store, url, sdir)
+
+
+def intermediate_values(ld: LoadedStudy) -> str:
+    """What a trial reports to the pruner each epoch, in words."""
+    o = ld.sf.study.objectives
+    watched = (stages.METHODS[o[0].method].watched_stage(ld.sf.pipeline) if len(o) == 1
+               else None)
+    if watched is None:
+        return ("none: no stage's epochs are reported (several objectives, or an objective "
+                "whose method trains no single watched stage)")
+    return (f"{watched}'s validation accuracy after each epoch: the mean over the degradations "
+            "it trains on, one random level per image; what the pruner compares, not the "
+            f"objective {o[0].method} {o[0].metric} (the mean over the evaluation's level grid, "
+            "measured once the trial ends)")
 
 
 def _enqueue_baseline(ld: LoadedStudy, st: optuna.Study) -> None:
