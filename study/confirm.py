@@ -92,8 +92,10 @@ def enqueue(st: optuna.Study, chosen: Mapping[str, Any]) -> int:
                 continue
             attrs: dict[str, Any] = {ATTR: {"of": number, "seed": seed}, "attempt": 1}
             if source.user_attrs.get("baseline"):   # the file's values exactly, as trial 0
+                # a baseline enqueued by release 0.3 kept only its sampled values
                 attrs |= {"baseline": True,
-                          "baseline_values": source.user_attrs["baseline_values"]}
+                          "baseline_values": source.user_attrs.get(
+                              "baseline_values", source.user_attrs.get("values", {}))}
             st.enqueue_trial(source.params, user_attrs=attrs)
     return pending
 

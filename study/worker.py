@@ -32,14 +32,12 @@ from optuna.trial import TrialState
 from study import atomic, failures, faults, progress, results, stages, storage, studyfile
 from study.cache import StageCache
 from study.config import ExecutorSection, StudyFile
+from study.executors.placement import THREADS_ENV, threads_from_env
 from study.jobs import Job
 from study.pipeline import Pipeline
 
 __all__ = ["THREADS_ENV", "TrialOutcome", "run_job", "threads_from_env", "use_allotted_cpus"]
 
-# Set by whoever splits CPUs between the workers it starts (the local executor, a packed batch
-# job): the torch threads of one worker.
-THREADS_ENV = "STUDY_THREADS"
 # The trial's `progress` user attribute: a journal line per update, so at most one every 10 s
 # (a paper base of 200 x ~18 s epochs adds ~360 lines to a study's journal, not 70,000 steps).
 PROGRESS_ATTR_S = 10.0
@@ -47,11 +45,6 @@ PROGRESS_ATTR_S = 10.0
 # (error, executor settings) -> (fail_kind, reason), or None for any other error.
 ClassifyFailure = Callable[[BaseException, ExecutorSection], "tuple[str, str] | None"]
 Histories = list[tuple[int | None, str, bool, list[dict[str, Any]]]]
-
-
-def threads_from_env(environ: Mapping[str, str]) -> int | None:
-    n = environ.get(THREADS_ENV, "")
-    return int(n) if n.isdigit() and int(n) > 0 else None
 
 
 def use_allotted_cpus(n: int | None = None) -> None:

@@ -1,5 +1,6 @@
-"""Which trials count: one row per trial, the completed ones, the Pareto front, the best trial
-(chosen on validation) and the baseline trial (the study file's own pipeline)."""
+"""Which trials count: the search's (not `study confirm`'s re-runs), one row per trial, the
+completed ones, the Pareto front, the best trial (chosen on validation) and the baseline trial
+(the study file's own pipeline)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import numpy as np
 import pandas as pd
 
 from study import results
+from study.status import CONFIRM_ATTR, search_trials
 
-__all__ = ["baseline_trial", "best_trial", "completed", "is_missing", "pareto_front",
-           "per_trial"]
+__all__ = ["CONFIRM_ATTR", "baseline_trial", "best_trial", "completed", "is_missing",
+           "pareto_front", "per_trial", "search_trials"]
 
 
 def is_missing(v: Any) -> bool:
@@ -77,7 +79,9 @@ def baseline_trial(pt: pd.DataFrame, study: Any) -> tuple[int | None, str]:
     """The completed trial that runs the study file's own pipeline exactly (the launcher
     enqueued it with user attribute `baseline`), and a sentence for the report."""
     done = set(completed(pt).trial.astype(int)) if len(pt) else set()
-    marked = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("baseline")]
+    # a confirmation's re-runs of the baseline carry `baseline` too; trial 0 is the search's
+    marked = [t for t in search_trials(study.get_trials(deepcopy=False))
+              if t.user_attrs.get("baseline")]
     for t in marked:
         if t.number in done:
             return t.number, (f"Trial {t.number} is the baseline: the study file's own "
