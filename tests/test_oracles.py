@@ -78,7 +78,6 @@ class Probe(nn.Module):
 
 
 IDENTITY = [[1.0, 0.0], [0.0, 1.0]]
-QUARTER_TURN = [[0.0, 1.0], [-1.0, 0.0]]     # x @ R: [a, b] -> [-b, a]
 STUDENT_HEAD = [[1.0, 0.0, -1.0], [0.0, 1.0, 0.0]]
 
 
@@ -129,24 +128,27 @@ def test_base_and_degraded_objectives_read_their_own_copy() -> None:
 
 
 # A 4-image FusionDistill step: chunk jpeg (rows 0-1) and chunk blur (rows 2-3). The jpeg expert
-# passes its input through (feature = x), the blur expert turns it a quarter (feature = x @ R),
-# so each chunk's cosine depends on which expert teaches it and on what that expert sees.
-DISTILL_CLEAN = [[1.0, 1.0], [2.0, 0.0], [0.0, 1.0], [1.0, -1.0]]
-DISTILL_DEGRADED = [[1.0, 0.0], [0.0, 2.0], [3.0, 3.0], [1.0, 1.0]]
+# passes its input through (feature = x), the blur expert mirrors it (feature = x @ M, [a, b] ->
+# [a, -b]), so each chunk's cosine depends on which expert teaches it and on what that expert
+# sees; the data make the four cases (own or swapped experts, clean or degraded input) differ.
+DISTILL_CLEAN = [[1.0, 1.0], [0.0, 1.0], [1.0, 1.0], [0.0, 1.0]]
+DISTILL_DEGRADED = [[1.0, 0.0], [1.0, 1.0], [0.0, 2.0], [1.0, 1.0]]
 DISTILL_LABELS = [0, 2, 1, 0]
 CHUNKS = (("jpeg", slice(0, 2)), ("blur", slice(2, 4)))
+MIRROR = [[1.0, 0.0], [0.0, -1.0]]
 TEACHER_HEADS = {"jpeg": [[2.0, 0.0, 0.0], [0.0, 0.0, 1.0]],
                  "blur": [[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]}
-TEACHER_MAPS = {"jpeg": IDENTITY, "blur": QUARTER_TURN}
-# per chunk, mean(1 - cos(student feature, its expert's feature)), worked out by hand:
-#   clean input:    jpeg  cos([1,0],[1,1]) = 1/sqrt2, cos([0,2],[2,0]) = 0
-#                   blur  cos([3,3],[-1,0]) = -1/sqrt2, cos([1,1],[1,1]) = 1
+TEACHER_MAPS = {"jpeg": IDENTITY, "blur": MIRROR}
+# per chunk, mean(1 - cos(student feature, its expert's feature)), worked out by hand (the
+# student's feature is its degraded input):
+#   clean input:    jpeg  cos([1,0],[1,1]) = cos([1,1],[0,1]) = 1/sqrt2
+#                   blur  cos([0,2],[1,-1]) = cos([1,1],[0,-1]) = -1/sqrt2
 #   degraded input: jpeg  the expert's feature is the student's: cos 1, 1
-#                   blur  cos([3,3],[-3,3]) = 0, cos([1,1],[-1,1]) = 0
-BY_HAND = {("clean", "jpeg"): (1 - 1 / math.sqrt(2) + 1) / 2,
-           ("clean", "blur"): (1 + 1 / math.sqrt(2) + 0) / 2,
+#                   blur  cos([0,2],[0,-2]) = -1, cos([1,1],[1,-1]) = 0
+BY_HAND = {("clean", "jpeg"): 1 - 1 / math.sqrt(2),
+           ("clean", "blur"): 1 + 1 / math.sqrt(2),
            ("degraded", "jpeg"): 0.0,
-           ("degraded", "blur"): 1.0}
+           ("degraded", "blur"): (2 + 1) / 2}
 
 
 def _teachers() -> dict[str, nn.Module]:
@@ -196,19 +198,25 @@ def test_distill_feature_loss_matches_each_chunk_against_its_own_expert(
 
 def test_distill_feature_loss_golden_numbers_tell_the_inputs_and_weights_apart() -> None:
     ce = _ce(_matmul(DISTILL_DEGRADED, STUDENT_HEAD), DISTILL_LABELS)
-    clean = BY_HAND["clean", "jpeg"] + BY_HAND["clean", "blur"]      # 1.5, whatever the sqrt2
+    clean = BY_HAND["clean", "jpeg"] + BY_HAND["clean", "blur"]      # 2, whatever the sqrt2
     degraded = BY_HAND["degraded", "jpeg"] + BY_HAND["degraded", "blur"]
-    assert clean == pytest.approx(1.5) and degraded == pytest.approx(1.0)
+    assert clean == pytest.approx(2.0) and degraded == pytest.approx(1.5)
     paper = _distill("feature", "clean")
-    assert paper == pytest.approx(0.25 * ce + 1.5 * 1.5, rel=1e-6)
-    assert paper == pytest.approx(2.5062600122, rel=1e-6)   # 0.25 * 1.02504 + 2.25
-    assert _distill("feature", "degraded") == pytest.approx(0.25 * ce + 1.5 * 1.0, rel=1e-6)
+    assert paper == pytest.approx(0.25 * ce + 1.5 * 2.0, rel=1e-6)
+    assert paper == pytest.approx(3.2602748801, rel=1e-6)   # 0.25 * 1.04110 + 3
+    assert _distill("feature", "degraded") == pytest.approx(0.25 * ce + 1.5 * 1.5, rel=1e-6)
     # ce_weight and feature_weight swapped: another number
-    assert paper != pytest.approx(1.5 * ce + 0.25 * 1.5, rel=1e-3)
-    # one chunk taught by the other chunk's expert: another number
-    swapped = (_one_minus_cos(DISTILL_DEGRADED[0:2], _matmul(DISTILL_CLEAN[0:2], QUARTER_TURN))
-               + _one_minus_cos(DISTILL_DEGRADED[2:4], DISTILL_CLEAN[2:4]))
-    assert paper != pytest.approx(0.25 * ce + 1.5 * swapped, rel=1e-3)
+    assert paper != pytest.approx(1.5 * ce + 0.25 * 2.0, rel=1e-3)
+    # each chunk taught by the other chunk's expert (2 - 1/sqrt2 with clean inputs, 0.5 with
+    # degraded ones), or the student's rows of the first chunk compared with every expert:
+    # other numbers
+    for seen, own in (("clean", 2.0), ("degraded", 1.5)):
+        x = DISTILL_CLEAN if seen == "clean" else DISTILL_DEGRADED
+        swapped = (_one_minus_cos(DISTILL_DEGRADED[0:2], _matmul(x[0:2], MIRROR))
+                   + _one_minus_cos(DISTILL_DEGRADED[2:4], x[2:4]))
+        first_rows = (_one_minus_cos(DISTILL_DEGRADED[0:2], x[0:2])
+                      + _one_minus_cos(DISTILL_DEGRADED[0:2], _matmul(x[2:4], MIRROR)))
+        assert abs(swapped - own) > 0.25 and abs(first_rows - own) > 0.25, seen
 
 
 @pytest.mark.parametrize("teacher_input", ["clean", "degraded"])
@@ -230,8 +238,8 @@ def test_distill_logit_loss_golden_numbers() -> None:
     assert clean == pytest.approx(
         0.5 * _kd(_matmul(DISTILL_DEGRADED, STUDENT_HEAD), _oracle_teacher_logits("clean"),
                   DISTILL_LABELS, 2.0, 0.7), rel=1e-5)
-    assert clean == pytest.approx(0.7328122258, rel=1e-5)
-    assert degraded == pytest.approx(0.5590739250, rel=1e-5)
+    assert clean == pytest.approx(0.3318296671, rel=1e-5)
+    assert degraded == pytest.approx(0.3075824976, rel=1e-5)
     # T = 1 instead of 2, or alpha and 1 - alpha swapped, is another number
     student = _matmul(DISTILL_DEGRADED, STUDENT_HEAD)
     teacher = _oracle_teacher_logits("clean")
