@@ -35,12 +35,22 @@ What the chunks of a multi-degradation step share (`share`, both streams):
   of a pair are among the degradations; any other chunk, "clean" included, draws its own).
   What we do not reproduce: the reference's random streams themselves (ours are numpy
   Generators or torch.Generators seeded from (seed, epoch)); and a transient coupling of the
-  jpeg and salt-and-pepper levels with the blur level: randint over 101, 51 and 26 values takes
-  the top 7, 6 and 5 bits of the same 32-bit words while no draw has been rejected, so the first
-  few images of each worker process get blur = (jpeg - 1) // 2 and saltpepper = blur // 2. The
-  first rejection (about 1 draw in 5) desynchronises the streams, and over 200,000 draws of one
-  state blur = (jpeg - 1) // 2 holds for 2.0% of images, chance level (1/51); as the reference's
-  workers are persistent and seeded once, that is a handful of images in a whole training run.
+  jpeg and salt-and-pepper levels with the blur level. randint over 101, 51 and 26 values keeps
+  the top 7, 6 and 5 bits of one 32-bit Mersenne Twister word and draws again when the value is
+  too large; from equal states the three loaders read the same words, so while they stay in
+  step an image gets blur = (jpeg - 1) // 2 and saltpepper = blur // 2. A word that one rejects
+  and the other accepts puts them out of step: for jpeg and blur only a top-7 value of
+  101 (1 word in 128; 101 in 128 give both an image, 26 in 128 are rejected by both), so the
+  coupling lasts a geometric number of images, 101 on average (median 70); for blur and
+  salt-and-pepper a top-6 value of 51 (1 in 64 against 51 accepted): 51 on average. It happens
+  once per worker process: the reference's train loaders keep 2 persistent workers, seeded once
+  for the whole run (torch's worker loop, then its seed_worker, seed Python's `random` with
+  base_seed + worker id; base_seed is the first draw of the loader's generator, seeded 123 in
+  all four loaders), and nothing else in a worker draws from Python's `random`. With those seeds
+  (base_seed as torch 2.14 draws it) the coupling lasts 155 and 51 images of workers 0 and 1.
+  Afterwards the streams fall back in step only by chance: over 200,000 draws of one state
+  blur = (jpeg - 1) // 2 holds for 2.0% of images, chance level (1/51). The ~200 coupled
+  images are 0.004% of the 5 million a 100-epoch run on 50,000 images draws per loader.
 """
 
 from __future__ import annotations

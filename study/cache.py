@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from study import atomic
 from study.errors import StudyError
@@ -127,11 +126,17 @@ class StageCache:
         self._note(stage, key, files is not None)
         if files is None:
             return None
+        import torch  # the weights' format; see save_state
+
         return torch.load(io.BytesIO(files[STATE]), map_location="cpu", weights_only=True)
 
     def save_state(self, stage: str, key: str, state: Mapping[str, Any],
                    meta: Mapping[str, Any]) -> None:
         buf = io.BytesIO()
+        # torch only here and in load_state: `study status` lists the cache (summary) on a
+        # login node that never loads a network, and torch's import costs ~1.3 s
+        import torch
+
         torch.save(dict(state), buf)
         self._write(stage, key, {STATE: buf.getvalue()}, meta)
 

@@ -71,6 +71,26 @@ def build_parser() -> argparse.ArgumentParser:
                    "what a trial runs; write nothing")
     _add_verbosity(p)
 
+    p = sub.add_parser("confirm", help="re-run the top trials and the baseline with new seeds; "
+                       "say on test whether the best beats the baseline",
+                       description="The protocol for claiming a searched configuration beats "
+                       "the baseline: the top K trials by validation and the baseline, each "
+                       "re-run with R new seeds as trials of the same study; the one best on "
+                       "validation is compared with the baseline on test, paired by seed, with "
+                       "a 95%% interval. Again resumes it.")
+    _add_space(p)
+    p.add_argument("--top", type=int, default=3, metavar="K",
+                   help="configurations to confirm besides the baseline (default 3)")
+    p.add_argument("--seeds", type=int, default=3, metavar="R",
+                   help="new seeds per configuration (default 3, at least 2)")
+    p.add_argument("--executor", default=None, metavar="BACKEND",
+                   help="where the re-runs run (default: the study file's executor.backend)")
+    p.add_argument("--parallel", type=int, default=None, metavar="K",
+                   help="re-runs in flight (default: executor.parallel)")
+    p.add_argument("--detach", action="store_true",
+                   help="submit and return; `study confirm` again prints the verdict")
+    _add_verbosity(p)
+
     p = sub.add_parser("status", help="trials by state, best so far, where each running trial "
                        "is (from its heartbeat), compute spent and projected, cache")
     _add_space(p)

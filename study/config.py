@@ -216,6 +216,25 @@ class EvalConfig(Strict):
         return _canonical_subset(v, DEGRADATION_NAMES, "eval degradation")
 
 
+class ValidationConfig(Strict):
+    """How a trained stage scores each epoch for `selection: best_val` (the checkpoint kept).
+    The reference code's validation loaders (batch 128, two persistent workers) draw a new
+    random level and new noise for every image at every epoch, and its accuracy is the mean of
+    its per-batch accuracies (MetricTracker.update(acc, n=1)): the last batch of a 10,000-image
+    test set, 10,000 - 78 x 128 = 16 images, weighs as much as a full one, 1/79."""
+
+    # fixed: one random level (and its noise) per image, drawn once from eval.seed: every epoch
+    # scores the same images, so epochs differ by their weights only. per_epoch: drawn anew at
+    # every epoch from (eval.seed, epoch), as the reference's loaders do; a resumed stage sees
+    # the same draws. auto: per_epoch under protocol reference, fixed under holdout.
+    draw: Literal["auto", "fixed", "per_epoch"] = "auto"
+    # images: the share of the split's images classified right. batches: the mean of the
+    # accuracies of consecutive batches of `batch_size` images, each weighing the same (the
+    # reference's). auto: batches under protocol reference, images under holdout.
+    accuracy: Literal["auto", "images", "batches"] = "auto"
+    batch_size: int = Field(128, ge=1)   # accuracy: batches only; the reference's val loaders
+
+
 class ComputeConfig(Strict):
     """How a pipeline runs, not what it computes: none of it changes the method's semantics."""
 
@@ -261,6 +280,11 @@ class PipelineConfig(Strict):
     # sharing). distill.same_images_per_degradation false: no sharing at all.
     chunk_sharing: Literal["images", "geometry", "reference"] = "reference"
     seed: Seed = 0                      # replicate r runs seed + r (study.replicates)
+    # Under protocol holdout the defaults keep the estimate of each epoch as sharp as the split
+    # allows: a fixed draw compares epochs on the same images (a redraw adds draw noise to every
+    # epoch's score, and best_val then keeps the luckiest draw), and the share of images right
+    # is the accuracy itself. Under reference they follow the reference code (ValidationConfig).
+    validation: ValidationConfig = ValidationConfig()
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compute: ComputeConfig = ComputeConfig()
     eval: EvalConfig = EvalConfig()
@@ -324,6 +348,22 @@ class PipelineConfig(Strict):
             return (f"{method} has no clean accuracy (it picks the expert of an image's "
                     "degradation; a clean image has none); measure a degradation or avg")
         return None
+
+    @property
+    def validation_draw(self) -> Literal["fixed", "per_epoch"]:
+        """validation.draw with `auto` resolved by the protocol."""
+        draw = self.validation.draw
+        if draw == "auto":
+            return "per_epoch" if self.protocol == "reference" else "fixed"
+        return draw
+
+    @property
+    def validation_accuracy(self) -> Literal["images", "batches"]:
+        """validation.accuracy with `auto` resolved by the protocol."""
+        accuracy = self.validation.accuracy
+        if accuracy == "auto":
+            return "batches" if self.protocol == "reference" else "images"
+        return accuracy
 
     @property
     def fused_experts(self) -> list[str]:
@@ -483,6 +523,10 @@ class StudyFile(Strict):
             # caught here, not as a FAIL of every trial
             raise ValueError(f"study.objectives use {missing}, which pipeline.methods "
                              f"{self.pipeline.methods} does not run")
+        named = [(o.method, o.metric) for o in self.study.objectives]
+        if len(set(named)) != len(named):   # each has its results column, named after it
+            raise ValueError(f"study.objectives name {named}: each (method, metric) at most "
+                             "once")
         for o in self.study.objectives:
             why = self.pipeline.cannot_measure(o.method, o.metric)
             if why:   # else every trial trains fully, then fails on a number that is not there

@@ -35,7 +35,7 @@ from study.errors import StudyError, StudyHalted, naming_file
 from study.executors import Driver, Executor, Handle, JobFiles, make_executor
 from study.jobs import Job, LaunchRequest
 from study.pipeline import Pipeline
-from study.status import Counts, count
+from study.status import Counts, count, summary_lines
 from study.storage import StoredStudy
 from study.studyfile import LoadedStudy
 
@@ -80,6 +80,7 @@ class Launcher:
         self.executor, self.cache_dir = executor, cache_dir
         self.parallel, self.retries, self.poll_s, self.log = parallel, retries, poll_s, log
         self.stop_after_failures = self.ld.sf.study.stop_after_failures
+        self.schema = results.Schema.of(self.ld.sf.study.objectives, self.ld.space.params)
         self.started = time.time()   # the breaker counts the failures of this launch only
 
     # ------------------------------------------------------------ reconciliation
@@ -137,7 +138,7 @@ class Launcher:
         # skip_if_finished: the worker may tell between our read of RUNNING and this tell (it
         # writes the file first, then tells, then exits); the storage then already agrees.
         if state == "COMPLETE":
-            values = results.objective_columns(df)
+            values = results.recorded_objectives(df, self.schema)
             self.study.tell(t.number, values, skip_if_finished=True)
         else:
             self.study.tell(t.number, state=TrialState[state], skip_if_finished=True)
@@ -161,13 +162,13 @@ class Launcher:
         self.store.set_trial_user_attr(trial_id, "fail_reason", reason)
         if retry:
             self.store.set_trial_user_attr(trial_id, "retried", True)
-        n_obj = len(self.study.directions)
         written = results.write_trial(self.sdir, t.number, results.trial_frame(
             study_name=self.ld.sf.study.name, trial=t.number, attempt=attempt, state="FAIL",
             seed_rows=[], params=t.user_attrs.get("values", {}),
-            param_dtypes={p.name: p.column_dtype for p in self.ld.space.params}, stages={},
-            values=[None] * n_obj, extra={"error": reason, "fail_kind": fail_kind,
-                                          "fail_reason": reason, **results.provenance()}),
+            param_columns=self.schema.params, stages={},
+            objectives=dict.fromkeys(self.schema.objectives),
+            extra={"error": reason, "fail_kind": fail_kind, "fail_reason": reason,
+                   **results.provenance()}),
             result_id=t.user_attrs.get("result_id"), replace=False)
         if written is None:   # the worker's file landed between the check and the write
             for key in ("error", "fail_kind", "fail_reason", "retried"):
@@ -187,8 +188,8 @@ class Launcher:
         if any(x.user_attrs.get("retry_of") == t.number
                for x in self.study.get_trials(deepcopy=False)):
             return
-        keep: dict[str, Any] = {k: t.user_attrs[k] for k in ("baseline", "baseline_values")
-                                if k in t.user_attrs}
+        keep: dict[str, Any] = {k: t.user_attrs[k] for k in ("baseline", "baseline_values",
+                                                             "confirm") if k in t.user_attrs}
         self.study.enqueue_trial(t.params, user_attrs={
             "attempt": int(t.user_attrs.get("attempt", 1)) + 1, "retry_of": t.number, **keep})
 
@@ -384,6 +385,9 @@ def _create(ld: LoadedStudy, results_dir: str, n_trials: int) -> StoredStudy:
     with warnings.catch_warnings():   # set_metric_names is marked experimental in Optuna 5
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         st.set_metric_names(results.metric_names(sf))   # the dashboard: "fusiondistill val.avg"
+    # optuna-dashboard calls the pruner's per-epoch values "Intermediate values" with an axis
+    # "Objective Value"; they are not the objective, and the study page says what they are
+    st.set_user_attr("intermediate_values", intermediate_values(ld))
     if st.trials:
         st.sampler = storage.make_sampler(sf, ld.space.grid(), sf.executor.parallel,
                                           resumed_at=len(st.trials))
@@ -394,6 +398,20 @@ def _create(ld: LoadedStudy, results_dir: str, n_trials: int) -> StoredStudy:
     st.set_user_attr("cancelled", False)
     st.set_user_attr("halted", None)   # a new launch after a fix: the breaker starts afresh
     return StoredStudy(ld, st, store, url, sdir)
+
+
+def intermediate_values(ld: LoadedStudy) -> str:
+    """What a trial reports to the pruner each epoch, in words."""
+    o = ld.sf.study.objectives
+    watched = (stages.METHODS[o[0].method].watched_stage(ld.sf.pipeline) if len(o) == 1
+               else None)
+    if watched is None:
+        return ("none: no stage's epochs are reported (several objectives, or an objective "
+                "whose method trains no single watched stage)")
+    return (f"{watched}'s validation accuracy after each epoch: the mean over the degradations "
+            "it trains on, one random level per image; what the pruner compares, not the "
+            f"objective {o[0].method} {o[0].metric} (the mean over the evaluation's level grid, "
+            "measured once the trial ends)")
 
 
 def _enqueue_baseline(ld: LoadedStudy, st: optuna.Study) -> None:
@@ -500,7 +518,8 @@ def _launch_locked(request: LaunchRequest, stored: StoredStudy, n_trials: int, d
     launcher = Launcher(stored, executor, cache_dir=request.cache_dir,
                         parallel=sf.executor.parallel, retries=sf.executor.retries, log=log)
     counts = launcher.run(n_trials)
-    log(f"results: {stored.study_dir}/trials ({counts.done} finished trials)")
+    for line in summary_lines(stored, request.study_file):
+        log(line)
     return counts
 
 

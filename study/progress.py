@@ -551,7 +551,8 @@ def describe_heartbeat(hb: Mapping[str, Any] | None, now: float | None = None,
                        trial_eta_s: float | None = None) -> tuple[str, bool]:
     """One `study status` row's text for a running trial's heartbeat, and whether it is stale."""
     if hb is None:
-        return "no heartbeat yet (starting, or a worker of an older release)", False
+        return ("no heartbeat yet: its worker has not started (a queued job, or a process "
+                "still importing, ~5 s)"), False
     if set(hb) == {UNREADABLE}:
         return f"heartbeat unreadable ({hb[UNREADABLE]}); the trial's log says more", False
     now = time.time() if now is None else now

@@ -19,7 +19,8 @@ import platform
 import subprocess
 import sys
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,14 @@ import pyarrow.parquet as pq
 
 import study
 from study import atomic
+from study.space import Column
 from study.stages import SHARED, instance_names
 
+# Version 2 (release 0.4): parameters in their own types (only lists and dicts as JSON text),
+# objective columns named after their objective, and this column. Version 1 (0.3, no such
+# column): every non-number parameter as JSON text ('"ties"'), objectives as value_0, value_1.
+# `upgrade` reads version 1 files as version 2.
+SCHEMA_VERSION = 2
 # The paper's column names for the four degradations (Table 1 onwards).
 TABLE_COLUMNS = {"jpeg": "JPEG", "blur": "Blur", "awgn": "AWGN", "saltpepper": "SAPN"}
 
@@ -90,17 +97,38 @@ def _cell(v: Any) -> Any:
     return json.dumps(v, sort_keys=True) if isinstance(v, (list, dict, tuple)) else v
 
 
+def objective_column(method: str, metric: str) -> str:
+    """The results column of an objective: `objective.fusiondistill.val.avg`."""
+    return f"objective.{method}.{metric}"
+
+
+@dataclass(frozen=True)
+class Schema:
+    """What a study's result files hold besides the fixed columns: its objectives' columns in
+    objective order, and each searched parameter's column."""
+
+    objectives: tuple[str, ...]
+    params: Mapping[str, Column]
+
+    @classmethod
+    def of(cls, objectives: Iterable[Any], params: Iterable[Any]) -> Schema:
+        """From a study file's objectives (method, metric) and its space's parameters."""
+        return cls(tuple(objective_column(o.method, o.metric) for o in objectives),
+                   {p.name: p.column for p in params})
+
+
 def trial_frame(*, study_name: str, trial: int, attempt: int, state: str,
                 seed_rows: Sequence[tuple[int, Sequence[Mapping[str, Any]]]],
-                params: Mapping[str, Any], param_dtypes: Mapping[str, str],
-                stages: Mapping[str, Mapping[str, Any]], values: Sequence[float | None],
-                extra: Mapping[str, Any]) -> pd.DataFrame:
+                params: Mapping[str, Any], param_columns: Mapping[str, Column],
+                stages: Mapping[str, Mapping[str, Any]],
+                objectives: Mapping[str, float | None], extra: Mapping[str, Any]
+                ) -> pd.DataFrame:
     """Long table for one trial.
 
     seed_rows: (seed, evaluation rows) per replicate; stages: stage -> {key, hit, build_s};
-    param_dtypes: every searched parameter -> its column's dtype (Float64, Int64, or string for
-    JSON text; see space.Param.column_dtype); values: the
-    objective values (None where not reached).
+    param_columns: every searched parameter -> how its column stores it (space.Param.column:
+    its own type, lists and dicts as JSON text); objectives: each objective's column
+    (objective_column) -> its value (None where not reached).
     """
     rows: list[Mapping[str, Any]] = []
     seeds: list[int | None] = []
@@ -118,8 +146,9 @@ def trial_frame(*, study_name: str, trial: int, attempt: int, state: str,
                      ("level", "Int64"), ("level_step", "Int64"), ("accuracy", "Float64"),
                      ("n_images", "Int64")):
         cols[k] = (dtype, [r.get(k) for r in rows])
-    for i, v in enumerate(values):
-        cols[f"value_{i}"] = ("Float64", [v])
+    cols["schema_version"] = ("int64", [SCHEMA_VERSION])
+    for name, v in objectives.items():
+        cols[name] = ("Float64", [v])
     for k, dtype in EXTRA_COLUMNS.items():
         cols[k] = (dtype, [_cell(extra.get(k))])
     for st in STAGES:
@@ -127,10 +156,8 @@ def trial_frame(*, study_name: str, trial: int, attempt: int, state: str,
         cols[f"key_{st}"] = ("string", [info.get("key")])
         cols[f"hit_{st}"] = ("boolean", [info.get("hit")])
         cols[f"build_s_{st}"] = ("Float64", [info.get("build_s")])
-    for name, dtype in param_dtypes.items():
-        v = params.get(name)
-        cols[f"param_{name}"] = (dtype, [json.dumps(v, sort_keys=True)
-                                         if dtype == "string" and v is not None else v])
+    for name, column in param_columns.items():
+        cols[f"param_{name}"] = (column.dtype, [column.cell(params.get(name))])
     n = len(rows)
     return pd.DataFrame({c: pd.array(v if len(v) == n else v * n, dtype=dtype)
                          for c, (dtype, v) in cols.items()})
@@ -201,13 +228,30 @@ def read_trial(study_dir: str | Path, number: int) -> pd.DataFrame | None:
     return _read_or_move_aside(trial_path(study_dir, number))
 
 
-def objective_columns(df: pd.DataFrame) -> list[float]:
-    """The objective values a trial's file recorded, in objective order."""
-    return [float(df[c].iloc[0]) for c in sorted(df.columns) if c.startswith("value_")]
+def recorded_objectives(df: pd.DataFrame, schema: Schema) -> list[float]:
+    """The objective values a trial's file recorded, in the study's objective order."""
+    df = upgrade(df, schema)
+    return [float(df[name].iloc[0]) for name in schema.objectives]
 
 
-def load(study_dir: str | Path, result_ids: Mapping[int, str | None] | None = None
-         ) -> pd.DataFrame:
+def upgrade(df: pd.DataFrame, schema: Schema) -> pd.DataFrame:
+    """A trial's rows in the current schema (SCHEMA_VERSION): a file of release 0.3 (no
+    schema_version column) has its objectives renamed from value_0, value_1... and its typed
+    parameters parsed back from JSON text. A current file is returned as it is."""
+    if "schema_version" in df.columns and len(df) and int(df.schema_version.iloc[0]) >= 2:
+        return df
+    df = df.rename(columns={f"value_{i}": name for i, name in enumerate(schema.objectives)})
+    for name, column in schema.params.items():
+        col = f"param_{name}"   # 0.3 wrote every non-number as JSON text, numbers as numbers
+        if (col in df.columns and not column.json
+                and pd.api.types.is_string_dtype(df[col].dtype)):
+            df[col] = pd.array([None if pd.isna(v) else json.loads(v) for v in df[col]],
+                               dtype=column.dtype)
+    return df.assign(schema_version=SCHEMA_VERSION)
+
+
+def load(study_dir: str | Path, result_ids: Mapping[int, str | None] | None = None,
+         schema: Schema | None = None) -> pd.DataFrame:
     """Every trial file of a study as one frame. `result_ids` (trial number -> the trial's
     result_id in the storage), when given, admits only the files of those trials, by the id in
     their footer: a file left by an older study of the same name is skipped (the launcher and
@@ -220,6 +264,8 @@ def load(study_dir: str | Path, result_ids: Mapping[int, str | None] | None = No
     frames = [f for f in (_read_or_move_aside(p) for p in files) if f is not None]
     if not frames:
         return pd.DataFrame()
+    if schema is not None:   # files of release 0.3 and of this one, read as one schema
+        frames = [upgrade(f, schema) for f in frames]
     return pd.concat(frames, ignore_index=True)
 
 

@@ -202,9 +202,8 @@ def _trained_fields(cfg: PipelineConfig, spec_name: str, env: KeyEnv,
                     instance_of: str | None = None) -> dict[str, Any]:
     """A trained stage: its spec, its stream, and how its checkpoint is selected. It trains on
     the clean images (base), on its own degradation (`instance_of`, an expert) or on the
-    config's degradations. Validation under degradations uses copies seeded with eval.seed, so
-    with best_val selection that seed picks the checkpoint (and is part of the key); with
-    `last` it does not."""
+    config's degradations. With best_val selection its validation picks the checkpoint
+    (`_validation_fields`); with `last` no validation setting does."""
     if spec_name == "base":
         names = [CLEAN]
     elif instance_of is not None:
@@ -217,8 +216,24 @@ def _trained_fields(cfg: PipelineConfig, spec_name: str, env: KeyEnv,
         out[INSTANCE] = instance_of
     elif spec_name != "base":
         out["degradations"] = names
-    if cfg.selection == "best_val" and names != [CLEAN]:
+    if cfg.selection == "best_val":
+        out |= _validation_fields(cfg, names)
+    return out
+
+
+def _validation_fields(cfg: PipelineConfig, names: list[str]) -> dict[str, Any]:
+    """What scores the epochs of a best_val stage validating on `names`, besides its images.
+    Degraded validation copies are drawn from eval.seed, once or per epoch (validation.draw,
+    `auto` resolved by the protocol); clean ones draw nothing. The fixed draw and the share of
+    images right add no field, so the keys of the releases before these settings stand."""
+    out: dict[str, Any] = {}
+    if names != [CLEAN]:
         out["eval.seed"] = cfg.eval.seed
+        if cfg.validation_draw != "fixed":
+            out["validation.draw"] = cfg.validation_draw
+    if cfg.validation_accuracy != "images":   # each batch of batch_size images weighs the same
+        out |= {"validation.accuracy": cfg.validation_accuracy,
+                "validation.batch_size": cfg.validation.batch_size}
     return out
 
 
@@ -322,7 +337,7 @@ def _experts(names: list[str]) -> list[str]:
     return [instance("expert", d) for d in names]
 
 
-_TRAINING = ("seed", "selection", "salt_value", "device", "compute.data_path",
+_TRAINING = ("seed", "selection", "validation", "salt_value", "device", "compute.data_path",
              "compute.jpeg_bank_step", "compute.amp", "chunk_sharing")
 _DATA = ("data", "model", "protocol")
 

@@ -8,18 +8,41 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from study import failures, progress, results, storage
+from study import conclusions, failures, progress, results, storage
 from study.cache import StageCache
 from study.executors import make_executor
 
-__all__ = ["Counts", "count", "status_lines", "watch"]
+__all__ = ["CONFIRM_ATTR", "Counts", "count", "is_confirmation", "search_trials",
+           "status_lines", "summary_lines", "watch"]
+
+# The user attribute that tags a `study confirm` re-run: {"of": trial, "seed": seed}.
+CONFIRM_ATTR = "confirm"
+
+
+def is_confirmation(t: FrozenTrial) -> bool:
+    return CONFIRM_ATTR in t.user_attrs
+
+
+def search_trials(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """The trials of the search itself: `study confirm`'s re-runs left out (the sampler did
+    not pick them, and one lucky seed of a re-run is not a new best of the search)."""
+    return [t for t in trials if not is_confirmation(t)]
+
+
+def best_of_search(study: optuna.Study, trials: Sequence[FrozenTrial]) -> FrozenTrial | None:
+    """The best completed trial of the search (single objective), confirmation left out."""
+    done = [t for t in search_trials(trials) if t.state == TrialState.COMPLETE]
+    if not done or len(study.directions) != 1:
+        return None
+    pick = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
+    return pick(done, key=lambda t: float(t.values[0]))
 
 
 @dataclass
@@ -61,9 +84,9 @@ def count(study: optuna.Study, trials: list[FrozenTrial]) -> Counts:
             c.failed += 1
         elif t.state == TrialState.RUNNING:   # WAITING = an enqueued retry, not yet asked
             c.running += 1
-    if len(study.directions) == 1 and c.complete:
-        best = study.best_trial
-        c.best, c.best_trial = best.value, best.number
+    best = best_of_search(study, trials)
+    if best is not None:
+        c.best, c.best_trial = best.values[0], best.number
     return c
 
 
@@ -82,9 +105,10 @@ def status_lines(stored: storage.StoredStudy, cache_dir: str, *, n_trials: int |
         out.append(f"halted: {halted['reason']}; `study launch` resumes it")
     out += failures.failure_lines([(t.number, t.user_attrs) for t in trials
                                    if t.state == TrialState.FAIL])
-    if c.best_trial is not None:
-        out.append(f"best trial {c.best_trial}: value {c.best:.4f}; parameters:")
-        for k, v in st.best_trial.user_attrs.get("values", {}).items():
+    best = best_of_search(st, trials)
+    if best is not None:
+        out.append(f"best trial {best.number}: value {best.values[0]:.4f}; parameters:")
+        for k, v in best.user_attrs.get("values", {}).items():
             out.append(f"  {k} = {v}")
     elif len(st.directions) > 1:
         out.append(f"Pareto front: trials {[t.number for t in st.best_trials]}")
@@ -97,7 +121,8 @@ def status_lines(stored: storage.StoredStudy, cache_dir: str, *, n_trials: int |
     if driver:
         out.append(f"launcher: {where.pop(0)}")
     df = results.load(stored.study_dir, {t.number: t.user_attrs.get("result_id")
-                                         for t in trials})
+                                         for t in trials},
+                      results.Schema.of(ld.sf.study.objectives, ld.space.params))
     summary = results.compute_summary(df, max(target - c.done, 0))
     if running:
         out += _in_flight(stored, running, where, summary, stale_after)
@@ -152,6 +177,60 @@ def _compute_lines(summary: Mapping[str, Any], parallel: int) -> list[str]:
         out.append(f"projected: {remaining} trials to go x {progress.fmt_duration(mean)} "
                    f"(mean trial, shared stages left out) = {proj / h:.3f} device-hours, "
                    f"~{progress.fmt_duration(proj / max(parallel, 1))} at parallel {parallel}")
+    return out
+
+
+def summary_lines(stored: storage.StoredStudy, study_file: str) -> list[str]:
+    """How a launch ended, for its last lines: trials by outcome (failures by cause), best
+    against the baseline with its uncertainty (conclusions.compare) on the objective's metric
+    and on test, and where the results and the report are."""
+    ld, st = stored.ld, stored.study
+    trials = st.get_trials(deepcopy=False)
+    c = count(st, trials)
+    kinds: dict[str, int] = {}
+    for t in trials:
+        if t.state == TrialState.FAIL and not t.user_attrs.get("retried"):
+            kind = t.user_attrs.get("fail_kind") or "unknown"
+            kinds[kind] = kinds.get(kind, 0) + 1
+    why = f" ({', '.join(f'{k} {n}' for k, n in sorted(kinds.items()))})" if kinds else ""
+    out = [f"study '{ld.sf.study.name}' ended with {c.done} finished trials: {c.complete} "
+           f"complete, {c.pruned} pruned, {c.failed} failed{why}"
+           + (f", {c.retried} retried" if c.retried else "")]
+    out += _best_against_baseline(stored, trials)
+    out.append(f"results: {stored.study_dir}/trials; the report: `study report --space "
+               f"{study_file}` writes {stored.study_dir}/report.html")
+    return out
+
+
+def _best_against_baseline(stored: storage.StoredStudy, trials: list[FrozenTrial]
+                           ) -> list[str]:
+    st, objectives = stored.study, stored.ld.sf.study.objectives
+    if len(objectives) > 1:
+        return [f"Pareto front: trials {[t.number for t in st.best_trials]}"]
+    done = [t for t in search_trials(trials) if t.state == TrialState.COMPLETE]
+    best = best_of_search(st, trials)
+    if best is None:
+        return []
+    baseline = next((t for t in done if t.user_attrs.get("baseline")), None)
+    if baseline is None:
+        return [f"best trial {best.number}: {objectives[0].method} {objectives[0].metric} "
+                f"{best.value:.4f}; no completed baseline trial to compare it with"]
+    if baseline.number == best.number:
+        return [f"the baseline (trial {best.number}) is the best trial: the search found "
+                "nothing better"]
+    rows = {}
+    for t in (best, baseline):
+        df = results.read_trial(stored.study_dir, t.number)
+        rows[t.number] = ([] if df is None else
+                          df.dropna(subset=["accuracy"]).to_dict("records"))
+    o = objectives[0]
+    metrics = [o.metric] + ([f"test.{o.metric.partition('.')[2]}"]
+                            if o.metric.startswith("val.") else [])
+    out = [f"best trial {best.number} against the baseline (trial {baseline.number}):"]
+    for metric in metrics:
+        verdict = conclusions.compare(rows[best.number], rows[baseline.number], o.method,
+                                      metric)
+        out.append("  " + verdict.sentence())
     return out
 
 

@@ -17,6 +17,7 @@ import importlib.resources
 import os
 import re
 import stat
+import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from pydantic import ValidationError
 
 from study import schema
 from study import space as search_space
-from study.config import StudyFile, set_path
+from study.config import DataConfig, StudyFile, set_path
 from study.errors import ConfigError
 
 __all__ = ["LoadedStudy", "check_trials", "deep_merge", "from_tree", "load", "load_preset",
@@ -35,6 +36,11 @@ __all__ = ["LoadedStudy", "check_trials", "deep_merge", "from_tree", "load", "lo
            "resolve_tree", "safe_yaml", "shipped_files", "slurm_presets", "validate"]
 
 PRESET_DIR = Path(__file__).parent / "presets"
+# A preset's block of values per data.dataset (the paper's weight decay and Cutout differ by
+# dataset); the loader merges the chosen dataset's under the study file, never validates it as
+# a pipeline key.
+PER_DATASET = "per_dataset"
+DATASETS = typing.get_args(DataConfig.model_fields["dataset"].annotation)
 # The study files and SLURM site presets that ship with `study`: the checkout's top-level
 # search_spaces/ and slurm/presets/, installed as these packages (pyproject.toml's package-dir),
 # so an editable install reads the checkout's files and a wheel its own copies, from any working
@@ -324,7 +330,12 @@ def _check_size(node: Any, where: str) -> None:
                 stack.extend(((k, prefix, depth + 1), (v, sub, depth + 1)))
 
 
-def load_preset(name: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
+def load_preset(name: str, _seen: tuple[str, ...] = (), *, dataset: str | None = None
+                ) -> dict[str, Any]:
+    """A preset's pipeline tree, the presets it `extends` merged under it. A preset's
+    `per_dataset` block (dataset -> values) holds what the setting changes with the dataset
+    (the paper's weight decay and Cutout): the block of `dataset` is merged over that preset's
+    own values, under the presets that extend it; with no dataset no block applies."""
     path = PRESET_DIR / f"{name}.yaml"
     # a plain name only: `../x` would read any YAML file on the machine as a preset
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(name)) or not path.exists() or name in _seen:
@@ -332,7 +343,28 @@ def load_preset(name: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"unknown preset '{name}'; allowed: {valid}")
     tree = read_yaml(path) or {}
     parent = tree.pop("extends", None)
-    return deep_merge(load_preset(parent, (*_seen, name)), tree) if parent else tree
+    blocks = tree.pop(PER_DATASET, None) or {}
+    unknown = sorted(set(blocks) - set(DATASETS))
+    if unknown:   # a misspelt dataset's values would never apply
+        raise ConfigError(f"{path}: key '{PER_DATASET}': unknown dataset(s) {unknown}; "
+                          f"allowed: {list(DATASETS)}")
+    if isinstance(dataset, str) and blocks.get(dataset):
+        tree = deep_merge(tree, blocks[dataset])
+    return (deep_merge(load_preset(parent, (*_seen, name), dataset=dataset), tree) if parent
+            else tree)
+
+
+def _dataset(preset: str, pipe: dict[str, Any],
+             parsed: list[tuple[list[str], Any]]) -> str | None:
+    """The dataset a pipeline will run on: the last --set of it, else the study file's, else
+    the preset's. It chooses the preset's per-dataset values."""
+    tree = deep_merge(load_preset(preset), pipe)
+    for path, value in parsed:
+        if path[0] == "pipeline" and path[1:2] == ["data"]:
+            set_path(tree, path[1:], value)
+    data = tree.get("data")
+    dataset = data.get("dataset") if isinstance(data, dict) else None
+    return dataset if isinstance(dataset, str) else None
 
 
 def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -383,7 +415,9 @@ def resolve_tree(raw: Any, source: str, overrides: Iterable[str] = ()) -> dict[s
         if path == ["pipeline", "preset"]:
             preset = value
     try:
-        tree["pipeline"] = deep_merge(load_preset(preset), pipe) if preset else pipe
+        # the preset's per-dataset values lie under the file's own values and the overrides
+        tree["pipeline"] = deep_merge(load_preset(preset, dataset=_dataset(preset, pipe, parsed)),
+                                      pipe) if preset else pipe
     except ConfigError as e:
         raise ConfigError(f"{source}: key 'pipeline.preset': {e}") from None
     for path, value in parsed:

@@ -56,8 +56,17 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     return torch.cat([model(x[i:i + batch_size])[0].float() for i in range(0, len(x), batch_size)])
 
 
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
-    return (predict(model, x, batch_size).argmax(1) == y).float().mean().item()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000, *,
+             per_batch: int | None = None) -> float:
+    """The share of `x` classified right; with `per_batch`, the mean of the accuracies of its
+    consecutive batches of that many images, each batch weighing the same, the last and smaller
+    one too: how the reference code averages its validation (10,000 images in batches of 128:
+    78 full batches and one of 16, which then counts 1/79 instead of 16/10,000).
+    `batch_size` is the inference batch only; it changes no number."""
+    right = (predict(model, x, batch_size).argmax(1) == y).float()
+    if per_batch is None:
+        return right.mean().item()
+    return torch.stack([b.mean() for b in right.split(per_batch)]).mean().item()
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -127,7 +136,7 @@ def load_checkpoint(path: Path) -> dict[str, Any] | None:
 def fit(model: nn.Module, *, epochs: int, optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler, batches: Callable[[int], Iterable[Batch]],
         loss_fn: Callable[[nn.Module, Batch], torch.Tensor],
-        validate: Callable[[nn.Module], float] | None, select: str,
+        validate: Callable[[nn.Module, int], float] | None, select: str,
         checkpoint: Path | None = None,
         on_epoch: Callable[[int, float | None], None] | None = None,
         forward: nn.Module | None = None, autocast: torch.dtype | None = None,
@@ -137,6 +146,9 @@ def fit(model: nn.Module, *, epochs: int, optimizer: torch.optim.Optimizer,
     parameters); checkpoints and the result hold `model`'s own state dict. `autocast`: the
     reduced precision of the forward passes (torch.bfloat16) or None for fp32. `progress`
     sees every step and every epoch's record (a live bar, log lines, a heartbeat).
+    `validate(model, epoch)` scores the weights after `epoch` (1-based); a validation that
+    redraws its images per epoch must draw them from the epoch alone, so that a resumed stage
+    scores its epochs on the images an uninterrupted one would have.
 
     Each history record: epoch, loss (mean over the epoch's steps), val (when validated), lr
     (the rate the epoch trained with), images, images_per_s (training images over the time
@@ -174,7 +186,7 @@ def fit(model: nn.Module, *, epochs: int, optimizer: torch.optim.Optimizer,
         loss = float(total) / max(steps, 1)   # the epoch's one sync: the steps are done here
         train_s = time.perf_counter() - t0
         scheduler.step()
-        val = validate(model) if validate is not None else None
+        val = validate(model, epoch + 1) if validate is not None else None
         record = {"epoch": epoch + 1, "loss": loss, **({"val": val} if val is not None else {}),
                   "lr": lr, "images": images,
                   "images_per_s": images / train_s if train_s > 0 else float("nan")}

@@ -32,14 +32,12 @@ from optuna.trial import TrialState
 from study import atomic, failures, faults, progress, results, stages, storage, studyfile
 from study.cache import StageCache
 from study.config import ExecutorSection, StudyFile
+from study.executors.placement import THREADS_ENV, threads_from_env
 from study.jobs import Job
 from study.pipeline import Pipeline
 
 __all__ = ["THREADS_ENV", "TrialOutcome", "run_job", "threads_from_env", "use_allotted_cpus"]
 
-# Set by whoever splits CPUs between the workers it starts (the local executor, a packed batch
-# job): the torch threads of one worker.
-THREADS_ENV = "STUDY_THREADS"
 # The trial's `progress` user attribute: a journal line per update, so at most one every 10 s
 # (a paper base of 200 x ~18 s epochs adds ~360 lines to a study's journal, not 70,000 steps).
 PROGRESS_ATTR_S = 10.0
@@ -47,11 +45,6 @@ PROGRESS_ATTR_S = 10.0
 # (error, executor settings) -> (fail_kind, reason), or None for any other error.
 ClassifyFailure = Callable[[BaseException, ExecutorSection], "tuple[str, str] | None"]
 Histories = list[tuple[int | None, str, bool, list[dict[str, Any]]]]
-
-
-def threads_from_env(environ: Mapping[str, str]) -> int | None:
-    n = environ.get(THREADS_ENV, "")
-    return int(n) if n.isdigit() and int(n) > 0 else None
 
 
 def use_allotted_cpus(n: int | None = None) -> None:
@@ -180,8 +173,10 @@ def run_job(job: Job, log: Callable[[str], None] = print,
     state = "died"   # what the last beat says if the worker raises (a full disk)
     try:
         attr = ProgressAttr(trial)
+        confirm = frozen.user_attrs.get("confirm")   # a `study confirm` re-run: one new seed
         outcome = run_trial(ld, frozen.user_attrs.get("values", {}), trial, job, log,
-                            listeners=[beat, attr], classify_failure=classify_failure)
+                            listeners=[beat, attr], classify_failure=classify_failure,
+                            seeds=[int(confirm["seed"])] if confirm else None)
         if store.get_trial(trial_id).state != TrialState.RUNNING:   # retried elsewhere
             log(f"trial {job.trial} was finished by someone else; result not written")
             state = "STALE"
@@ -198,10 +193,12 @@ def run_job(job: Job, log: Callable[[str], None] = print,
 
 def run_trial(ld: studyfile.LoadedStudy, values: Mapping[str, Any], trial: optuna.Trial,
               job: Job, log: Callable[[str], None], *, listeners: list[Any],
-              classify_failure: ClassifyFailure | None = None) -> TrialOutcome:
+              classify_failure: ClassifyFailure | None = None,
+              seeds: list[int] | None = None) -> TrialOutcome:
     """The trial's pipeline, once per replicate seed (the first one's epochs go to the pruner),
     and its objective values; a pruned or failed trial is an outcome too, never an exception
-    (but a full disk, which is not the trial's fault: the worker dies, the launcher retries)."""
+    (but a full disk, which is not the trial's fault: the worker dies, the launcher retries).
+    `seeds`: these pipeline seeds instead of the replicates, never pruned (a confirmation)."""
     quiet = progress.log_level() == "warning"
     stage_log = (lambda _: None) if quiet else log
     t0 = time.perf_counter()
@@ -220,14 +217,15 @@ def run_trial(ld: studyfile.LoadedStudy, values: Mapping[str, Any], trial: optun
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch} (val {val:.4f})")
 
-        for r in range(sf.study.replicates):
-            seed = sf.pipeline.seed + r
+        run_seeds = seeds or [sf.pipeline.seed + r for r in range(sf.study.replicates)]
+        for r, seed in enumerate(run_seeds):
             hub = progress.Progress.from_env(
                 log, listeners=listeners,
-                prefix=f"trial {job.trial}" + (f" seed {seed}" if sf.study.replicates > 1
+                prefix=f"trial {job.trial}" + (f" seed {seed}" if len(run_seeds) > 1 or seeds
                                                else ""))
+            watched = r == 0 and seeds is None
             pipe = Pipeline(sf.pipeline.model_copy(update={"seed": seed}), StageCache(job.cache),
-                            log=stage_log, on_epoch=on_epoch if r == 0 else None,
+                            log=stage_log, on_epoch=on_epoch if watched else None,
                             final_stage=final, progress=hub)
             runs.append((seed, pipe, hub))
             res = pipe.run()
@@ -298,11 +296,12 @@ def record(job: Job, sdir: Path, ld: studyfile.LoadedStudy, out: TrialOutcome, a
              "amp": sf.pipeline.compute.amp if sf else None,
              "protocol": sf.pipeline.protocol if sf else None,
              "config_json": sf.pipeline.model_dump() if sf else None, **results.provenance()}
+    schema = results.Schema.of(ld.sf.study.objectives, ld.space.params)
+    values: list[float | None] = list(out.values) or [None] * len(schema.objectives)
     df = results.trial_frame(
         study_name=job.study_name, trial=job.trial, attempt=attempt, state=out.state,
-        seed_rows=out.seed_rows, params=out.params,
-        param_dtypes={p.name: p.column_dtype for p in ld.space.params},
-        stages=out.stages, values=out.values or [None] * len(ld.sf.study.objectives),
+        seed_rows=out.seed_rows, params=out.params, param_columns=schema.params,
+        stages=out.stages, objectives=dict(zip(schema.objectives, values, strict=True)),
         extra=extra)
     if results.write_trial(sdir, job.trial, df, result_id=result_id, replace=False) is None:
         log(f"trial {job.trial}: a result is already on disk; this one is not written")

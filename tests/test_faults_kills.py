@@ -34,6 +34,9 @@ from study.cache import META
 from study.executors import LocalExecutor
 from study.executors.slurm import ALIVE, sacct_states
 
+# the column of the smoke study's objective
+OBJECTIVE = results.objective_column("fusiondistill", "val.avg")
+
 pytestmark = pytest.mark.faults
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,7 +133,7 @@ def _check_nothing_lost(results: Path, name: str, n_trials: int) -> dict[str, in
             continue
         assert str(f.state.iloc[0]) == t.state.name, n              # storage and Parquet agree
         if t.state == TrialState.COMPLETE:
-            assert float(f.value_0.iloc[0]) == pytest.approx(t.value), n
+            assert float(f[OBJECTIVE].iloc[0]) == pytest.approx(t.value), n
         if t.state == TrialState.FAIL:                               # failed with a reason ...
             assert t.user_attrs.get("error") and t.user_attrs.get("fail_kind"), n
             assert t.user_attrs["fail_kind"] != "code", t.user_attrs["error"][-2000:]
@@ -200,7 +203,7 @@ def test_launcher_killed_inside_fail_before_the_retry(tmp_path: Path) -> None:
     trial.set_user_attr("retried", True)
     results.write_trial(launcher.sdir, trial.number, results.trial_frame(
         study_name="infail", trial=trial.number, attempt=1, state="FAIL", seed_rows=[],
-        params=values, param_dtypes={}, stages={}, values=[None],
+        params=values, param_columns={}, stages={}, objectives={OBJECTIVE: None},
         extra={"error": "the worker vanished", "fail_kind": "infrastructure"}), result_id=None)
     launcher.reconcile()
     launcher.reconcile()                              # and again: one retry, not two
@@ -220,7 +223,7 @@ def test_worker_that_told_meanwhile_is_recovered_not_refailed(tmp_path: Path) ->
     stale = st.trials[0]                              # the launcher's snapshot: RUNNING
     results.write_trial(launcher.sdir, 0, results.trial_frame(
         study_name="told", trial=0, attempt=1, state="COMPLETE", seed_rows=[], params={},
-        param_dtypes={}, stages={}, values=[0.25], extra={}), result_id=None)
+        param_columns={}, stages={}, objectives={OBJECTIVE: 0.25}, extra={}), result_id=None)
     st.tell(0, [0.25])                                # the worker, meanwhile
     launcher.fail(stale, "the worker vanished", "infrastructure", retry=True)
     t0 = st.trials[0]
@@ -288,8 +291,8 @@ def test_worker_never_overwrites_a_result_on_disk(tmp_path: Path) -> None:
     trial: its own result must not replace the FAIL file that matches the storage."""
     def frame(state: str) -> pd.DataFrame:
         return results.trial_frame(study_name="w", trial=0, attempt=1, state=state,
-                                   seed_rows=[], params={}, param_dtypes={}, stages={},
-                                   values=[None], extra={})
+                                   seed_rows=[], params={}, param_columns={}, stages={},
+                                   objectives={OBJECTIVE: None}, extra={})
 
     assert results.write_trial(tmp_path, 0, frame("FAIL"), result_id="a") is not None
     assert results.write_trial(tmp_path, 0, frame("COMPLETE"), result_id="a",

@@ -38,6 +38,9 @@ from study.cache import META, StageCache
 from study.errors import DiskFullError
 from study.launcher import FINISHED
 
+# the column of the smoke study's objective
+OBJECTIVE = results.objective_column("fusiondistill", "val.avg")
+
 pytestmark = pytest.mark.faults
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,7 +112,7 @@ def _check_nothing_lost(st: optuna.Study, sdir: Path, n_trials: int) -> dict[str
             continue
         assert str(f.state.iloc[0]) == t.state.name, n               # storage and Parquet agree
         if t.state == TrialState.COMPLETE:
-            assert float(f.value_0.iloc[0]) == pytest.approx(t.value), n
+            assert float(f[OBJECTIVE].iloc[0]) == pytest.approx(t.value), n
         if t.state == TrialState.FAIL:                               # failed with a reason
             assert t.user_attrs.get("error") and t.user_attrs.get("fail_kind"), n
             assert str(f.error.iloc[0]), n
@@ -203,7 +206,8 @@ def test_each_write_on_a_full_disk_fails_whole_and_names_its_file(
                                                  "degradation": "jpeg", "level": 1,
                                                  "level_step": 1, "accuracy": 0.5,
                                                  "n_images": 10}])],
-                                params={}, param_dtypes={}, stages={}, values=[0.5], extra={})
+                                params={}, param_columns={}, stages={}, objectives={OBJECTIVE: 0.5},
+                                extra={})
     results.write_trial(disk / "s", 0, frame, result_id=None)
     cache = StageCache(disk / "cache")
     filler = Filler(disk / "filler")

@@ -22,6 +22,9 @@ from study import cli, launcher, results, storage, studyfile
 from study.executors import LocalExecutor
 from study.jobs import Job
 
+# the column of the smoke study's objective
+OBJECTIVE = results.objective_column("fusiondistill", "val.avg")
+
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = [sys.executable, "-m", "study.cli"]
 SHIPPED = sorted((ROOT / "search_spaces").glob("*.yaml"))
@@ -249,7 +252,8 @@ def test_result_written_before_a_kill_is_recovered_not_rerun(tmp_path: Path) -> 
                                               "degradation": "jpeg", "level": 1,
                                               "level_step": 1, "accuracy": 0.5,
                                               "n_images": 10}])],
-                             params={}, param_dtypes={}, stages={}, values=[0.5], extra={})
+                             params={}, param_columns={}, stages={}, objectives={OBJECTIVE: 0.5},
+                             extra={})
     results.write_trial(tmp_path / "rec", 0, df, result_id=None)
     _launcher(tmp_path, ld, st, url).reconcile()
     assert st.trials[0].state == TrialState.COMPLETE and st.trials[0].value == 0.5

@@ -157,10 +157,12 @@ def test_the_harness_drives_stages_not_tensors() -> None:
 
 def test_results_status_and_report_never_import_torch() -> None:
     """They run on a login node, where nothing trains: torch's import (~1.3 s, ~300 MB) is for
-    workers. A fresh interpreter: this one imported torch long ago."""
+    workers (the executors and the cache import it only where a trial or a network runs). A
+    fresh interpreter: this one imported torch long ago."""
     code = ("import sys, study.results, study.report, study.stages, study.fusion, "
-            "study.studyfile; print(sorted({m.split('.')[0] for m in sys.modules} & "
-            "{'torch', 'torchvision'}))")
+            "study.studyfile, study.status, study.confirm, study.conclusions, "
+            "study.executors, study.cache; print(sorted({m.split('.')[0] for m in sys.modules} "
+            "& {'torch', 'torchvision'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -73,7 +73,7 @@ def _tiny_fit(tmp_path: Path, stop_after: int | None, ckpt: Path) -> train.FitRe
         return torch.nn.functional.cross_entropy(m(b.degraded)[0], b.labels)
 
     return train.fit(model, epochs=4, optimizer=opt, scheduler=sched, batches=stream.epoch,
-                     loss_fn=loss, validate=lambda m: train.accuracy(m, x, y), select="best_val",
+                     loss_fn=loss, validate=lambda m, _: train.accuracy(m, x, y), select="best_val",
                      checkpoint=ckpt, on_epoch=hook)
 
 

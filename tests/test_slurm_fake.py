@@ -18,6 +18,9 @@ from study import adapter, launcher, results, storage, studyfile
 from study.executors import slurm
 from study.executors.base import JobFiles
 
+# the column of the smoke study's objective
+OBJECTIVE = results.objective_column("fusiondistill", "val.avg")
+
 QUICK = ["data.synthetic_train=300", "data.val_size=60", "data.synthetic_test=60",
          "executor.backend=slurm", "executor.slurm.time_min=7",
          "executor.slurm.signal_delay_s=30"]
@@ -154,7 +157,7 @@ def test_reconcile_decides_per_state(fake_slurm: Path, tmp_path: Path) -> None:
     _set_jobs(fake_slurm, jobs=jobs)
     results.write_trial(stored.study_dir, 2, results.trial_frame(
         study_name="fk", trial=2, attempt=1, state="COMPLETE", seed_rows=[], params={},
-        param_dtypes={}, stages={}, values=[0.75], extra={}), result_id=None)
+        param_columns={}, stages={}, objectives={OBJECTIVE: 0.75}, extra={}), result_id=None)
     lau.reconcile()
     running, node_fail, done = st.trials[:3]
     assert running.state == TrialState.RUNNING

@@ -81,6 +81,13 @@ TABLE: dict[str, tuple[Any, frozenset[str]]] = {
     "eval.batch_size": (100, NONE),
     "eval.seed": (1, ALL - {B}),               # picks checkpoints on degraded validation
     "eval.degradations": (["jpeg"], NONE),
+    # validation settings: they score the epochs best_val picks from. Redrawing per epoch
+    # changes what degraded validation shows (the base validates on clean images, which draw
+    # nothing); per-batch accuracy changes every best_val stage's scores. The batch size
+    # counts only with per-batch accuracy (CONDITIONAL).
+    "validation.draw": ("per_epoch", ALL - {B}),
+    "validation.accuracy": ("batches", ALL),
+    "validation.batch_size": (64, NONE),
     **_train_spec_rows("base", FROM_BASE, sgd=True, schedule="multistep"),
     **_train_spec_rows("expert", FROM_EXPERTS, sgd=False, schedule="cosine"),
     "expert.ce_weight": (0.5, FROM_EXPERTS),
@@ -124,6 +131,18 @@ CONDITIONAL = [
     ({"distill.loss": "logit"}, "distill.ce_weight", 0.2, set()),
     ({"distill.loss": "both"}, "distill.alpha", 0.5, {D}),
     ({"selection": "last"}, "eval.seed", 1, set()),
+    ({"selection": "last"}, "validation.draw", "per_epoch", set()),   # nothing is scored
+    ({"selection": "last"}, "validation.accuracy", "batches", set()),
+    ({"validation.accuracy": "batches"}, "validation.batch_size", 64, ALL),
+    # auto follows the protocol: under reference it is the per-epoch redraw and per-batch
+    # accuracy already, so spelling them out moves no key, and the fixed draw or the share of
+    # images right moves the keys they score
+    ({"protocol": "reference"}, "validation.draw", "per_epoch", set()),
+    ({"protocol": "reference"}, "validation.accuracy", "batches", set()),
+    ({"protocol": "reference"}, "validation.draw", "fixed", ALL - {B}),
+    ({"protocol": "reference"}, "validation.accuracy", "images", ALL),
+    ({"protocol": "reference"}, "validation.batch_size", 64, ALL),
+    ({"protocol": "reference", "selection": "last"}, "validation.draw", "fixed", set()),
     ({"compute.data_path": "device"}, "compute.jpeg_bank_step", 10,
      {"expert_jpeg", M, *TRAINED_ON_DEGRADATIONS}),
     ({}, "compute.data_path", "device", ALL),   # torch's streams: other weights

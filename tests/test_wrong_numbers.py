@@ -72,7 +72,8 @@ def test_a_new_storage_never_adopts_an_older_studys_results(tmp_path: Path) -> N
         df = results.read_trial(tmp_path / "again", t.number)
         assert df is not None and results.belongs(
             results.trial_path(tmp_path / "again", t.number), t.user_attrs["result_id"])
-        assert results.objective_columns(df) == [t.value]
+        schema = results.Schema.of(studyfile.load("smoke", QUICK).sf.study.objectives, [])
+        assert results.recorded_objectives(df, schema) == [t.value]
         assert df["param_distill.lr"].iloc[0] == t.user_attrs["values"]["distill.lr"]
     aside = sorted(p.name for p in (tmp_path / "again" / "trials").glob("*.corrupt-*"))
     assert len(aside) == 2 and all(p.startswith("trial-00000") for p in aside)

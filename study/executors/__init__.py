@@ -14,9 +14,9 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from study import worker
 from study.config import StudyFile
 from study.errors import ConfigError
+from study.executors import placement
 from study.executors.base import Driver, Executor, Handle, JobFiles
 from study.executors.debug import DebugExecutor
 from study.executors.local import LocalExecutor
@@ -48,4 +48,4 @@ def allotted_cpus(environ: Mapping[str, str] | None = None) -> int | None:
     would take every core of the node), else None (all of this machine's)."""
     env = os.environ if environ is None else environ
     own = (cls.allotted_cpus(env) for cls in EXECUTORS.values())
-    return worker.threads_from_env(env) or next((n for n in own if n), None)
+    return placement.threads_from_env(env) or next((n for n in own if n), None)

@@ -9,7 +9,6 @@ from typing import ClassVar
 
 from optuna.trial import FrozenTrial
 
-from study import worker
 from study.config import ExecutorSection
 from study.executors import local
 from study.executors.base import Driver, Executor, Handle, JobFiles
@@ -26,6 +25,10 @@ class DebugExecutor(Executor):
         return cls()
 
     def submit(self, trials: Sequence[JobFiles]) -> Handle:
+        # imported when a trial runs here: `study status` and `study cancel` build this executor
+        # too, and never need the worker's torch (~1.3 s)
+        from study import worker
+
         for t in trials:
             worker.run_job(Job.read(t.job))
         return {"kind": self.name}

@@ -17,7 +17,6 @@ from typing import ClassVar, Literal
 
 from optuna.trial import FrozenTrial
 
-from study import worker
 from study.config import ExecutorSection
 from study.executors import placement
 from study.executors.base import Driver, Executor, Handle, JobFiles
@@ -87,7 +86,7 @@ class LocalExecutor(Executor):
         self._in_use.append(device)
         env = placement.child_env(device, hide_all=self.hide_gpus)
         if self.threads:
-            env[worker.THREADS_ENV] = str(self.threads)
+            env[placement.THREADS_ENV] = str(self.threads)
         with open(t.log, "ab") as log:
             # argv list, no shell: user values never reach a shell string.
             p = subprocess.Popen([sys.executable, "-m", WORKER_MODULE, str(t.job)],

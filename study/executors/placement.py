@@ -11,16 +11,23 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
-
-import torch
 
 from study.errors import ConfigError
 
-__all__ = ["ENV", "child_env", "least_loaded", "spread", "visible_devices"]
+__all__ = ["ENV", "THREADS_ENV", "child_env", "least_loaded", "spread", "threads_from_env",
+           "visible_devices"]
 
 ENV = "CUDA_VISIBLE_DEVICES"
+# Set by whoever splits CPUs between the workers it starts (the local executor, a packed batch
+# job, a stage job): the torch threads of one worker.
+THREADS_ENV = "STUDY_THREADS"
+
+
+def threads_from_env(environ: Mapping[str, str]) -> int | None:
+    n = environ.get(THREADS_ENV, "")
+    return int(n) if n.isdigit() and int(n) > 0 else None
 
 
 def visible_devices(setting: Literal["auto", "none"] | Sequence[int] = "auto",
@@ -34,6 +41,10 @@ def visible_devices(setting: Literal["auto", "none"] | Sequence[int] = "auto",
     if shown is not None:
         ids = [x.strip() for x in shown.split(",") if x.strip()]
     else:
+        # torch is imported only here, where no CUDA_VISIBLE_DEVICES says what this process
+        # sees: `study status` and `study cancel` build executors and never need it (~1.3 s)
+        import torch
+
         ids = [str(i) for i in range(torch.cuda.device_count())]
     if setting == "auto":
         return ids

@@ -25,7 +25,7 @@ import submitit
 from optuna.trial import FrozenTrial
 from submitit.core.utils import UncompletedJobError
 
-from study import adapter, worker
+from study import adapter
 from study.config import ExecutorSection, SlurmSettings
 from study.executors import local, placement
 from study.executors.base import Driver, Executor, Handle, JobFiles
@@ -65,6 +65,10 @@ class TrialJob(submitit.helpers.Checkpointable):
         self.job_path = job_path
 
     def __call__(self) -> str:
+        # The worker (torch, the pipeline) is imported in the job's own process, where the
+        # trial runs; the machines that submit, describe or cancel jobs never pay it (~1.3 s).
+        from study import worker
+
         worker.use_allotted_cpus(SlurmExecutor.allotted_cpus(os.environ))
         return worker.run_job(Job.read(self.job_path),
                               classify_failure=SlurmExecutor.classify_failure)
@@ -84,7 +88,7 @@ class PackedTrialJob(submitit.helpers.Checkpointable):
         cpus = SlurmExecutor.allotted_cpus(base) or 0
         threads = str(max(1, cpus // len(self.job_paths)))
         devices = placement.spread(len(self.job_paths), placement.visible_devices("auto", base))
-        return [placement.child_env(d, base) | {worker.THREADS_ENV: threads} for d in devices]
+        return [placement.child_env(d, base) | {placement.THREADS_ENV: threads} for d in devices]
 
     def __call__(self) -> list[str]:
         procs = []
@@ -107,6 +111,8 @@ class StageJob(submitit.helpers.Checkpointable):
         self.build, self.stages = build, stages
 
     def __call__(self) -> list[Any]:
+        from study import worker  # in the job's process, as TrialJob's
+
         if len(self.stages) == 1:
             worker.use_allotted_cpus(SlurmExecutor.allotted_cpus(os.environ))
             return [self.build(*self.stages[0])]
@@ -126,7 +132,9 @@ def _build_on(build: Callable[[str, int], Any], stage: str, seed: int, device: s
     """One stage in a process of its own, on one device of the job's allocation."""
     if device is not None:
         os.environ[placement.ENV] = device
-    os.environ[worker.THREADS_ENV] = str(threads)   # and what the build starts, its share too
+    os.environ[placement.THREADS_ENV] = str(threads)   # and what the build starts, its share too
+    from study import worker  # in the stage's own process, as TrialJob's
+
     worker.use_allotted_cpus(threads)
     return build(stage, seed)
 

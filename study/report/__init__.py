@@ -5,17 +5,22 @@ Compute, then draw, as optuna.visualization does: every number comes from a pure
 Parquet results (`results.load`) or the study's storage and returns a DataFrame or a dict that the
 tests check against hand computations; the `fig_*` functions only draw what those return.
 
-    trials      which trials count: one row each, completed, Pareto front, best, baseline
+    trials      which trials count: the search's (not `study confirm`'s re-runs), one row
+                each, completed, Pareto front, best, baseline
+    headline    best against baseline with what the noise allows (conclusions.compare)
     accuracy    seed tables with t-intervals, accuracy per level, subset ablation, paired diffs
     comparison  the baseline beside the paper's published tables
-    parameters  slices per parameter, temperature x alpha, fusion weights, importances
+    parameters  slices per parameter, temperature x alpha, fusion weights
+    importance  PED-ANOVA over all trials, and per condition over the trials where active
     budget      compute spent, saved by the stage cache, projected for the trials to come
-    learning    which epoch records the learning curves draw
+    learning    which epoch records the learning curves draw, on which shared scales
+    listing     every trial in one table (the page's sortable table)
     analysis    Analysis: all of the above in one pass (`analyse`)
-    figures     fig_*: one plotly figure per computed table
+    figures     fig_*: one plotly figure per computed table; frame: titles and margins
     page        render: the HTML page, one function per numbered section
     note        the Markdown note for optuna-dashboard
-    dashboard   push_to_dashboard: the figures the dashboard lacks, and the note
+    dashboard   push_to_dashboard: the figures the dashboard lacks (fitted to its cards), and
+                the note
     png         export_png (--png)
 
 Two choices a reader should know:
@@ -25,7 +30,9 @@ Two choices a reader should know:
   differences compare the best trial against it. Without one (outside the space, switched off,
   or not completed yet) the report says so and shows no differences.
 - The best configuration is chosen on validation (the study's first objective); every number
-  shown for it is on test, so the choice does not leak into what is reported.
+  shown for it is on test, so the choice does not leak into what is reported. Its lead over the
+  baseline is stated with its noise (conclusions.compare); `study confirm`'s re-runs, which
+  measure it over new seeds, have their own section and stay out of the search's analysis.
 
 The report imports no torch (tests/test_report_imports.py): it runs on a login node that only
 has the results and the storage.
@@ -38,7 +45,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from study import atomic, results, storage, studyfile
+from study import atomic, confirm, results, storage, studyfile
 from study.errors import DiskFullError, StudyError
 from study.published import OPTIMISTIC  # shown in section 1; callers read report.OPTIMISTIC
 from study.report.accuracy import (
@@ -54,7 +61,7 @@ from study.report.accuracy import (
 from study.report.analysis import Analysis, analyse
 from study.report.budget import budget
 from study.report.comparison import published_comparison
-from study.report.dashboard import PUSHED, push_to_dashboard
+from study.report.dashboard import PUSHED, card_figure, push_to_dashboard
 from study.report.figures import (
     COLOR,
     LEVEL_AXIS,
@@ -71,21 +78,32 @@ from study.report.figures import (
     fig_surface,
     fig_weights,
 )
-from study.report.learning import learning_curves
+from study.report.headline import best_against_baseline
+from study.report.importance import MIN_TRIALS, Importance, importances
+from study.report.learning import CurveScales, curve_scales, learning_curves
+from study.report.listing import trial_listing
 from study.report.page import Rendered, render
-from study.report.parameters import fusion_weights, importances, slices, surface
+from study.report.parameters import fusion_weights, slices, surface
 from study.report.png import CHROMIUM, export_png
-from study.report.trials import baseline_trial, best_trial, pareto_front, per_trial
+from study.report.trials import (
+    CONFIRM_ATTR,
+    baseline_trial,
+    best_trial,
+    pareto_front,
+    per_trial,
+    search_trials,
+)
 
 __all__ = [
-    "CHROMIUM", "COLOR", "COLUMNS", "CONFIDENCE", "LEVEL_AXIS", "OPTIMISTIC", "PALETTE",
-    "PUSHED", "Analysis", "Rendered", "SeedTable", "analyse", "baseline_trial", "best_trial",
-    "budget", "build_report", "export_png", "fig_budget", "fig_heatmap", "fig_history",
-    "fig_importance", "fig_learning", "fig_levels", "fig_paired", "fig_pareto", "fig_slices",
-    "fig_surface", "fig_weights", "fusion_weights", "importances", "learning_curves",
-    "level_curves", "paired_differences", "pareto_front", "per_trial", "published_comparison",
-    "push_to_dashboard", "render", "seed_table", "slices", "subset_ablation", "surface",
-    "t_interval",
+    "CHROMIUM", "COLOR", "COLUMNS", "CONFIDENCE", "CONFIRM_ATTR", "LEVEL_AXIS", "MIN_TRIALS",
+    "OPTIMISTIC", "PALETTE", "PUSHED", "Analysis", "CurveScales", "Importance", "Rendered",
+    "SeedTable", "analyse", "baseline_trial", "best_against_baseline", "best_trial", "budget",
+    "build_report", "card_figure", "curve_scales", "export_png", "fig_budget", "fig_heatmap",
+    "fig_history", "fig_importance", "fig_learning", "fig_levels", "fig_paired", "fig_pareto",
+    "fig_slices", "fig_surface", "fig_weights", "fusion_weights", "importances",
+    "learning_curves", "level_curves", "paired_differences", "pareto_front", "per_trial",
+    "published_comparison", "push_to_dashboard", "render", "search_trials", "seed_table",
+    "slices", "subset_ablation", "surface", "t_interval", "trial_listing",
 ]
 
 
@@ -101,12 +119,17 @@ def build_report(study_file: str, overrides: Sequence[str] = (),
     sdir = storage.study_dir(results_dir, sf.study.name)
     if sdir.is_dir() and not os.access(sdir, os.W_OK | os.X_OK):
         raise _unwritable(sdir, "not writable by this user or on a read-only file system")
-    df = results.load(sdir, {t.number: t.user_attrs.get("result_id") for t in st.trials})
+    trials = st.get_trials(deepcopy=False)
+    df = results.load(sdir, {t.number: t.user_attrs.get("result_id") for t in trials},
+                      results.Schema.of(sf.study.objectives, ld.space.params))
+    confirmation = None
+    if st.user_attrs.get(CONFIRM_ATTR):   # the plan `study confirm` keeps in the study
+        confirmation = confirm.summarize(trials, sdir, ld)
     a = analyse(df, st, ld.space.params,
                 objectives=[o.model_dump() for o in sf.study.objectives],
                 methods=sf.pipeline.methods, study_name=sf.study.name,
                 dataset=sf.pipeline.data.dataset, protocol=sf.pipeline.protocol,
-                curves_df=results.load_curves(sdir))
+                curves_df=results.load_curves(sdir), confirmation=confirmation)
     out = sdir / "report.html"
     rendered = render(a, str(out))
     try:

@@ -1,15 +1,23 @@
 """Everything the report shows, computed in one pass (`analyse`) from the Parquet results and
-the study's storage; the page, the figures and the dashboard note only draw and format it."""
+the study's storage; the page, the figures and the dashboard note only draw and format it.
+
+The search's analysis (best trial, tables, slices, importance...) rests on the search's trials
+alone: `study confirm`'s re-runs (user attribute `confirm`) are new seeds of configurations the
+search already has, and one lucky seed of a re-run is not a new best. They count in the budget
+and the listing of all trials, and have their own section (the Confirmation `study confirm`
+summarizes, passed in).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import pandas as pd
 
+from study import conclusions, results
 from study.report.accuracy import (
     SeedTable,
     level_curves,
@@ -19,10 +27,22 @@ from study.report.accuracy import (
 )
 from study.report.budget import budget, projection
 from study.report.comparison import published_comparison
-from study.report.learning import learning_curves
-from study.report.parameters import fusion_weights, importances, slices, surface
-from study.report.trials import baseline_trial, best_trial, pareto_front, per_trial
+from study.report.headline import best_against_baseline
+from study.report.importance import Importance, importances
+from study.report.learning import CurveScales, curve_scales, learning_curves
+from study.report.listing import trial_listing
+from study.report.parameters import fusion_weights, slices, surface
+from study.report.trials import (
+    baseline_trial,
+    best_trial,
+    pareto_front,
+    per_trial,
+    search_trials,
+)
 from study.space import Param, SubsetParam
+
+if TYPE_CHECKING:   # study.confirm imports study.status, which imports torch: see build_report
+    from study.confirm import Confirmation
 
 __all__ = ["BASELINE_HEADING", "BEST_HEADING", "Analysis", "analyse"]
 
@@ -37,6 +57,7 @@ class Analysis:
 
     study_name: str
     objectives: list[str]          # "val.avg of fusiondistill (maximize)"
+    objective_names: list[str]     # "fusiondistill val.avg", as optuna-dashboard names them
     directions: list[str]
     method: str                    # the first objective's method: the one ablations follow
     methods: list[str]
@@ -52,7 +73,7 @@ class Analysis:
     curves: pd.DataFrame | None
     subsets: dict[str, pd.DataFrame]
     slices: pd.DataFrame
-    importance: pd.Series | None
+    importance: list[Importance]   # all trials first, then one per condition
     importance_note: str
     surface: pd.DataFrame | None
     weights: pd.DataFrame | None
@@ -62,17 +83,36 @@ class Analysis:
     paired: pd.DataFrame | None
     in_flight: int
     learning: pd.DataFrame | None = None       # learning_curves: best, baseline, pruned
+    scales: CurveScales | None = None          # one range per quantity for every panel
     compute: dict[str, Any] | None = None      # results.compute_summary
+    # best against baseline on the objective's metric and on test: conclusions.compare
+    verdicts: list[conclusions.Verdict] = field(default_factory=list)
+    confirmation: Confirmation | None = None   # `study confirm`'s summary, when it ran
+    reruns: int = 0                            # confirmation re-runs left out of the search's
+    listing: pd.DataFrame | None = None        # every trial, for the sortable table
 
 
 def analyse(df: pd.DataFrame, study: Any, params: Sequence[Param],
             *, objectives: Sequence[Mapping[str, str]], methods: Sequence[str],
             study_name: str, dataset: str | None = None,
-            protocol: str = "holdout", curves_df: pd.DataFrame | None = None) -> Analysis:
-    """All computations of the report. objectives: [{method, metric, direction}]."""
+            protocol: str = "holdout", curves_df: pd.DataFrame | None = None,
+            confirmation: Confirmation | None = None) -> Analysis:
+    """All computations of the report. objectives: [{method, metric, direction}]. df and
+    curves_df hold every trial's rows; the search's analysis leaves the confirmation's out."""
     directions = [o["direction"] for o in objectives]
     method = objectives[0]["method"]
-    pt = per_trial(df)
+    names = [f"{o['method']} {o['metric']}" for o in objectives]
+    schema = results.Schema(
+        tuple(results.objective_column(o["method"], o["metric"]) for o in objectives),
+        {p.name: p.column for p in params})
+    trials = study.get_trials(deepcopy=False)
+    search = search_trials(trials)
+    reruns = {t.number for t in trials} - {t.number for t in search}
+    every = df
+    df = df[~df.trial.isin(reruns)] if len(df) else df
+    if curves_df is not None and len(curves_df):
+        curves_df = curves_df[~curves_df.trial.isin(reruns)]
+    pt = per_trial(df, schema)
     baseline, baseline_note = baseline_trial(pt, study)
     best = best_trial(pt, directions) if len(pt) else None
     test = df[df.split == "test"] if len(df) else df
@@ -84,13 +124,15 @@ def analyse(df: pd.DataFrame, study: Any, params: Sequence[Param],
     else:
         pub, pub_note = None, ("No completed baseline trial: nothing to put beside the "
                                "paper's published numbers.")
-    imp, imp_note = importances(study)
-    info, stages = budget(df)
-    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,
-                                                       optuna.trial.TrialState.WAITING))
+    imp, imp_note = importances(search, params, directions[0])
+    info, stages = budget(every)   # the confirmation's compute is spent too
+    running = [t for t in trials if t.state in (optuna.trial.TrialState.RUNNING,
+                                                 optuna.trial.TrialState.WAITING)]
+    learning = learning_curves(curves_df, best, baseline)
     return Analysis(
         study_name=study_name,
         objectives=[f"{o['metric']} of {o['method']} ({o['direction']})" for o in objectives],
+        objective_names=names,
         directions=directions, method=method, methods=list(methods), per_trial=pt,
         baseline=baseline, baseline_note=baseline_note, published=pub, published_note=pub_note,
         protocol=protocol, best=best, tables=tables, level_step=_level_steps(df),
@@ -103,8 +145,12 @@ def analyse(df: pd.DataFrame, study: Any, params: Sequence[Param],
         paired=(paired_differences(df, best, baseline, method)
                 if best is not None and baseline is not None else None),
         in_flight=len(running),
-        learning=learning_curves(curves_df, best, baseline),
-        compute=projection(df, pt, study))
+        learning=learning,
+        scales=curve_scales(learning) if learning is not None else None,
+        compute=projection(every, study),
+        verdicts=best_against_baseline(df, best, baseline, method, objectives[0]["metric"]),
+        confirmation=confirmation, reruns=len(reruns & set(every.trial)) if len(every) else 0,
+        listing=trial_listing(trials, every, params, names))
 
 
 def _test_tables(test: pd.DataFrame, baseline: int | None, best: int | None,

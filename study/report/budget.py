@@ -41,8 +41,10 @@ def budget(df: pd.DataFrame) -> tuple[dict[str, Any], pd.DataFrame]:
     return info, table
 
 
-def projection(df: pd.DataFrame, pt: pd.DataFrame, study: Any) -> dict[str, Any]:
+def projection(df: pd.DataFrame, study: Any) -> dict[str, Any]:
     """results.compute_summary with the trials still to run: the study's target (user attribute
-    `n_trials`, set by `study launch`) minus the trials with results; 0 without a target."""
+    `n_trials`, set by `study launch` and `study confirm`, which counts the re-runs too) minus
+    the trials with results; 0 without a target."""
     target = study.user_attrs.get("n_trials") if hasattr(study, "user_attrs") else None
-    return results.compute_summary(df, (int(target) - len(pt)) if target else 0)
+    done = df.trial.nunique() if len(df) else 0
+    return results.compute_summary(df, (int(target) - done) if target else 0)

@@ -1,9 +1,11 @@
 """The plotly figures of the report, each drawing one computed table (study/report/analysis.py)
-and nothing else; one look for all of them (`_layout`) and one colour per method."""
+and nothing else; one look for all of them (`frame`: title, margins, legend) and one colour per
+method."""
 
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,26 +17,82 @@ from plotly.subplots import make_subplots
 from study import results
 from study.config import DEGRADATION_NAMES, METHOD_NAMES
 from study.report.accuracy import COLUMNS
+from study.report.importance import Importance
+from study.report.learning import CurveScales
 from study.report.trials import completed
 from study.space import KINDS, CategoricalParam, FloatParam, SubsetParam
 
 __all__ = ["COLOR", "LEVEL_AXIS", "PALETTE", "fig_budget", "fig_heatmap", "fig_history",
            "fig_importance", "fig_learning", "fig_levels", "fig_paired", "fig_pareto",
-           "fig_slices", "fig_surface", "fig_weights"]
+           "fig_slices", "fig_surface", "fig_weights", "frame"]
 
-LEVEL_AXIS = {"jpeg": "JPEG quality (101 = not compressed)", "blur": "blur level (sigma/10 px)",
-              "awgn": "noise sigma (0-255 scale)", "saltpepper": "salt-and-pepper level (p/100)"}
+# Which way each level axis runs: JPEG's level is a quality (higher = milder), the others a
+# strength (higher = stronger), so "accuracy falls to the right" means opposite things.
+# Two lines each, so that four panels side by side in a 560 px dashboard card keep them apart.
+LEVEL_AXIS = {"jpeg": "JPEG quality<br>(higher = milder; 101 = none)",
+              "blur": "blur sigma/10 px<br>(higher = stronger)",
+              "awgn": "noise sigma, 0-255<br>(higher = stronger)",
+              "saltpepper": "salt-and-pepper p/100<br>(higher = stronger)"}
 # One colour per method in every figure (plotly's default qualitative palette).
 PALETTE = ["#636EFA", "#EF553B", "#00CC96", "#AB63FA", "#FFA15A", "#19D3F3", "#FF6692"]
 COLOR = dict(zip(METHOD_NAMES, PALETTE))
 
 
-def _layout(fig: Any, title: str, height: int = 420) -> Any:
-    """The look every figure shares: title top left, white template, legend under the plot."""
-    fig.update_layout(title={"text": title, "x": 0.01}, height=height, template="plotly_white",
-                      margin={"l": 60, "r": 20, "t": 70, "b": 50},
-                      legend={"orientation": "h", "y": -0.18})
+# The margins every figure reserves, in pixels, so that no title overlaps another or the plot
+# and none is clipped, in the report and in optuna-dashboard's 450 px cards alike (the tests
+# measure every title's box in Chromium). Plotly's mode bar floats over the top right corner,
+# 26 px from the figure's top edge in the dashboard's cards, so the title starts below it;
+# subplot titles sit just above their panel, inside the top margin; the legend sits at the
+# figure's foot, under the x axis title.
+# The title's pad from the top edge: plotly draws a title's box 16 px above its pad, so the
+# title's top lies 28 px down, clear of the mode bar's 26.
+MODEBAR_PX = 44
+TITLE_LINE_PX = 24          # one line of a 17 px title
+SUBPLOT_TITLE_PX = 28       # a 16 px subplot title and its gap above the panel
+TICKS_PX = 30               # x tick labels under the plot
+SLANTED_TICKS_PX = 70       # slanted ones (tickangle): a 13-character stage name at 30 degrees
+AXIS_TITLE_LINE_PX = 20     # one line of a 14 px axis title
+LEGEND_ROW_PX = 26          # one row of a horizontal legend (12 px text)
+REPORT_WIDTH_PX = 1150      # a figure's width in the page (max-width 1200 px, less padding)
+
+
+def frame(fig: Any, title: str, height: int, *, width: int = REPORT_WIDTH_PX) -> Any:
+    """The look every figure shares: white template, the title top left under the mode bar,
+    wrapped to the `width` the figure is drawn at, and margins that hold the title, the
+    subplot titles, the x tick labels, the axis titles and the legend rows at the foot."""
+    text = "<br>".join(textwrap.wrap(title, width // 10))   # 17 px: ~9.5 px a character
+    top = (MODEBAR_PX + TITLE_LINE_PX * (text.count("<br>") + 1) + 6
+           + (SUBPLOT_TITLE_PX if fig.layout.annotations else 0))
+    xaxes = list(fig.select_xaxes())
+    lines = max((ax.title.text.count("<br>") + 1 for ax in xaxes if ax.title.text), default=0)
+    ticks_px = SLANTED_TICKS_PX if any(ax.tickangle for ax in xaxes) else TICKS_PX
+    fig.update_layout(
+        title={"text": text, "x": 0.01, "xanchor": "left", "xref": "container", "y": 1,
+               "yanchor": "top", "yref": "container", "pad": {"t": MODEBAR_PX},
+               "font": {"size": 17}},
+        height=height, template="plotly_white",
+        margin={"l": 72, "r": 24, "t": top, "autoexpand": True,
+                "b": ticks_px + AXIS_TITLE_LINE_PX * lines + LEGEND_ROW_PX * _legend_rows(
+                    fig, width) + 8},
+        legend={"orientation": "h", "x": 0, "xanchor": "left", "y": 0, "yanchor": "bottom",
+                "yref": "container"})
     return fig
+
+
+def _legend_rows(fig: Any, width: int) -> int:
+    """How many rows the horizontal legend takes at `width`: an entry is ~40 px of symbol and
+    gap and ~7 px a character of its name; none when plotly shows no legend (one trace, or
+    none with showlegend)."""
+    names = [t.name or "" for t in fig.data if t.showlegend is not False]
+    if fig.layout.showlegend is False or len(names) < 2:
+        return 0
+    return math.ceil(sum(40 + 7 * len(n) for n in names) / (width - 40))
+
+
+def _bar_title(label: str) -> dict[str, Any]:
+    """A colour bar's title above it, a word a line: "fusiondistill val.avg" is wider than the
+    bar and would run past the figure's right edge on one line."""
+    return {"text": "<br>".join(label.split()), "side": "top"}
 
 
 def fig_levels(curves: pd.DataFrame, title: str) -> Any:
@@ -51,7 +109,7 @@ def fig_levels(curves: pd.DataFrame, title: str) -> Any:
                 showlegend=i == 1, line={"color": COLOR.get(m)}), row=1, col=i)
         fig.update_xaxes(title_text=LEVEL_AXIS.get(d, "level"), row=1, col=i)
     fig.update_yaxes(title_text="test accuracy (%)", row=1, col=1)
-    return _layout(fig, title, 430)
+    return frame(fig, title, 450)
 
 
 def fig_heatmap(table: pd.DataFrame, title: str) -> Any:
@@ -63,16 +121,28 @@ def fig_heatmap(table: pd.DataFrame, title: str) -> Any:
         colorscale="Viridis", colorbar={"title": "%"},
         text=[[f"{v:.1f}" for v in row] for row in z], texttemplate="%{text}"))
     fig.update_xaxes(title_text="evaluation degradation")
-    return _layout(fig, title, 160 + 45 * len(table))
+    return frame(fig, title, 200 + 45 * len(table))
 
 
-def fig_importance(imp: pd.Series) -> Any:
-    """importances: one bar per raw Optuna parameter, the most important at the top."""
-    imp = imp.sort_values()
-    fig = go.Figure(go.Bar(x=imp.to_numpy(), y=list(imp.index), orientation="h",
-                           marker_color=PALETTE[0]))
-    fig.update_xaxes(title_text="importance (PED-ANOVA, sums to 1)")
-    return _layout(fig, "Parameter importance", 140 + 32 * len(imp))
+def fig_importance(sets: Sequence[Importance]) -> Any:
+    """importances: one panel per computation (all trials, then each condition, named with the
+    trials it rests on), one bar per raw Optuna parameter, the conditional ones in another
+    colour, the most important at the top of each panel."""
+    heights = [max(len(s.values), 1) for s in sets]
+    fig = make_subplots(rows=len(sets), cols=1, row_heights=heights, shared_xaxes=True,
+                        vertical_spacing=min(0.12, 0.5 / len(sets)),
+                        subplot_titles=[s.title for s in sets])
+    for i, s in enumerate(sets, start=1):
+        v = s.values.sort_values()
+        fig.add_trace(go.Bar(x=v.to_numpy(), y=list(v.index), orientation="h", showlegend=False,
+                             marker_color=[PALETTE[1] if n in s.own else PALETTE[0]
+                                           for n in v.index]),
+                      row=i, col=1)
+    fig.update_xaxes(range=[0, 1])
+    fig.update_xaxes(title_text="importance (PED-ANOVA, sums to 1 per panel)", row=len(sets),
+                     col=1)
+    return frame(fig, "Parameter importance (red: a conditional parameter, judged where active)",
+                 120 + 60 * len(sets) + 26 * sum(heights))
 
 
 def fig_slices(sl: pd.DataFrame, value_label: str) -> Any:
@@ -97,8 +167,8 @@ def fig_slices(sl: pd.DataFrame, value_label: str) -> Any:
                 part.x.astype(float).max() / part.x.astype(float).min() > 20:
             fig.update_xaxes(type="log", row=r, col=c)
     fig.update_yaxes(title_text=value_label, col=1)
-    return _layout(fig, "Objective against each searched parameter (colour: trial number)",
-                   80 + 260 * nrow)
+    return frame(fig, f"{value_label} against each searched parameter (colour: trial number)",
+                 120 + 260 * nrow)
 
 
 def fig_surface(points: pd.DataFrame, x: str, y: str, value_label: str) -> Any:
@@ -107,11 +177,11 @@ def fig_surface(points: pd.DataFrame, x: str, y: str, value_label: str) -> Any:
         x=points[x], y=points[y], mode="markers+text", text=[f"{t}" for t in points.trial],
         textposition="top center", marker={"color": points.value, "colorscale": "Viridis",
                                            "size": 14, "showscale": True,
-                                           "colorbar": {"title": "objective"}},
+                                           "colorbar": {"title": _bar_title(value_label)}},
         hovertext=[f"trial {t}: {v:.4f}" for t, v in zip(points.trial, points.value)]))
     fig.update_xaxes(title_text=x, type="log")
     fig.update_yaxes(title_text=y)
-    return _layout(fig, f"{x} x {y} (colour: objective, label: trial)", 460)
+    return frame(fig, f"{x} x {y} (colour: {value_label}, label: trial)", 460)
 
 
 def fig_weights(w: pd.DataFrame, value_label: str) -> Any:
@@ -122,9 +192,9 @@ def fig_weights(w: pd.DataFrame, value_label: str) -> Any:
         fig = go.Figure(go.Scatterternary(
             a=w[a], b=w[b], c=w[c], mode="markers", text=[f"trial {t}" for t in w.trial],
             marker={"color": w.value, "colorscale": "Viridis", "size": 12, "showscale": True,
-                    "colorbar": {"title": "objective"}}))
+                    "colorbar": {"title": _bar_title(value_label)}}))
         fig.update_layout(ternary={"aaxis_title": a, "baxis_title": b, "caxis_title": c})
-        return _layout(fig, "Fusion coefficients on the simplex (colour: objective)", 520)
+        return frame(fig, f"Fusion coefficients on the simplex (colour: {value_label})", 520)
     # Parallel coordinates drawn as SVG lines: plotly's parcoords needs WebGL, which headless
     # browsers and some remote desktops lack.
     lo, hi = float(w.value.min()), float(w.value.max())
@@ -135,8 +205,8 @@ def fig_weights(w: pd.DataFrame, value_label: str) -> Any:
                                  name=f"trial {int(r.trial)} ({r.value:.4f})",
                                  line={"color": sample_colorscale("Viridis", [t])[0]}))
     fig.update_yaxes(title_text="fusion weight", range=[0, 1])
-    return _layout(fig, "Fusion coefficients per trial (colour: objective, yellow = best)",
-                   440)
+    return frame(fig, f"Fusion coefficients per trial (colour: {value_label}, yellow = best)",
+                 440)
 
 
 def fig_history(pt: pd.DataFrame, direction: str, value_label: str) -> Any:
@@ -151,7 +221,7 @@ def fig_history(pt: pd.DataFrame, direction: str, value_label: str) -> Any:
     n = int(pt.trial.max()) + 1 if len(pt) else 1
     fig.update_xaxes(title_text="trial", dtick=max(1, math.ceil(n / 10)))   # whole trials only
     fig.update_yaxes(title_text=value_label)
-    return _layout(fig, "Optimization history (completed trials)", 400)
+    return frame(fig, f"Optimization history: {value_label} of the completed trials", 420)
 
 
 def fig_budget(stages: pd.DataFrame) -> Any:
@@ -161,8 +231,9 @@ def fig_budget(stages: pd.DataFrame) -> Any:
                      go.Bar(x=list(stages.index), y=stages.saved_s / 60,
                             name="cache hits (saved)", marker_color=PALETTE[2])])
     fig.update_layout(barmode="group")
+    fig.update_xaxes(tickangle=-30)   # stage names side by side run into each other in a card
     fig.update_yaxes(title_text="minutes")
-    return _layout(fig, "Stage build time: spent vs saved by the cache", 400)
+    return frame(fig, "Stage build time: spent vs saved by the cache", 420)
 
 
 def fig_pareto(pt: pd.DataFrame, front: Sequence[int], labels: Sequence[str]) -> Any:
@@ -178,7 +249,7 @@ def fig_pareto(pt: pd.DataFrame, front: Sequence[int], labels: Sequence[str]) ->
                    text=[f"trial {t}" for t in done[on].trial])])
     fig.update_xaxes(title_text=labels[0])
     fig.update_yaxes(title_text=labels[1])
-    return _layout(fig, "Pareto front", 440)
+    return frame(fig, f"Pareto front: {labels[0]} against {labels[1]}", 440)
 
 
 def fig_paired(paired: pd.DataFrame, method: str) -> Any:
@@ -188,38 +259,53 @@ def fig_paired(paired: pd.DataFrame, method: str) -> Any:
         x=list(paired.index), y=paired["diff"], marker_color=PALETTE[2],
         error_y={"type": "data", "array": err, "visible": bool(paired.half.notna().any())}))
     fig.add_hline(y=0, line_color="#444")
-    fig.update_yaxes(title_text="best - baseline (accuracy points)")
+    fig.update_yaxes(title_text="best - baseline (points)")
     n = int(paired.n.iloc[0])
     what = f"95% t-interval, {n} seeds" if n > 1 else "one seed, no interval"
-    return _layout(fig, f"Best - baseline, {method}, test ({what})", 400)
+    return frame(fig, f"Best - baseline, {method}, test ({what})", 420)
 
 
-def fig_learning(lc: pd.DataFrame) -> Any:
-    """Per trained stage: validation accuracy against epoch (the loss where a stage has no
-    validation), best against baseline, pruned trials in grey where they stopped."""
+def fig_learning(lc: pd.DataFrame, scales: CurveScales) -> Any:
+    """Per trained stage, two panels one above the other: validation accuracy (%) and training
+    loss against the epoch, best against baseline, pruned trials in grey where they stopped.
+    Every accuracy panel has the same y range, every loss panel too, and the epochs are whole
+    numbers (curve_scales)."""
     order = {name: i for i, name in enumerate(results.STAGES)}
     names = sorted(set(lc.stage), key=lambda n: (order.get(n, len(order)), n))
     cols = min(3, len(names))
-    rows = math.ceil(len(names) / cols)
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=names, vertical_spacing=0.12)
+    rows = 2 * math.ceil(len(names) / cols)
+    titles = [""] * (rows * cols)
+    for i, name in enumerate(names):
+        r, c = 2 * (i // cols), i % cols
+        titles[r * cols + c] = f"{name}: val accuracy (%)"
+        titles[(r + 1) * cols + c] = f"{name}: training loss"
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.07,
+                        vertical_spacing=0.45 / rows)
     colour = {"best": PALETTE[1], "baseline": PALETTE[0], "pruned": "#BBBBBB"}
     shown: set[str] = set()
     for i, name in enumerate(names):
         part = lc[lc.stage == name]
-        y = "val" if part.val.notna().any() else "loss"
+        r, c = 2 * (i // cols) + 1, i % cols + 1
         for (role, trial), g in part.groupby(["role", "trial"], sort=False):
             g = g.sort_values("epoch")
-            fig.add_trace(go.Scatter(
-                x=g.epoch.astype(float), y=g[y].astype(float), mode="lines+markers",
-                name=f"{role}" if role == "pruned" else f"{role} (trial {trial})",
-                legendgroup=str(role), showlegend=role not in shown,
-                line={"color": colour[str(role)], "width": 1 if role == "pruned" else 2.5},
-                marker={"size": 4 if role == "pruned" else 6},
-                hovertemplate=f"trial {trial}, epoch %{{x}}: {y} %{{y:.4f}}<extra></extra>"),
-                row=i // cols + 1, col=i % cols + 1)
-            shown.add(str(role))
-        fig.update_yaxes(title_text="val accuracy" if y == "val" else "train loss",
-                         row=i // cols + 1, col=i % cols + 1)
-    fig.update_xaxes(title_text="epoch")
-    return _layout(fig, "Learning curves per stage: best trial vs baseline, pruned trials "
-                   "where they stopped", max(420, 300 * rows))
+            for dr, y, what in ((0, "val_pct", "val accuracy %"), (1, "loss", "training loss")):
+                fig.add_trace(go.Scatter(
+                    x=g.epoch.astype(float), y=g[y].astype(float), mode="lines+markers",
+                    name=f"{role}" if role == "pruned" else f"{role} (trial {trial})",
+                    legendgroup=str(role), showlegend=role not in shown,
+                    line={"color": colour[str(role)], "width": 1 if role == "pruned" else 2.5},
+                    marker={"size": 4 if role == "pruned" else 6},
+                    hovertemplate=f"trial {trial}, epoch %{{x}}: {what} %{{y:.4f}}"
+                                  "<extra></extra>"), row=r + dr, col=c)
+                shown.add(str(role))
+        fig.update_yaxes(range=scales.val, row=r, col=c)
+        fig.update_yaxes(range=scales.loss, row=r + 1, col=c)
+        fig.update_xaxes(title_text="epoch", row=r + 1, col=c)
+    for i in range(len(names), rows // 2 * cols):   # the empty places of the last row
+        r, c = 2 * (i // cols) + 1, i % cols + 1
+        for dr in (0, 1):
+            fig.update_xaxes(visible=False, row=r + dr, col=c)
+            fig.update_yaxes(visible=False, row=r + dr, col=c)
+    fig.update_xaxes(range=list(scales.epochs), tick0=0, dtick=scales.dtick)
+    return frame(fig, "Learning curves: validation accuracy (upper panels) and training loss "
+                 "(lower panels) per epoch, best trial vs baseline", 150 + 250 * rows)

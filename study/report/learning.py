@@ -1,11 +1,15 @@
-"""Which epoch records the learning-curve figure draws: the best trial, the baseline and the
-pruned trials, from the per-epoch files each trial's worker writes (results.load_curves)."""
+"""Which epoch records the learning-curve figure draws (the best trial, the baseline and the
+pruned trials, from the per-epoch files each trial's worker writes: results.load_curves), and
+the one scale per quantity that every panel shares, so panels compare at a glance."""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import pandas as pd
 
-__all__ = ["learning_curves"]
+__all__ = ["CurveScales", "curve_scales", "learning_curves"]
 
 
 def learning_curves(curves: pd.DataFrame | None, best: int | None, baseline: int | None
@@ -13,7 +17,8 @@ def learning_curves(curves: pd.DataFrame | None, best: int | None, baseline: int
     """The epoch records (results.load_curves) of the best trial, the baseline (the first
     trial where the study has none) and every pruned trial up to where it stopped; first seed
     of each trial. Column `role`: best, baseline or pruned (a trial both best and baseline is
-    drawn once, as best)."""
+    drawn once, as best); `val_pct`: the validation accuracy in percent, as the report's other
+    accuracies."""
     if curves is None or not len(curves):
         return None
     c = curves[curves.epoch.notna()]
@@ -32,4 +37,42 @@ def learning_curves(curves: pd.DataFrame | None, best: int | None, baseline: int
             parts.append(part.assign(role=role))
     if not parts:
         return None
-    return pd.concat(parts, ignore_index=True)
+    out = pd.concat(parts, ignore_index=True)
+    return out.assign(val_pct=out.val.astype(float) * 100)
+
+
+@dataclass(frozen=True)
+class CurveScales:
+    """One axis range per quantity for every panel (None: no panel has it), and the epochs."""
+
+    val: tuple[float, float] | None     # validation accuracy, percent
+    loss: tuple[float, float] | None    # training loss
+    epochs: tuple[float, float]         # x range: half an epoch beyond the first and last
+    dtick: int                          # whole epochs between x ticks
+
+
+# At most this many ticks on an epoch axis: 200 epochs get a tick every 20, not 200 labels.
+MAX_TICKS = 10
+
+
+def curve_scales(lc: pd.DataFrame) -> CurveScales:
+    """The shared ranges of learning_curves' records: each quantity's finite minimum to
+    maximum over every stage and trial, padded by 5% (a flat line by 1 point or 0.05 of loss)
+    so no point sits on the frame; validation kept within 0-100, the loss (cross-entropy,
+    cosine distance, KD: never negative) above 0."""
+    first, last = int(lc.epoch.min()), int(lc.epoch.max())
+    val, loss = _padded(lc.val_pct, 1.0), _padded(lc.loss, 0.05)
+    return CurveScales(
+        val=(max(val[0], 0.0), min(val[1], 100.0)) if val else None,
+        loss=(max(loss[0], 0.0), loss[1]) if loss else None, epochs=(first - 0.5, last + 0.5),
+        dtick=max(1, math.ceil((last - first + 1) / MAX_TICKS)))
+
+
+def _padded(s: pd.Series, flat: float) -> tuple[float, float] | None:
+    x = pd.to_numeric(s, errors="coerce").astype(float)
+    x = x[x.map(math.isfinite)]
+    if not len(x):
+        return None
+    lo, hi = float(x.min()), float(x.max())
+    pad = 0.05 * (hi - lo) if hi > lo else flat
+    return lo - pad, hi + pad

@@ -1,20 +1,18 @@
 """What the searched parameters did to the objective: one point per completed trial and active
-parameter, the temperature x alpha surface, the fusion weights on their simplex, and Optuna's
-importances."""
+parameter, the temperature x alpha surface, the fusion weights on their simplex (importances:
+importance.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
-import optuna
 import pandas as pd
 
 from study.config import DEGRADATION_NAMES
 from study.report.trials import completed, is_missing
 from study.space import FixedParam, Param, SimplexParam, SubsetParam
 
-__all__ = ["fusion_weights", "importances", "slices", "surface"]
+__all__ = ["fusion_weights", "slices", "surface"]
 
 
 def slices(pt: pd.DataFrame, params: Sequence[Param]) -> pd.DataFrame:
@@ -64,22 +62,3 @@ def fusion_weights(pt: pd.DataFrame, param: str = "fusion.weights") -> pd.DataFr
         out[k] = done[col].map(lambda w, k=k: float(w.get(k, 0.0))).to_numpy()
     return out.reset_index(drop=True)
 
-
-def importances(study: Any) -> tuple[pd.Series | None, str]:
-    """PED-ANOVA importances of the first objective (Optuna's evaluator that needs no
-    scikit-learn; fANOVA and mean-decrease-impurity do). It asks which parameters set the top
-    10% of trials apart, so with a handful of trials it is a hint, not a measurement."""
-    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    if len(done) < 2:
-        return None, f"Parameter importance needs at least 2 completed trials ({len(done)} now)."
-    target = (lambda t: t.values[0]) if len(study.directions) > 1 else None
-    try:
-        imp = optuna.importance.get_param_importances(
-            study, evaluator=optuna.importance.PedAnovaImportanceEvaluator(), target=target)
-    except (RuntimeError, ValueError) as e:
-        return None, f"Optuna could not compute importances: {e}"
-    if not imp:
-        return None, "No parameter varies across the completed trials."
-    return pd.Series(imp, name="importance"), (
-        f"PED-ANOVA over {len(done)} completed trials: how much each raw Optuna parameter "
-        "sets the top 10% of trials apart from all (normalised to sum 1).")

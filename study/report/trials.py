@@ -1,9 +1,9 @@
-"""Which trials count: one row per trial, the completed ones, the Pareto front, the best trial
-(chosen on validation) and the baseline trial (the study file's own pipeline)."""
+"""Which trials count: the search's (not `study confirm`'s re-runs), one row per trial, the
+completed ones, the Pareto front, the best trial (chosen on validation) and the baseline trial
+(the study file's own pipeline)."""
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -11,8 +11,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["baseline_trial", "best_trial", "completed", "is_missing", "pareto_front",
-           "per_trial"]
+from study import results
+from study.status import CONFIRM_ATTR, search_trials
+
+__all__ = ["CONFIRM_ATTR", "baseline_trial", "best_trial", "completed", "is_missing",
+           "pareto_front", "per_trial", "search_trials"]
 
 
 def is_missing(v: Any) -> bool:
@@ -20,17 +23,21 @@ def is_missing(v: Any) -> bool:
     return v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v))
 
 
-def per_trial(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per trial: trial, state, wall_s, device, value_*, param_* (JSON text parsed back
-    to lists, dicts and strings), seeds (sorted list of replicate seeds with results)."""
+def per_trial(df: pd.DataFrame, schema: results.Schema) -> pd.DataFrame:
+    """One row per trial: trial, state, wall_s, device, value_0, value_1... (the objectives in
+    the study's order), param_* (each parameter's value as the space gives it: JSON text parsed
+    back to lists and dicts), seeds (sorted list of replicate seeds with results)."""
     if df.empty:
         return pd.DataFrame(columns=["trial", "state", "wall_s", "device", "seeds"])
+    df = df.rename(columns={name: f"value_{i}" for i, name in enumerate(schema.objectives)})
     keep = ["trial", "state", "wall_s", "device",
             *[c for c in df.columns if c.startswith(("value_", "param_"))]]
     out = df.drop_duplicates("trial")[keep].sort_values("trial").reset_index(drop=True)
-    for c in out.columns:
-        if c.startswith("param_") and pd.api.types.is_string_dtype(out[c]):
-            out[c] = out[c].astype(object).map(lambda v: None if is_missing(v) else json.loads(v))
+    for name, column in schema.params.items():
+        c = f"param_{name}"
+        if c in out.columns:
+            out[c] = out[c].astype(object).map(
+                lambda v, col=column: None if is_missing(v) else col.value(v))
     seeds = df.dropna(subset=["accuracy"]).groupby("trial").seed.unique()
     out["seeds"] = out.trial.map(lambda t: sorted(int(s) for s in seeds.get(t, [])))
     return out
@@ -72,7 +79,9 @@ def baseline_trial(pt: pd.DataFrame, study: Any) -> tuple[int | None, str]:
     """The completed trial that runs the study file's own pipeline exactly (the launcher
     enqueued it with user attribute `baseline`), and a sentence for the report."""
     done = set(completed(pt).trial.astype(int)) if len(pt) else set()
-    marked = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("baseline")]
+    # a confirmation's re-runs of the baseline carry `baseline` too; trial 0 is the search's
+    marked = [t for t in search_trials(study.get_trials(deepcopy=False))
+              if t.user_attrs.get("baseline")]
     for t in marked:
         if t.number in done:
             return t.number, (f"Trial {t.number} is the baseline: the study file's own "

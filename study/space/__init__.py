@@ -5,6 +5,7 @@
     param.py   the Param contract, and how a space key names a config path
     search.py  SearchSpace: sampling, replay, baseline, apply, views, probe samples
     suggest.py who answers suggest_* calls: an Optuna trial, probe draws, a replay
+    column.py  how a parameter's values are stored in its results column
     values.py  equality where True != 1, numbers on a step grid
 
 Keys are dotted config paths (`distill.lr`, `pipeline.seed`); a path that does not start with a
@@ -22,6 +23,7 @@ tests/test_space.py (parsing errors, sampling, replay of an enqueued retry).
 
 from __future__ import annotations
 
+from study.space.column import Column
 from study.space.kinds import (
     KINDS,
     TYPES,
@@ -44,6 +46,7 @@ __all__ = [
     "KINDS",
     "TYPES",
     "CategoricalParam",
+    "Column",
     "FixedParam",
     "FloatParam",
     "IntParam",

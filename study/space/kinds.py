@@ -33,6 +33,7 @@ from optuna.distributions import (
 )
 
 from study.schema import annotation_members, takes_number
+from study.space.column import Column, column_for
 from study.space.param import NO_VALUES, Param, norm_number, param_name
 from study.space.suggest import Suggester
 from study.space.values import (
@@ -142,7 +143,10 @@ class FloatParam(_RangeParam):
 
     kind: ClassVar[str] = "float"
     integer: ClassVar[bool] = False
-    column_dtype: ClassVar[str] = "Float64"
+
+    @property
+    def column(self) -> Column:
+        return Column("Float64")
 
     def distributions(self) -> dict[str, BaseDistribution]:
         s = self.spec
@@ -180,7 +184,10 @@ class IntParam(_RangeParam):
     kind: ClassVar[str] = "int"
     integer: ClassVar[bool] = True
     when_testable: ClassVar[bool] = True
-    column_dtype: ClassVar[str] = "Int64"
+
+    @property
+    def column(self) -> Column:
+        return Column("Int64")
 
     def distributions(self) -> dict[str, BaseDistribution]:
         s = self.spec
@@ -289,6 +296,10 @@ class CategoricalParam(Param):
 
     def list_items(self) -> list[Any]:
         return _items(c for c in self.spec["choices"] if isinstance(c, list))
+
+    @property
+    def column(self) -> Column:
+        return column_for(self.spec["choices"])
 
     def grid_size(self) -> int:
         return len(self.spec["choices"])
@@ -561,6 +572,10 @@ class FixedParam(Param):
     def list_items(self) -> list[Any]:
         value = self.spec["value"]
         return _items([value]) if isinstance(value, list) else []
+
+    @property
+    def column(self) -> Column:
+        return column_for([self.spec["value"]])
 
     def grid_size(self) -> int:
         return 1

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 from optuna.distributions import BaseDistribution
 
 from study.config import StudyFile
+from study.space.column import JSON_TEXT, Column
 from study.space.suggest import Suggester
 
 __all__ = ["NO_VALUES", "SECTIONS", "Param", "full_path", "norm_number", "param_name",
@@ -60,8 +61,6 @@ class Param(ABC):
     # Whether another parameter's `when` may test this one: a `when` compares for equality,
     # which a float (or a set of items) never reliably is.
     when_testable: ClassVar[bool] = False
-    # pandas dtype of the parameter's results column; "string" columns hold the value as JSON.
-    column_dtype: ClassVar[str] = "string"
 
     # ------------------------------------------------------------ reading the YAML
     @classmethod
@@ -155,6 +154,12 @@ class Param(ABC):
         return []
 
     # ------------------------------------------------------------ views
+    @property
+    def column(self) -> Column:
+        """How its values are stored in the results column `param_<name>` (JSON text unless a
+        kind says otherwise: lists and dicts)."""
+        return JSON_TEXT
+
     @abstractmethod
     def grid_size(self) -> int | None:
         """How many combinations of raw values grid() has; None if some raw value is
