@@ -24,6 +24,7 @@ from study.space import (
     KINDS,
     TYPES,
     CategoricalParam,
+    Column,
     FixedParam,
     FloatParam,
     IntParam,
@@ -579,9 +580,13 @@ def test_the_registry_maps_each_yaml_type_to_its_class(kinds: dict[str, Param]) 
     }
     assert {n: type(p) for n, p in kinds.items()} == expected
     assert [n for n, p in kinds.items() if not p.searched] == ["seed"]
-    assert {n: p.column_dtype for n, p in kinds.items()} == {
-        n: {FloatParam: "Float64", IntParam: "Int64"}.get(cls, "string")
-        for n, cls in expected.items()
+    # each kind's results column: numbers and strings in their own types, lists as JSON text,
+    # a fixed value in the type of that value (seed: 4, an int)
+    assert {n: p.column for n, p in kinds.items()} == {
+        "distill.lr": Column("Float64"), "distill.ce_weight": Column("Float64"),
+        "distill.epochs": Column("Int64"), "fusion.method": Column("string"),
+        "degradations": Column("string", json=True), "fusion.weights": Column("string", json=True),
+        "seed": Column("Int64"),
     }
     with pytest.raises(TypeError):
         Param("x", ("pipeline", "x"), {}, {})  # type: ignore[abstract]
