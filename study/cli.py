@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "the baseline: the top K trials by validation and the baseline, each "
                        "re-run with R new seeds as trials of the same study; the one best on "
                        "validation is compared with the baseline on test, paired by seed, with "
-                       "a 95%% interval. Again resumes it.")
+                       "a 95% interval. Run again, it resumes.")
     _add_space(p)
     p.add_argument("--top", type=int, default=3, metavar="K",
                    help="configurations to confirm besides the baseline (default 3)")
