@@ -272,18 +272,50 @@ def test_subset_ablation_picks_the_validation_best_per_subset(built: Built) -> N
         assert row.JPEG == pytest.approx(hand)
 
 
-@pytest.mark.slow
-def test_paired_differences_are_seed_by_seed(built: Built) -> None:
-    df, a = built.df, _analysis(built)
+def _fixed_outcome(b: Built, beaten: bool, df: pd.DataFrame | None = None
+                   ) -> tuple[pd.DataFrame, report.Analysis]:
+    """The search's rows with the outcome fixed, whatever the toy training gave: the
+    baseline's validation objective put below every trial's (beaten: the best is another
+    trial) or above (not beaten: the best is the baseline). The test rows are untouched, so
+    the tables and paired differences are the real ones; the re-runs stay out (analyse leaves
+    them out by the storage)."""
+    df = (b.every if df is None else df).copy()
+    others = df.loc[df.trial != 0, OBJECTIVE].astype(float)
+    df[OBJECTIVE] = df[OBJECTIVE].astype("Float64")
+    df.loc[df.trial == 0, OBJECTIVE] = others.min() - 1 if beaten else others.max() + 1
+    a = _analysis(b, df)
+    assert a.baseline == 0 and (a.best != 0) == beaten
+    assert a.best == _hand_best(df[df.trial < N_TRIALS])
+    return df[df.trial < N_TRIALS], a
+
+
+def _check_paired(df: pd.DataFrame, a: report.Analysis) -> None:
+    """a.paired against the test tables of the best and the baseline, seed by seed."""
     best = a.best
-    if best == 0:
-        pytest.skip("the sampled trials did not beat the paper setting")
     d = [(_hand_table(df, best, s) - _hand_table(df, 0, s)).loc["fusiondistill"] for s in (0, 1)]
     p = a.paired
     assert list(p.index) == ["JPEG", "AWGN", "Avg", "Clean"] and (p.n == 2).all()
     np.testing.assert_allclose(p["diff"].to_numpy(), _np((d[0] + d[1]) / 2))
     np.testing.assert_allclose(p.half.to_numpy(), T975_DF1 * _np((d[0] - d[1]).abs()) / 2)
     np.testing.assert_allclose((p.hi - p.lo).to_numpy(), 2 * p.half.to_numpy())
+
+
+@pytest.mark.slow
+def test_paired_differences_are_seed_by_seed(built: Built) -> None:
+    # the search as it came out (either outcome: the same hand computation holds)
+    _check_paired(built.df, _analysis(built))
+    # a best that is not the baseline, fixed: the differences of two trained networks
+    df, a = _fixed_outcome(built, beaten=True)
+    _check_paired(df, a)
+    assert "The best configuration is the baseline" not in report.render(a).html
+    # the baseline is the best, fixed: no difference, and the report says so
+    df, a = _fixed_outcome(built, beaten=False)
+    _check_paired(df, a)
+    assert (a.paired["diff"] == 0).all() and (a.paired.half == 0).all()
+    assert a.verdicts == []
+    html = report.render(a).html
+    assert "The best configuration is the baseline (trial 0): no difference." in html
+    assert "The baseline (trial 0) is the best trial: the search found nothing better" in html
 
 
 @pytest.mark.slow
@@ -295,11 +327,18 @@ def test_one_seed_report_says_no_interval_is_possible(built: Built) -> None:
     assert "one seed (0): no interval" in r.html
     title = r.figures["levels"].layout.title.text
     assert "(one seed)" in title and "mean over" not in title
-    if a.best != a.baseline:
-        assert a.paired.half.isna().all() and "no interval is possible" in r.html
-        # one seed: the binomial noise band of the evaluation's images, in plain words
-        assert [v.how for v in a.verdicts] == ["binomial", "binomial"]
-        assert "binomial noise alone spans" in r.html
+    # the best against the baseline on one seed, with the outcome fixed both ways
+    one_seed = built.every[built.every.seed == 0]
+    _, a = _fixed_outcome(built, beaten=True, df=one_seed)
+    r = report.render(a)
+    assert a.paired.half.isna().all() and "no interval is possible" in r.html
+    # one seed: the binomial noise band of the evaluation's images, in plain words
+    assert [v.how for v in a.verdicts] == ["binomial", "binomial"]
+    assert "binomial noise alone spans" in r.html
+    _, a = _fixed_outcome(built, beaten=False, df=one_seed)
+    r = report.render(a)
+    assert a.verdicts == [] and "no interval is possible" not in r.html
+    assert "binomial noise alone spans" not in r.html
 
 
 @pytest.mark.slow
@@ -358,6 +397,8 @@ def test_the_confirmation_has_its_section_and_stays_out_of_the_search(built: Bui
     headline = text[text.index("class='headline'"):text.index("<h2")]
     if a.best != a.baseline:
         assert "fusiondistill val.avg: best" in headline and "test.avg: best" in headline
+    else:   # both outcomes are checked on fixed data in test_paired_differences_are_seed_by_seed
+        assert "is the best trial: the search found nothing better" in headline
     assert "Confirmation over new seeds</a>" in headline
     # the listing holds every trial, the re-runs by what they re-ran
     lst = a.listing
