@@ -60,6 +60,17 @@ def slurm_cluster() -> Iterator[str]:
         _script("stop", timeout=120)
 
 
+@pytest.fixture(autouse=True)
+def _environment_restored() -> Iterator[None]:
+    """What a test's in-process command puts into os.environ ends with the test. `--log-level
+    warning` on an in-process `study launch` sets STUDY_LOG_LEVEL for the workers it starts; left
+    behind, it silenced the stage lines of every later test's subprocesses, and three tests that
+    read those lines failed in a full run although each passed alone."""
+    saved = dict(os.environ)
+    yield
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 @pytest.fixture(scope="session", autouse=True)
