@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import torch
-from test_stage_keys import ALL, NONE, TABLE, TRAINED_ON_DEGRADATIONS, M, _paper
+from test_stage_keys import ALL, NONE, TABLE, TRAINED_ON_DEGRADATIONS, M, _changed, _keys, _paper
 
 from study import stages
 from study.cache import StageCache
@@ -70,19 +70,7 @@ def _paper_tree() -> dict[str, Any]:
 
 def _cfg(base: str, **changes: Any) -> PipelineConfig:
     """The paper setting with the base's changes, then `changes` (dotted paths)."""
-    tree = copy.deepcopy(_paper_tree())
-    for path, value in {**BASES[base][0], **changes}.items():
-        node = tree
-        *parents, leaf = path.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return PipelineConfig.model_validate(tree)
-
-
-def _keys(cfg: PipelineConfig, root: Path) -> dict[str, str]:
-    pipe = Pipeline(cfg, StageCache(root), log=lambda s: None)
-    return {n: pipe.key(n) for n in ALL}
+    return _changed(copy.deepcopy(_paper_tree()), {**BASES[base][0], **changes})
 
 
 @pytest.mark.parametrize("base", sorted(BASES))

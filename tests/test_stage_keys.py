@@ -157,8 +157,12 @@ CONDITIONAL = [
 
 
 def _paper(**changes: Any) -> PipelineConfig:
-    sf = load("paper_cifar10.yaml", ["device=cpu"], check_space=False).sf
-    tree = sf.pipeline.model_dump()
+    return _changed(load("paper_cifar10.yaml", ["device=cpu"], check_space=False).sf.pipeline
+                    .model_dump(), changes)
+
+
+def _changed(tree: dict[str, Any], changes: dict[str, Any]) -> PipelineConfig:
+    """`tree` with each dotted path of `changes` set, validated."""
     for path, value in changes.items():
         node = tree
         *parents, leaf = path.split(".")
