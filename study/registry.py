@@ -1,10 +1,12 @@
 """Where degradations, models, datasets and fusion methods come from: Python entry points.
 
-    group                an entry point names                       contract: docs/plugins.md
-    study.degradations   a degradations.Degradation                 levels, CPU (+ device) operator
-    study.models         a builder, num_classes -> nn.Module        forward -> (logits, features)
-    study.datasets       a loader, (root, seed) -> arrays or folder data.load_plugin reads it
-    study.fusion         a fusion.FusionMethod                      arguments, key fields, arithmetic
+    group                an entry point names                       its contract
+    study.degradations   a degradations.Degradation                 levels, CPU (+ device) op
+    study.models         a builder, num_classes -> nn.Module        forward -> (logits, feats)
+    study.datasets       a loader, keywords -> arrays or a folder   data.load_dataset reads it
+    study.fusion         a fusion.FusionMethod                      arguments, key fields, math
+
+Each contract in full: docs/plugins.md.
 
 One path for all: the built-ins are entry points too, declared in pyproject.toml's
 `[project.entry-points."study.*"]` tables with the targets of BUILTIN below
