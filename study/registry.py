@@ -128,9 +128,9 @@ def find(group: str, name: str) -> Component:
     """The component `name` of `group`; PluginError listing the installed names otherwise."""
     found = components(group).get(name)
     if found is None:
-        raise PluginError(f"unknown {NOUNS[group]} {name!r}; installed: {list(names(group))} "
-                          f"(plugins add more through the {group!r} entry points, "
-                          "docs/plugins.md)")
+        raise PluginError(f"unknown {NOUNS[group]} {name!r}; valid names: "
+                          f"{', '.join(names(group))} (the installed ones: plugins add more "
+                          f"through the {group!r} entry points, docs/plugins.md)")
     return found
 
 

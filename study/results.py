@@ -436,9 +436,9 @@ def paper_table(rows: pd.DataFrame | Sequence[Mapping[str, object]],
     df = pd.DataFrame(rows)
     per = df[df.degradation != "clean"].groupby(["model", "degradation"]).accuracy.mean()
     # the installed degradations' order, then any the rows name that is not installed here
-    order = [*registry.names(registry.DEGRADATIONS), *sorted(set(per.index.get_level_values(1)))]
+    known = [*registry.names(registry.DEGRADATIONS), *sorted(set(per.index.get_level_values(1)))]
     out = per.unstack("degradation").reindex(columns=list(dict.fromkeys(
-        d for d in order if d in set(df.degradation))))
+        d for d in known if d in set(df.degradation))))
     out["Avg"] = out.mean(axis=1)
     clean = df[df.degradation == "clean"].groupby("model").accuracy.mean()
     out["Clean"] = clean.reindex(out.index)
