@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import json
 import sys
-import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 import torch
 
 from study import cli, data, degradations, device_degrade, fusion, models, registry, results

@@ -37,7 +37,7 @@ def contrast_cpu(images: np.ndarray, levels: np.ndarray, rng: np.random.Generato
 def contrast_device(images: torch.Tensor, levels: torch.Tensor, generator: torch.Generator
                     ) -> torch.Tensor:
     """(N, 3, H, W) uint8 tensor, (N,) int64 levels -> (N, 3, H, W) uint8, on their device."""
-    import torch   # the CPU path, and validating a study file, need no torch
+    import torch  # the CPU path, and validating a study file, need no torch
 
     n = len(images)
     total = images.reshape(n, -1).sum(dim=1, dtype=torch.int64)
