@@ -57,9 +57,9 @@ def degradation_names() -> tuple[str, ...]:
     return registry.names(registry.DEGRADATIONS)
 
 
-def _installed(group: str, v: str, key: str) -> str:
+def _installed(group: str, v: str) -> str:
     if v not in registry.names(group):
-        raise ValueError(f"unknown {registry.NOUNS[group]} {v!r} for {key}; installed: "
+        raise ValueError(f"unknown {registry.NOUNS[group]} {v!r}; installed: "
                          f"{list(registry.names(group))} (plugins add more through the "
                          f"{group!r} entry points, docs/plugins.md)")
     return v
@@ -111,7 +111,7 @@ class DataConfig(Strict):
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, v: str) -> str:
-        return _installed(registry.DATASETS, v, "data.dataset")
+        return _installed(registry.DATASETS, v)
 
     @field_validator("classes")
     @classmethod
@@ -193,7 +193,7 @@ class FusionSettings(Strict):
     @field_validator("method")
     @classmethod
     def _known_method(cls, v: str) -> str:
-        return _installed(registry.FUSION, v, "fusion.method")
+        return _installed(registry.FUSION, v)
 
     @field_validator("experts")
     @classmethod
@@ -321,7 +321,7 @@ class PipelineConfig(Strict):
     @field_validator("model")
     @classmethod
     def _known_model(cls, v: str) -> str:
-        return _installed(registry.MODELS, v, "model")
+        return _installed(registry.MODELS, v)
 
     @field_validator("methods")
     @classmethod
