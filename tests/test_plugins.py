@@ -25,6 +25,7 @@ import torch
 from study import cli, data, degradations, device_degrade, fusion, models, registry, results
 from study.cache import StageCache
 from study.config import PipelineConfig
+from study.errors import ConfigError
 from study.pipeline import Pipeline
 from study.studyfile import load
 
@@ -169,6 +170,45 @@ def test_the_provenance_names_the_installed_plugins(plugin_path: Path) -> None:
     found = json.loads(results.provenance()["plugins"])
     assert found["study.degradations:contrast"] == "study-extra 0.1.0"
     assert found["study.fusion:median"] == "study-extra 0.1.0"
+
+
+# A plugin degradation with a CPU operator only, and two that break the contract (entry points
+# of the fake distribution "cpu-only" below).
+FADE = degradations.Degradation("fade", 0, 10, identity_level=0, stochastic=False,
+                                cpu=lambda x, lv, rng: x // (1 + lv[:, None, None, None] // 5))
+MISNAMED = degradations.Degradation("blurry", 0, 10, identity_level=0, stochastic=False,
+                                    cpu=FADE.cpu)
+NO_OPERATOR = degradations.Degradation("nocpu", 0, 10, identity_level=0, stochastic=False)
+
+
+@pytest.fixture
+def cpu_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    _use(monkeypatch, fake_distribution(tmp_path / "cpu", "1.0", {registry.DEGRADATIONS: {
+        "fade": f"{__name__}:FADE", "misnamed": f"{__name__}:MISNAMED",
+        "nocpu": f"{__name__}:NO_OPERATOR", "gone": "no_such_module:X"}}, name="cpu-only"))
+    yield
+    registry.refresh()
+
+
+def test_a_plugin_breaking_its_contract_is_refused_naming_it(cpu_only: None) -> None:
+    assert degradations.get("fade") is FADE
+    with pytest.raises(registry.PluginError, match=r"'misnamed' \(cpu-only 1.0\).*its name is"):
+        degradations.get("misnamed")
+    with pytest.raises(registry.PluginError, match="'nocpu'.*no cpu operator"):
+        degradations.get("nocpu")
+    with pytest.raises(registry.PluginError, match="'gone' .*cannot be loaded"):
+        degradations.get("gone")
+
+
+def test_without_a_device_operator_auto_keeps_the_cpu_path_and_device_is_refused(
+        cpu_only: None) -> None:
+    def pipe(path: str) -> Pipeline:
+        cfg = _cfg(degradations=["jpeg", "fade"], compute={"data_path": path})
+        return Pipeline(cfg, StageCache("/nonexistent"), log=lambda s: None)
+
+    assert not pipe("auto").device_path and not device_degrade.has_operator("fade")
+    with pytest.raises(ConfigError, match=r"\['fade'\] has no device operator"):
+        _ = pipe("device").device_path
 
 
 # ---------------------------------------------------------------- the example's contracts
