@@ -31,6 +31,8 @@ import importlib.metadata
 from dataclasses import dataclass
 from typing import Any
 
+from study.errors import StudyError
+
 __all__ = ["BUILTIN", "DATASETS", "DEGRADATIONS", "FUSION", "GROUPS", "MODELS", "Component",
            "PluginError", "components", "find", "installed_plugins", "load", "names",
            "plugin_versions", "refresh"]
@@ -61,9 +63,10 @@ BUILTIN: dict[str, dict[str, str]] = {
 }
 
 
-class PluginError(ValueError):
+class PluginError(StudyError, ValueError):
     """An unknown name, two distributions claiming one name, or a plugin breaking its group's
-    contract. A ValueError, so config validation reports it against the key that named it."""
+    contract: a user error (one paragraph, exit 2), and a ValueError, so config validation
+    reports it against the key that named it."""
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ the first distribution of a name on sys.path), so these tests run the same eithe
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -129,6 +131,19 @@ def test_an_unknown_name_exits_2_listing_the_installed_ones(
                    "--set", setting])
     err = capsys.readouterr().err
     assert rc == 2 and key in err and listed in err and "Traceback" not in err, err
+
+
+def test_a_plugin_that_cannot_be_imported_exits_2_naming_it(tmp_path: Path) -> None:
+    """A fusion plugin is loaded when study.config is imported (its arguments join the schema):
+    a fresh interpreter, as this one imported the config long ago."""
+    fake_distribution(tmp_path, "1.0", {registry.FUSION: {"bad": "no_such_module:METHOD"}},
+                      name="broken")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
+    r = subprocess.run([sys.executable, "-m", "study.cli", "run", "--space", "smoke.yaml",
+                        "--results", str(tmp_path / "r")], capture_output=True, text=True,
+                       env=env, cwd=tmp_path, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "fusion method 'bad' (broken 1.0" in r.stderr and "no_such_module" in r.stderr
 
 
 # ---------------------------------------------------------------- versions in keys, provenance

@@ -60,6 +60,12 @@ def argument_fields() -> dict[str, tuple[Any, Any]]:
     for m in installed().values():
         for name, arg in m.arguments.items():
             if name in declared and declared[name] is not arg:
+                if m.name not in METHODS:
+                    raise registry.PluginError(
+                        f"fusion plugin {m.name!r} "
+                        f"({registry.find(registry.FUSION, m.name).label}) declares the argument "
+                        f"fusion.{name} anew; another method declares it already: import and "
+                        "share that Argument (e.g. study.fusion.method.LAMBDAS) or rename it")
                 raise TypeError(f"fusion argument {name!r} is declared twice, differently "
                                 f"({m.name}); declare it once and share it")
             declared[name] = arg
