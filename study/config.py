@@ -22,9 +22,11 @@ from pydantic import (
     model_validator,
 )
 
-from study import fusion
+from study import fusion, registry
 from study.schema import takes_number
 
+# The paper's four, the default of every degradation list; a study may name any installed one
+# (degradation_names(): these, then the plugins of the study.degradations entry points).
 DEGRADATION_NAMES = ("jpeg", "blur", "awgn", "saltpepper")
 METHOD_NAMES = (
     "oracle", "ensemble", "scratch", "vanilla_ft", "modelsoups", "fusing", "fusiondistill",
@@ -33,7 +35,6 @@ METHOD_NAMES = (
 # it has no clean accuracy (stages.METHODS checks this against its combiners at import).
 METHODS_WITHOUT_CLEAN = ("oracle",)
 METRIC_SPLITS = ("val", "test")
-METRIC_AGGREGATES = ("avg", "clean", *DEGRADATION_NAMES)
 STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql")   # `+driver` suffixes allowed
 # Optuna's samplers seed numpy's RandomState, which takes 0..2**32-1 and raises ValueError
 # outside it; every seed of the config keeps to that range, replicate seeds included.
@@ -49,6 +50,19 @@ SYNTHETIC_CLASSES = tuple(f"class{i}" for i in range(10))
 # Training images of the datasets with a fixed train split (CIFAR 50,000; Tiny ImageNet
 # 100,000): a validation hold-out needs fewer than that.
 TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "tinyimagenet": 100_000}
+
+
+def degradation_names() -> tuple[str, ...]:
+    """Every installed degradation in canonical order: the paper's four, then plugins by name."""
+    return registry.names(registry.DEGRADATIONS)
+
+
+def _installed(group: str, v: str) -> str:
+    if v not in registry.names(group):
+        raise ValueError(f"unknown {registry.NOUNS[group]} {v!r}; installed: "
+                         f"{list(registry.names(group))} (plugins add more through the "
+                         f"{group!r} entry points, docs/plugins.md)")
+    return v
 
 
 def _has_bool(v: Any) -> bool:
@@ -83,7 +97,7 @@ class Strict(BaseModel):
 
 # ---------------------------------------------------------------- pipeline
 class DataConfig(Strict):
-    dataset: Literal["cifar10", "cifar100", "tinyimagenet", "imagefolder", "synthetic"]
+    dataset: str   # an installed dataset: cifar10, cifar100, tinyimagenet, imagefolder, ...
     root: str | None = None
     val_size: int = Field(5000, ge=0)
     seed: Seed = 0                      # the validation split and the synthetic images
@@ -93,6 +107,11 @@ class DataConfig(Strict):
     train_subset: int | None = Field(None, ge=10)   # first N of the shuffled train set
     # imagefolder: class order; others: keep these classes, relabelled in this order
     classes: list[str] | None = Field(None, min_length=1)
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, v: str) -> str:
+        return _installed(registry.DATASETS, v)
 
     @field_validator("classes")
     @classmethod
@@ -174,14 +193,12 @@ class FusionSettings(Strict):
     @field_validator("method")
     @classmethod
     def _known_method(cls, v: str) -> str:
-        if v not in fusion.METHODS:
-            raise ValueError(f"unknown fusion method {v!r}; allowed: {list(fusion.METHODS)}")
-        return v
+        return _installed(registry.FUSION, v)
 
     @field_validator("experts")
     @classmethod
     def _known_experts(cls, v: list[str] | None) -> list[str] | None:
-        return None if v is None else _canonical_subset(v, DEGRADATION_NAMES, "fusion expert")
+        return None if v is None else _canonical_subset(v, degradation_names(), "fusion expert")
 
 
 if TYPE_CHECKING:   # the methods' arguments are read by name (FusionMethod), not as attributes
@@ -213,7 +230,7 @@ class EvalConfig(Strict):
     @field_validator("degradations")
     @classmethod
     def _known(cls, v: list[str]) -> list[str]:
-        return _canonical_subset(v, DEGRADATION_NAMES, "eval degradation")
+        return _canonical_subset(v, degradation_names(), "eval degradation")
 
 
 class ValidationConfig(Strict):
@@ -261,7 +278,7 @@ class ComputeConfig(Strict):
 
 class PipelineConfig(Strict):
     data: DataConfig
-    model: Literal["resnet56", "tiny"]
+    model: str   # an installed model: resnet56, tiny, ...
     degradations: list[str]
     salt_value: Literal[1, 255] = 1
     methods: list[str]
@@ -299,7 +316,12 @@ class PipelineConfig(Strict):
     @field_validator("degradations")
     @classmethod
     def _known_degradations(cls, v: list[str]) -> list[str]:
-        return _canonical_subset(v, DEGRADATION_NAMES, "degradation")
+        return _canonical_subset(v, degradation_names(), "degradation")
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        return _installed(registry.MODELS, v)
 
     @field_validator("methods")
     @classmethod
@@ -341,7 +363,7 @@ class PipelineConfig(Strict):
         if split == "val" and self.protocol == "holdout" and self.data.val_size == 0:
             return ("data.val_size is 0, so nothing is held out for validation: give "
                     "data.val_size > 0, or measure on test")
-        if aggregate in DEGRADATION_NAMES and aggregate not in self.eval.degradations:
+        if aggregate in degradation_names() and aggregate not in self.eval.degradations:
             return (f"eval.degradations {self.eval.degradations} does not evaluate "
                     f"{aggregate!r}; add it there, or measure avg or clean")
         if aggregate == "clean" and method in METHODS_WITHOUT_CLEAN:
@@ -368,7 +390,7 @@ class PipelineConfig(Strict):
     @property
     def fused_experts(self) -> list[str]:
         chosen = self.fusion.experts if self.fusion.experts is not None else self.degradations
-        return [d for d in DEGRADATION_NAMES if d in chosen]
+        return [d for d in degradation_names() if d in chosen]
 
 
 def _canonical_subset(v: Iterable[str], allowed: tuple[str, ...], what: str) -> list[str]:
@@ -386,7 +408,7 @@ def _canonical_subset(v: Iterable[str], allowed: tuple[str, ...], what: str) -> 
 
 # ---------------------------------------------------------------- study, executor
 class ObjectiveConfig(Strict):
-    metric: str = "val.avg"         # <split>.<avg|clean|jpeg|blur|awgn|saltpepper>
+    metric: str = "val.avg"         # <split>.<avg|clean|jpeg|blur|awgn|saltpepper|a plugin's>
     method: str = "fusiondistill"   # whose accuracy
     direction: Literal["maximize", "minimize"] = "maximize"
 
@@ -394,9 +416,10 @@ class ObjectiveConfig(Strict):
     @classmethod
     def _known_metric(cls, v: str) -> str:
         split, _, agg = v.partition(".")
-        if split not in METRIC_SPLITS or agg not in METRIC_AGGREGATES:
+        aggregates = ["avg", "clean", *degradation_names()]
+        if split not in METRIC_SPLITS or agg not in aggregates:
             raise ValueError(f"metric is <split>.<aggregate> with split in {list(METRIC_SPLITS)} "
-                             f"and aggregate in {list(METRIC_AGGREGATES)}, e.g. val.avg")
+                             f"and aggregate in {aggregates}, e.g. val.avg")
         return v
 
     @field_validator("method")

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import os
 import pickle
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from PIL import Image
 
+from study import registry
 from study.errors import DataError
 
 __all__ = [
@@ -646,54 +647,60 @@ def make_synthetic(
 
 
 # ---------------------------------------------------------------------------------------------
-# Registry: name -> loader(root, seed, synthetic_train, synthetic_test, classes)
+# Registry: name -> loader, the built-ins here and plugins of the `study.datasets` entry points
+# (study/registry.py). Every loader is called with the keywords below (a plugin takes **_ for
+# those it ignores) and returns a `Dataset` with `classes` applied, or what PLUGIN_RESULTS says.
 
-Loader = Callable[[str | None, int, int, int, list[str] | None], Dataset]
+Loader = Callable[..., Any]
+# What a plugin's loader may return besides a Dataset (docs/plugins.md): its arrays under these
+# names (a dict, or np.load of an .npz; "classes" optional: class0, class1, ... then), or the
+# path of a folder in load_imagefolder's layout. `classes` is then applied here.
+PLUGIN_ARRAYS = ("train_images", "train_labels", "test_images", "test_labels")
+PLUGIN_RESULTS = "a study.data.Dataset, a mapping of arrays (train_images, train_labels, " \
+                 "test_images, test_labels, optional classes) or an image folder's path"
 
 
-def _cifar10(
-    root: str | None, seed: int, n_train: int, n_test: int, classes: list[str] | None
-) -> Dataset:
+def load_cifar10(*, root: str | None, classes: list[str] | None, **_: Any) -> Dataset:
     return _select_classes(load_cifar("cifar10", root), classes)
 
 
-def _cifar100(
-    root: str | None, seed: int, n_train: int, n_test: int, classes: list[str] | None
-) -> Dataset:
+def load_cifar100(*, root: str | None, classes: list[str] | None, **_: Any) -> Dataset:
     return _select_classes(load_cifar("cifar100", root), classes)
 
 
-def _tinyimagenet(
-    root: str | None, seed: int, n_train: int, n_test: int, classes: list[str] | None
-) -> Dataset:
+def load_tiny_imagenet(*, root: str | None, classes: list[str] | None, **_: Any) -> Dataset:
     return _select_classes(load_tinyimagenet(root), classes)
 
 
-def _imagefolder(
-    root: str | None, seed: int, n_train: int, n_test: int, classes: list[str] | None
-) -> Dataset:
+def load_image_folder(*, root: str | None, classes: list[str] | None, **_: Any) -> Dataset:
     return load_imagefolder(root, classes)  # reads only the chosen class folders
 
 
-def _synthetic(
-    root: str | None, seed: int, n_train: int, n_test: int, classes: list[str] | None
-) -> Dataset:
-    return _select_classes(make_synthetic(n_train, n_test, seed), classes)
+def load_synthetic(*, seed: int, synthetic_train: int, synthetic_test: int,
+                   classes: list[str] | None, **_: Any) -> Dataset:
+    return _select_classes(make_synthetic(synthetic_train, synthetic_test, seed), classes)
 
 
+# The built-ins, as the registry's entry points name them.
 DATASETS: dict[str, Loader] = {
-    "cifar10": _cifar10,
-    "cifar100": _cifar100,
-    "tinyimagenet": _tinyimagenet,
-    "imagefolder": _imagefolder,
-    "synthetic": _synthetic,
+    "cifar10": load_cifar10,
+    "cifar100": load_cifar100,
+    "tinyimagenet": load_tiny_imagenet,
+    "imagefolder": load_image_folder,
+    "synthetic": load_synthetic,
 }
 
 
 def get(name: str) -> Loader:
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
-    return DATASETS[name]
+    """The loader `name`, built-in or plugin; ValueError listing the installed datasets."""
+    if name in DATASETS:
+        return DATASETS[name]
+    loader = registry.load(registry.DATASETS, name)
+    if not callable(loader):
+        raise registry.PluginError(f"dataset plugin {name!r} "
+                                   f"({registry.find(registry.DATASETS, name).label}): the entry "
+                                   f"point must name a loader, got {type(loader).__name__}")
+    return cast(Loader, loader)
 
 
 def load_dataset(
@@ -711,4 +718,37 @@ def load_dataset(
     also fixes the class order); `seed`, `synthetic_train`, `synthetic_test` only affect
     "synthetic". Never downloads: missing files raise DataNotFoundError.
     """
-    return get(name)(root, seed, synthetic_train, synthetic_test, classes)
+    out = get(name)(root=root, seed=seed, synthetic_train=synthetic_train,
+                    synthetic_test=synthetic_test, classes=classes)
+    if isinstance(out, Dataset):
+        return out
+    if isinstance(out, (str, os.PathLike)):
+        return load_imagefolder(os.fspath(out), classes)
+    if isinstance(out, Mapping) or hasattr(out, "files"):   # np.load of an .npz has .files
+        return _select_classes(_from_arrays(name, out), classes)
+    raise DataFormatError(f"dataset plugin {name!r} returned {type(out).__name__}; its loader "
+                          f"must return {PLUGIN_RESULTS}")
+
+
+def _from_arrays(name: str, arrays: Any) -> Dataset:
+    """A plugin's arrays as a Dataset: uint8 (N, H, W, 3) images, int labels 0..k-1, the
+    normalisation from its training images (as an image folder's)."""
+    keys = set(arrays.files if hasattr(arrays, "files") else arrays)
+    missing = [k for k in PLUGIN_ARRAYS if k not in keys]
+    if missing:
+        raise DataFormatError(f"dataset plugin {name!r}: its arrays lack {missing}; it must "
+                              f"return {PLUGIN_RESULTS}")
+    try:
+        train = Split(np.asarray(arrays["train_images"]),
+                      np.asarray(arrays["train_labels"]).astype(np.int64))
+        test = Split(np.asarray(arrays["test_images"]),
+                     np.asarray(arrays["test_labels"]).astype(np.int64))
+    except ValueError as e:
+        raise DataFormatError(f"dataset plugin {name!r}: {e}") from e
+    if "classes" in keys:
+        classes = [str(c) for c in np.asarray(arrays["classes"]).tolist()]
+    else:
+        top = max(int(train.labels.max(initial=-1)), int(test.labels.max(initial=-1)))
+        classes = [f"class{c}" for c in range(top + 1)]
+    mean, std = _channel_stats(train.images)
+    return Dataset(name, classes, mean, std, train, test)

@@ -1,4 +1,6 @@
-"""The four degradations of docs/method.md on uint8 RGB images: the CPU reference path.
+"""The four degradations of docs/method.md on uint8 RGB images: the CPU reference path; and what
+a degradation is (`Degradation`), for them and for the plugins of the `study.degradations`
+entry points (study/registry.py, docs/plugins.md).
 
 The reference is the PyPI package `imagedegrade` 0.2.3 as FusionDistill's datasets call it:
 jpeg gets the PIL image, the other three get `np.asarray(pil_image)` (uint8, H x W x 3) and their
@@ -8,27 +10,50 @@ operator here reproduces that chain; the tests check them against `imagedegrade`
 Levels are integers (both ends inclusive); `Degradation.parameter` maps a level to the operator's
 parameter exactly as the reference divides it (`level / 10.0` for blur, `level / 100.0` for
 salt-and-pepper).
+
+A plugin's degradation brings its own batched operators (`cpu`, and optionally `device`); the
+four here are this module's reference operators, dispatched by name below (`salt_value` is
+theirs alone). Either way `get(name)` finds a degradation, through the registry.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from study import registry
+
+if TYPE_CHECKING:
+    import torch
+
 __all__ = [
     "CLEAN",
     "DEGRADATIONS",
+    "CpuOperator",
     "Degradation",
+    "DeviceOperator",
     "degrade",
     "degrade_batch",
     "get",
     "random_levels",
+    "stream_index",
 ]
+
+# (N, H, W, 3) uint8 images, (N,) int64 levels, the random stream to draw from -> (N, H, W, 3)
+# uint8. Whatever it draws comes from `rng` (the copies' and the training stream's seeds make
+# it reproducible); an identity-level image must come back unchanged.
+CpuOperator = Callable[[np.ndarray, np.ndarray, np.random.Generator], np.ndarray]
+# The same on the device path: (N, 3, H, W) uint8 tensor, (N,) int64 levels on its device, a
+# torch.Generator on that device -> (N, 3, H, W) uint8.
+DeviceOperator = Callable[["torch.Tensor", "torch.Tensor", "torch.Generator"], "torch.Tensor"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +64,12 @@ class Degradation:
     identity_level: int  # the level that returns the input unchanged
     stochastic: bool  # True when the output depends on the rng
     divisor: float = 1.0  # parameter = level / divisor, the reference's `deg_adj`
+    # True when `device` returns `cpu`'s bytes for the same images and levels (a stochastic one
+    # draws from a torch stream instead of numpy's: the same distribution, so False)
+    bit_exact: bool = False
+    cpu: CpuOperator | None = None  # a plugin's operator; None: this module's reference one
+    device: DeviceOperator | None = None  # None: no device path (a plugin then trains on the CPU
+    # path; for the built-ins device_degrade holds theirs)
 
     def parameter(self, level: int) -> float:
         """The operator's parameter for an integer level (jpeg q, blur sigma, awgn sigma, p)."""
@@ -58,24 +89,53 @@ class Degradation:
 # undegraded copy.
 CLEAN = "clean"
 
-DEGRADATIONS: dict[str, Degradation] = {
-    # q in 1..100 is a PIL encode+decode; 101 is the reference's "clean" (any q outside [1, 100]).
-    "jpeg": Degradation("jpeg", 1, 101, identity_level=101, stochastic=False),
-    # sigma 0.0-5.0 in steps of 0.1 pixels.
-    "blur": Degradation("blur", 0, 50, identity_level=0, stochastic=False, divisor=10.0),
-    # sigma 0-50 on the 0-255 scale.
-    "awgn": Degradation("awgn", 0, 50, identity_level=0, stochastic=True),
-    # p 0.00-0.25: up to 12.5% pepper and 12.5% salt per element.
-    "saltpepper": Degradation(
-        "saltpepper", 0, 25, identity_level=0, stochastic=True, divisor=100.0
-    ),
-}
+# The built-ins, as the registry's entry points name them (bit_exact: device_degrade's ops).
+# q in 1..100 is a PIL encode+decode; 101 is the reference's "clean" (any q outside [1, 100]).
+JPEG = Degradation("jpeg", 1, 101, identity_level=101, stochastic=False, bit_exact=True)
+# sigma 0.0-5.0 in steps of 0.1 pixels.
+BLUR = Degradation("blur", 0, 50, identity_level=0, stochastic=False, divisor=10.0,
+                   bit_exact=True)
+# sigma 0-50 on the 0-255 scale.
+AWGN = Degradation("awgn", 0, 50, identity_level=0, stochastic=True)
+# p 0.00-0.25: up to 12.5% pepper and 12.5% salt per element.
+SALTPEPPER = Degradation("saltpepper", 0, 25, identity_level=0, stochastic=True, divisor=100.0)
+DEGRADATIONS: dict[str, Degradation] = {d.name: d for d in (JPEG, BLUR, AWGN, SALTPEPPER)}
 
 
 def get(name: str) -> Degradation:
-    if name not in DEGRADATIONS:
-        raise ValueError(f"unknown degradation {name!r}; valid names: {', '.join(DEGRADATIONS)}")
-    return DEGRADATIONS[name]
+    """The degradation `name`, built-in or plugin; ValueError listing the installed names."""
+    if name in DEGRADATIONS:
+        return DEGRADATIONS[name]
+    found = registry.load(registry.DEGRADATIONS, name)
+    return _checked_plugin(name, found)
+
+
+def _checked_plugin(name: str, d: Any) -> Degradation:
+    """A plugin's entry point holds to the contract (docs/plugins.md), or a PluginError says
+    which part it breaks."""
+    where = f"degradation plugin {name!r} ({registry.find(registry.DEGRADATIONS, name).label})"
+    if not isinstance(d, Degradation):
+        raise registry.PluginError(f"{where}: the entry point must name a "
+                                   f"study.degradations.Degradation, got {type(d).__name__}")
+    problems = []
+    if d.name != name:
+        problems.append(f"its name is {d.name!r}, the entry point's {name!r}")
+    if not d.lo <= d.identity_level <= d.hi:
+        problems.append(f"identity_level {d.identity_level} outside [{d.lo}, {d.hi}]")
+    if d.cpu is None:
+        problems.append("it has no cpu operator")
+    if problems:
+        raise registry.PluginError(f"{where}: " + "; ".join(problems))
+    return d
+
+
+def stream_index(name: str) -> int:
+    """A degradation's number in the seeds of its copies: a built-in's place (jpeg 0, blur 1,
+    awgn 2, saltpepper 3, fixed forever), a plugin's from its name alone, so installing another
+    plugin never changes the copies of this one."""
+    if name in DEGRADATIONS:
+        return list(DEGRADATIONS).index(name)
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big")
 
 
 def random_levels(name: str, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -96,6 +156,8 @@ def degrade(
     level = _check_level(d, level)
     _check_images(image, ndim=3)
     _check_salt(salt_value)
+    if d.cpu is not None:   # a plugin: its batched operator on a batch of one
+        return degrade_batch(image[None], name, level, rng)[0]
     if level == d.identity_level:
         return image.copy()
     p = d.parameter(level)
@@ -135,6 +197,8 @@ def degrade_batch(
         raise ValueError(f"levels must be a scalar or shape ({n},), got shape {lv.shape}")
     lv = np.array([_check_level(d, x) for x in lv.tolist()], dtype=np.int64)
 
+    if d.cpu is not None:
+        return _plugin_output(d, d.cpu(images, lv, rng), images.shape)
     if name == "awgn":
         # Same arithmetic as `degrade`: x + sigma * z in float64, clip, truncate. Level-0 images get
         # noise * 0 = 0 and come back unchanged.
@@ -219,6 +283,15 @@ def _apply_saltpepper(
     out = images.copy()
     out[pepper] = 0
     out[salt] = salt_value
+    return out
+
+
+def _plugin_output(d: Degradation, out: Any, shape: tuple[int, ...]) -> np.ndarray:
+    if not isinstance(out, np.ndarray) or out.dtype != np.uint8 or out.shape != shape:
+        got = (f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray)
+               else type(out).__name__)
+        raise registry.PluginError(f"degradation plugin {d.name!r}: its cpu operator must return "
+                                   f"uint8 images of shape {shape}, got {got}")
     return out
 
 

@@ -39,12 +39,19 @@ __all__ = [
     "blur_weights",
     "build_jpeg_bank",
     "degrade",
+    "has_operator",
     "random_levels",
     "saltpepper",
 ]
 
 TRUNCATE = 3.0     # the reference's gaussian_filter(truncate=3.0)
 BLUR_RADIUS = 15   # int(3.0 * 5.0 + 0.5): the widest kernel, sigma 5.0 (blur level 50)
+
+
+def has_operator(name: str) -> bool:
+    """Whether `name` can run on the device path: the built-ins can, a plugin when it brings a
+    device operator."""
+    return name in degradations.DEGRADATIONS or degradations.get(name).device is not None
 
 
 def random_levels(name: str, n: int, generator: torch.Generator) -> torch.Tensor:
@@ -55,17 +62,26 @@ def random_levels(name: str, n: int, generator: torch.Generator) -> torch.Tensor
 
 def degrade(images: torch.Tensor, name: str, levels: torch.Tensor, generator: torch.Generator,
             salt_value: int = 1) -> torch.Tensor:
-    """awgn, saltpepper or blur of (N, 3, H, W) uint8 at one level per image (jpeg: JpegBank)."""
+    """awgn, saltpepper, blur or a plugin's degradation of (N, 3, H, W) uint8 at one level per
+    image (jpeg: JpegBank)."""
     _check(images, levels)
     d = degradations.get(name)
+    if d.device is not None:
+        out = d.device(images, levels, generator)
+        if out.dtype != torch.uint8 or out.shape != images.shape:
+            raise ValueError(f"degradation plugin {name!r}: its device operator must return "
+                             f"uint8 images of shape {tuple(images.shape)}, got {out.dtype} "
+                             f"{tuple(out.shape)}")
+        return out
     if name == "awgn":
         return awgn(images, levels.to(torch.float32) / d.divisor, generator)
     if name == "saltpepper":
         return saltpepper(images, levels.to(torch.float64) / d.divisor, generator, salt_value)
     if name == "blur":
         return blur(images, levels)
-    raise ValueError(f"degradation {name!r} has no direct device op; valid names: awgn, "
-                     "saltpepper, blur (jpeg goes through a JpegBank)")
+    raise ValueError(f"degradation {name!r} has no device operator: awgn, saltpepper, blur and "
+                     "plugins that declare one do (jpeg goes through a JpegBank); train it "
+                     "with compute.data_path: reference")
 
 
 def awgn(images: torch.Tensor, sigma: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -30,9 +30,9 @@ def copy_seed(seed: int, name: str, level: int) -> np.random.Generator:
 
 
 def _index(name: str) -> int:
-    """A degradation's place in the registry (jpeg 0, blur 1, awgn 2, saltpepper 3): part of
-    every degraded copy's seed, so the order of degradations.DEGRADATIONS is fixed."""
-    return list(degradations.DEGRADATIONS).index(name)
+    """Part of every degraded copy's seed: degradations.stream_index (a built-in's fixed place,
+    jpeg 0 to saltpepper 3; a plugin's number from its name)."""
+    return degradations.stream_index(name)
 
 
 def degraded_copy(images: np.ndarray, name: str, level: int, seed: int, salt_value: int

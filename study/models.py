@@ -11,10 +11,13 @@ are this module's own; reference-code checkpoints are not loaded directly.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from study import registry
 
 __all__ = ["FEATURE_LAYERS", "MODELS", "BasicBlock", "ResNet", "build_model", "get"]
 
@@ -111,19 +114,28 @@ def tiny(num_classes: int) -> ResNet:
     return ResNet(1, (4, 8, 16), num_classes)
 
 
+# The built-ins, as the registry's entry points name them. A plugin of the `study.models`
+# entry points is a builder of the same shape (docs/plugins.md).
 MODELS: dict[str, Callable[[int], nn.Module]] = {"resnet56": resnet56, "tiny": tiny}
 
 
 def get(name: str) -> Callable[[int], nn.Module]:
-    """The builder registered under ``name``; ValueError listing the valid names otherwise."""
-    try:
+    """The builder registered under ``name``, built-in or plugin; ValueError listing the
+    installed models otherwise."""
+    if name in MODELS:
         return MODELS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown model {name!r}; valid models: {', '.join(sorted(MODELS))}"
-        ) from None
+    builder = registry.load(registry.MODELS, name)
+    if not callable(builder):
+        raise registry.PluginError(
+            f"model plugin {name!r} ({registry.find(registry.MODELS, name).label}): the entry "
+            f"point must name a builder num_classes -> nn.Module, got {type(builder).__name__}")
+    return cast(Callable[[int], nn.Module], builder)
 
 
 def build_model(name: str, num_classes: int) -> nn.Module:
     """A freshly initialised model ``name`` with a ``num_classes``-way head."""
-    return get(name)(num_classes)
+    model = get(name)(num_classes)
+    if not isinstance(model, nn.Module):
+        raise registry.PluginError(f"model {name!r}: its builder must return a torch.nn.Module, "
+                                   f"got {type(model).__name__}")
+    return model

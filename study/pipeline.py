@@ -138,9 +138,17 @@ class Pipeline:
     # ------------------------------------------------------------ keys
     @property
     def device_path(self) -> bool:
-        """Training batches from DeviceTrainStream (see ComputeConfig.data_path)."""
+        """Training batches from DeviceTrainStream (see ComputeConfig.data_path). A plugin
+        degradation without a device operator keeps `auto` on the reference path and makes
+        `device` a ConfigError naming it."""
         path = self.cfg.compute.data_path
-        return path == "device" or (path == "auto" and self.device.type == "cuda")
+        wanted = path == "device" or (path == "auto" and self.device.type == "cuda")
+        missing = [d for d in self.cfg.degradations if not device_degrade.has_operator(d)]
+        if wanted and missing and path == "device":
+            raise ConfigError(f"key 'pipeline.compute.data_path': 'device', but degradation "
+                              f"{missing} has no device operator (its plugin declares none); "
+                              "use 'reference' or 'auto'")
+        return wanted and not missing
 
     @functools.cached_property
     def key_env(self) -> stages.KeyEnv:
@@ -314,7 +322,7 @@ class Pipeline:
             return images
         if draw == 0:
             return evaluation.random_level_copy(images, name, e.seed, self.cfg.salt_value)
-        index = list(degradations.DEGRADATIONS).index(name)   # as the evaluation's copies
+        index = degradations.stream_index(name)   # as the evaluation's copies
         rng = np.random.default_rng([e.seed, index, 10_000, draw])
         return degradations.degrade_batch(
             images, name, degradations.random_levels(name, len(images), rng), rng,

@@ -4,7 +4,8 @@ rows add up to (the paper-style table, the objective values).
 One row per (trial, model, split, degradation, level); a trial without evaluation rows (pruned,
 failed) still gets one row carrying its state and error. Searched parameters appear as
 `param_<name>` columns (lists and dicts as JSON text), stage cache keys as `key_<stage>`, hits as
-`hit_<stage>`, and provenance (git commit, host, device, versions) as plain columns.
+`hit_<stage>`, and provenance (git commit, host, device, versions) as plain columns; the
+installed plugins and their versions as JSON text (`plugins`, "{}" without any).
 `pandas.read_parquet("results/<study>/trials")` loads a whole study.
 
 No torch here: `study status` and the report read results on machines that never train.
@@ -30,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import study
-from study import atomic
+from study import atomic, registry
 from study.space import Column
 from study.stages import SHARED, instance_names
 
@@ -39,7 +40,8 @@ from study.stages import SHARED, instance_names
 # column): every non-number parameter as JSON text ('"ties"'), objectives as value_0, value_1.
 # `upgrade` reads version 1 files as version 2.
 SCHEMA_VERSION = 2
-# The paper's column names for the four degradations (Table 1 onwards).
+# The paper's column names for the four degradations (Table 1 onwards); a plugin's column is
+# its name.
 TABLE_COLUMNS = {"jpeg": "JPEG", "blur": "Blur", "awgn": "AWGN", "saltpepper": "SAPN"}
 
 
@@ -62,9 +64,12 @@ def git_commit() -> str:
 
 
 def provenance() -> dict[str, str]:
+    """What ran: the code, the machine, the versions, and every installed plugin
+    ("<group>:<name>" -> "<distribution> <version>", JSON text)."""
     return {"git_commit": git_commit(), "host": platform.node(),
             "study_version": study.__version__, "optuna_version": _version("optuna"),
-            "torch_version": _version("torch"), "python_version": platform.python_version()}
+            "torch_version": _version("torch"), "python_version": platform.python_version(),
+            "plugins": json.dumps(registry.installed_plugins(), sort_keys=True)}
 
 
 def _version(package: str) -> str:
@@ -80,7 +85,9 @@ def _version(package: str) -> str:
         return "unknown"
 
 
-STAGES = instance_names()   # every network, so every file has the same key_ columns
+# every network of the built-in degradations, so every file has the same key_ columns whatever
+# is installed; a plugin degradation's expert keeps its key in the trial's Optuna attributes
+STAGES = instance_names()
 SHARED_STAGES = instance_names(stages=SHARED)   # base and the experts
 # Every file of a study carries the same columns with the same types, so that
 # pd.read_parquet(<dir>) (which takes the schema of one file) loads them all.
@@ -90,7 +97,8 @@ EXTRA_COLUMNS = {"wall_s": "Float64", "error": "string", "fail_kind": "string",
                  "git_commit": "string",
                  "host": "string",
                  "study_version": "string", "optuna_version": "string",
-                 "torch_version": "string", "python_version": "string", "config_json": "string"}
+                 "torch_version": "string", "python_version": "string", "plugins": "string",
+                 "config_json": "string"}
 
 
 def _cell(v: Any) -> Any:
@@ -427,8 +435,10 @@ def paper_table(rows: pd.DataFrame | Sequence[Mapping[str, object]],
     the degradations present. A method without a clean number (the oracle) gets NaN there."""
     df = pd.DataFrame(rows)
     per = df[df.degradation != "clean"].groupby(["model", "degradation"]).accuracy.mean()
-    out = per.unstack("degradation").reindex(columns=[d for d in TABLE_COLUMNS if d in set(
-        df.degradation)])
+    # the installed degradations' order, then any the rows name that is not installed here
+    known = [*registry.names(registry.DEGRADATIONS), *sorted(set(per.index.get_level_values(1)))]
+    out = per.unstack("degradation").reindex(columns=list(dict.fromkeys(
+        d for d in known if d in set(df.degradation))))
     out["Avg"] = out.mean(axis=1)
     clean = df[df.degradation == "clean"].groupby("model").accuracy.mean()
     out["Clean"] = clean.reindex(out.index)

@@ -12,7 +12,10 @@ and how it is built. The pipeline runs these declarations; results, worker, laun
 planning and bench take their stage lists from here (`instance_names`, `SHARED`, `METHODS`).
 
 A key is `sha256(folder, key_fields, parents' keys, CODE_VERSION)`: two configurations share a
-network exactly when every field it reads and every ancestor agree. The test
+network exactly when every field it reads and every ancestor agree. A plugin component (a
+degradation, model, dataset or fusion method of another distribution, study/registry.py) adds
+its distribution and version as a field (`plugin:<group>:<name>`) to what it shapes; the
+built-ins add none, so their keys are those of the releases before plugins. The test
 tests/test_stage_keys.py changes each leaf of the config one at a time and checks the set of
 stages whose key moves.
 
@@ -26,13 +29,14 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from study import fusion
+from study import fusion, registry
 from study.config import (
     DEGRADATION_NAMES,
     METHOD_NAMES,
     METHODS_WITHOUT_CLEAN,
     PipelineConfig,
     TrainSpec,
+    degradation_names,
 )
 from study.degradations import CLEAN
 
@@ -95,6 +99,13 @@ class Stage:
 
 
 # ---------------------------------------------------------------- key fields
+def _plugin_fields(group: str, used: str | list[str]) -> dict[str, Any]:
+    """The distribution and version of each plugin among `used` (none for a built-in): a new
+    release of a plugin retrains and re-evaluates whatever it shaped."""
+    return {f"plugin:{group}:{name}": label
+            for name, label in registry.plugin_versions(group, used).items()}
+
+
 def _spec_fields(prefix: str, spec: TrainSpec) -> dict[str, Any]:
     """A training spec's fields, less those its optimiser and schedule ignore."""
     values = spec.model_dump()
@@ -130,7 +141,8 @@ def _data_fields(cfg: PipelineConfig) -> dict[str, Any]:
     if cfg.protocol == "reference" and cfg.selection == "best_val" and d.dataset == "synthetic":
         # the test set picks the checkpoints, and a synthetic one is drawn to this size
         out["data.synthetic_test"] = d.synthetic_test
-    return out
+    return out | _plugin_fields(registry.DATASETS, d.dataset) | _plugin_fields(
+        registry.MODELS, cfg.model)
 
 
 def split_fields(cfg: PipelineConfig, split: str) -> dict[str, Any]:
@@ -140,7 +152,8 @@ def split_fields(cfg: PipelineConfig, split: str) -> dict[str, Any]:
     training images with data.seed; under reference they are the test set, whose copies are
     then keyed apart from the holdout ones."""
     d = cfg.data
-    out: dict[str, Any] = {"data.dataset": d.dataset}
+    out: dict[str, Any] = {"data.dataset": d.dataset,
+                           **_plugin_fields(registry.DATASETS, d.dataset)}
     if d.dataset != "synthetic":
         out["data.root"] = d.root
     if d.classes is not None or d.dataset == "imagefolder":
@@ -164,7 +177,7 @@ def evaluation_fields(cfg: PipelineConfig, split: str, step: int) -> dict[str, A
     where salt-and-pepper is among them. Not eval.batch_size: it changes no number."""
     e = cfg.eval
     out = {"split": split, "step": step, "seed": e.seed, "degradations": e.degradations,
-           **split_fields(cfg, split)}
+           **split_fields(cfg, split), **_plugin_fields(registry.DEGRADATIONS, e.degradations)}
     if "saltpepper" in e.degradations:
         out["salt_value"] = cfg.salt_value
     return out
@@ -175,7 +188,8 @@ def copy_fields(cfg: PipelineConfig, split: str, degradation: str, level: int
     """What one degraded copy of a split depends on: its images, the degradation and level,
     the copies' seed, and the salt value of a salt-and-pepper copy."""
     out = {**split_fields(cfg, split), "split": split, "degradation": degradation,
-           "level": level, "seed": cfg.eval.seed}
+           "level": level, "seed": cfg.eval.seed,
+           **_plugin_fields(registry.DEGRADATIONS, degradation)}
     if degradation == "saltpepper":
         out["salt_value"] = cfg.salt_value
     return out
@@ -190,6 +204,7 @@ def _stream_fields(cfg: PipelineConfig, names: list[str], env: KeyEnv) -> dict[s
         out["chunk_sharing"] = cfg.chunk_sharing
     if "saltpepper" in names:
         out["salt_value"] = cfg.salt_value
+    out |= _plugin_fields(registry.DEGRADATIONS, [n for n in names if n != CLEAN])
     if env.device_path:
         out["compute.data_path"] = "device"
         out["device"] = env.device_type
@@ -256,6 +271,7 @@ def _fusion_fields(cfg: PipelineConfig, env: KeyEnv) -> dict[str, Any]:
     out: dict[str, Any] = {"fusion.method": f.method, "fusion.bn": f.bn,
                            "fusion.experts": cfg.fused_experts}
     out |= fusion.get(f.method).key_fields(f.model_dump(), cfg.seed)   # what the method reads
+    out |= _plugin_fields(registry.FUSION, f.method)
     if f.bn == "recompute":   # statistics re-estimated on degraded training batches
         out |= {"fusion.bn_batches": f.bn_batches, "degradations": cfg.degradations,
                 "expert.batch_size": cfg.expert.batch_size,
@@ -391,19 +407,20 @@ def parse_instance(name: str) -> tuple[Stage, str | None]:
         return STAGES[name], None
     family, _, degradation = name.rpartition("_")
     stage = STAGES.get(family)
-    if stage is None or not stage.per_degradation or degradation not in DEGRADATION_NAMES:
+    if stage is None or not stage.per_degradation or degradation not in degradation_names():
         raise ValueError(f"unknown stage {name!r}; stages: {instance_names()}")
     return stage, degradation
 
 
 def instance_names(degradations: tuple[str, ...] | list[str] = DEGRADATION_NAMES,
                    stages: tuple[str, ...] | None = None) -> list[str]:
-    """Every network name in registry order (per-degradation stages expanded), e.g. the
-    Parquet columns key_<stage>; `stages` restricts to some families (e.g. SHARED)."""
+    """Every network name in registry order (per-degradation stages expanded over
+    `degradations`, by default the paper's four: the Parquet columns key_<stage>); `stages`
+    restricts to some families (e.g. SHARED)."""
     out: list[str] = []
     for s in STAGES.values():
         if stages is None or s.name in stages:
-            out += ([instance(s.name, d) for d in DEGRADATION_NAMES if d in degradations]
+            out += ([instance(s.name, d) for d in degradation_names() if d in degradations]
                     if s.per_degradation else [s.name])
     return out
 

@@ -17,7 +17,6 @@ import importlib.resources
 import os
 import re
 import stat
-import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +25,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from study import schema
+from study import registry, schema
 from study import space as search_space
-from study.config import DataConfig, StudyFile, set_path
+from study.config import StudyFile, set_path
 from study.errors import ConfigError
 
 __all__ = ["LoadedStudy", "check_trials", "deep_merge", "from_tree", "load", "load_preset",
@@ -40,7 +39,6 @@ PRESET_DIR = Path(__file__).parent / "presets"
 # dataset); the loader merges the chosen dataset's under the study file, never validates it as
 # a pipeline key.
 PER_DATASET = "per_dataset"
-DATASETS = typing.get_args(DataConfig.model_fields["dataset"].annotation)
 # The study files and SLURM site presets that ship with `study`: the checkout's top-level
 # search_spaces/ and slurm/presets/, installed as these packages (pyproject.toml's package-dir),
 # so an editable install reads the checkout's files and a wheel its own copies, from any working
@@ -344,10 +342,11 @@ def load_preset(name: str, _seen: tuple[str, ...] = (), *, dataset: str | None =
     tree = read_yaml(path) or {}
     parent = tree.pop("extends", None)
     blocks = tree.pop(PER_DATASET, None) or {}
-    unknown = sorted(set(blocks) - set(DATASETS))
+    installed = registry.names(registry.DATASETS)
+    unknown = sorted(set(blocks) - set(installed))
     if unknown:   # a misspelt dataset's values would never apply
         raise ConfigError(f"{path}: key '{PER_DATASET}': unknown dataset(s) {unknown}; "
-                          f"allowed: {list(DATASETS)}")
+                          f"allowed: {list(installed)}")
     if isinstance(dataset, str) and blocks.get(dataset):
         tree = deep_merge(tree, blocks[dataset])
     return (deep_merge(load_preset(parent, (*_seen, name), dataset=dataset), tree) if parent

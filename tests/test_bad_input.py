@@ -208,7 +208,7 @@ FILES: list[tuple[str, Any, tuple[str, ...], str]] = [
     ("degradation", _edit(RAW, pipeline__degradations=["jpeg", "fog"]),
      ("pipeline.degradations", "unknown degradation ['fog']", "saltpepper"), "dlsr"),
     ("model", _edit(RAW, pipeline__model="resnet18"),
-     ("pipeline.model", "'resnet56' or 'tiny'"), "dlsr"),
+     ("pipeline.model", "unknown model 'resnet18'", "['resnet56', 'tiny'"), "dlsr"),
     ("fusion_method", _edit(RAW, pipeline__fusion={"method": "average"}),
      ("pipeline.fusion.method", "'uniform'", "'dare'"), "dlsr"),
     ("fusion_bn", _edit(RAW, pipeline__fusion={"bn": "mean"}),

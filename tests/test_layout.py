@@ -122,7 +122,7 @@ def test_no_stage_name_list_outside_the_registry() -> None:
 # ---------------------------------------------------------------- parts never reach past each other
 BUILDING_BLOCKS = ("study.data", "study.degradations", "study.device_degrade", "study.augment",
                    "study.models", "study.losses", "study.fusion", "study.train",
-                   "study.evaluation", "study.cache")
+                   "study.evaluation", "study.cache", "study.registry")
 # what a building block may never import: the loader and its schema, the stages, the harness,
 # the results, the commands
 ABOVE_BUILDING_BLOCKS = ("study.config", "study.schema", "study.studyfile", "study.space",

@@ -45,11 +45,12 @@ ROW_COLUMNS = {
     "schema_version": INT,
     # the study file's objective, named after it
     "objective.fusiondistill.val.avg": FLOAT,
-    # the run, its failure if any, where and with what it ran
+    # the run, its failure if any, where and with what it ran (plugins: JSON of the installed
+    # plugins and versions, added within schema version 2: earlier files lack it)
     "wall_s": FLOAT, "error": STR, "fail_kind": STR, "fail_reason": STR, "device": STR,
     "gpu": STR, "amp": STR, "protocol": STR, "git_commit": STR, "host": STR,
     "study_version": STR, "optuna_version": STR, "torch_version": STR, "python_version": STR,
-    "config_json": STR,
+    "plugins": STR, "config_json": STR,
     # every network's cache key, whether it was a cache hit, and its build time
     "key_base": STR, "hit_base": BOOL, "build_s_base": FLOAT,
     "key_expert_jpeg": STR, "hit_expert_jpeg": BOOL, "build_s_expert_jpeg": FLOAT,
@@ -99,7 +100,7 @@ def test_the_literal_lists_name_every_stage() -> None:
     """The lists are literal; this only checks they were copied whole."""
     assert [c.removeprefix("key_") for c in ROW_COLUMNS if c.startswith("key_")] == STAGES
     assert all(f"{p}_{s}" in ROW_COLUMNS for s in STAGES for p in ("key", "hit", "build_s"))
-    assert len(ROW_COLUMNS) == 13 + 1 + 15 + 3 * len(STAGES) + 6
+    assert len(ROW_COLUMNS) == 13 + 1 + 16 + 3 * len(STAGES) + 6
 
 
 def test_a_completed_smoke_trials_rows_have_exactly_these_columns(smoke_trial: Path) -> None:
@@ -114,7 +115,7 @@ def test_a_completed_smoke_trials_rows_have_exactly_these_columns(smoke_trial: P
     filled = ["study", "trial", "attempt", "seed", "model", "split", "degradation", "level",
               "level_step", "accuracy", "n_images", "objective.fusiondistill.val.avg",
               "wall_s", "device", "amp", "protocol", "git_commit", "host", "study_version",
-              "optuna_version", "torch_version", "python_version", "config_json",
+              "optuna_version", "torch_version", "python_version", "plugins", "config_json",
               "key_base", "hit_base", "build_s_base", "key_expert_jpeg", "key_fusiondistill",
               *[c for c in ROW_COLUMNS if c.startswith("param_")]]
     for c in filled:

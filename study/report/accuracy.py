@@ -13,14 +13,19 @@ import pandas as pd
 from scipy import stats
 
 from study import results
-from study.config import DEGRADATION_NAMES, METHOD_NAMES
+from study.config import METHOD_NAMES, degradation_names
 from study.report.trials import best_trial, completed, is_missing
 
 __all__ = ["COLUMNS", "CONFIDENCE", "SeedTable", "level_curves", "paired_differences",
-           "seed_table", "subset_ablation", "t_interval"]
+           "seed_table", "subset_ablation", "t_interval", "table_columns"]
 
 CONFIDENCE = 0.95
-COLUMNS = [*results.TABLE_COLUMNS.values(), "Avg", "Clean"]
+COLUMNS = [*results.TABLE_COLUMNS.values(), "Avg", "Clean"]   # the paper's
+
+
+def table_columns() -> list[str]:
+    """The paper table's columns with every installed degradation (a plugin's by its name)."""
+    return [*(results.TABLE_COLUMNS.get(d, d) for d in degradation_names()), "Avg", "Clean"]
 
 
 def t_interval(samples: np.ndarray, confidence: float = CONFIDENCE) -> tuple[np.ndarray,
@@ -51,7 +56,7 @@ def seed_table(rows: pd.DataFrame, order: Sequence[str] | None = None) -> SeedTa
     seeds = sorted(int(s) for s in rows.seed.unique())
     tables = [results.paper_table(rows[rows.seed == s], order) for s in seeds]
     index = tables[0].index
-    cols = [c for c in COLUMNS if any(c in t.columns for t in tables)]
+    cols = [c for c in table_columns() if any(c in t.columns for t in tables)]
     stack = np.stack([t.reindex(index=index, columns=cols).to_numpy(dtype=float, na_value=np.nan)
                       for t in tables])
     mean, half = t_interval(stack)
@@ -75,7 +80,7 @@ def level_curves(rows: pd.DataFrame) -> pd.DataFrame:
 def _registry_order(s: pd.Series) -> pd.Series:
     """Sort key: degradations and methods in the order the config declares them (jpeg before
     awgn, oracle before fusiondistill), not alphabetically; levels as numbers."""
-    order = {k: i for i, k in enumerate([*DEGRADATION_NAMES, *METHOD_NAMES])}
+    order = {k: i for i, k in enumerate([*degradation_names(), *METHOD_NAMES])}
     return s.map(lambda v: order.get(v, v)) if s.dtype != "Int64" else s
 
 
@@ -119,7 +124,7 @@ def paired_differences(df: pd.DataFrame, best: int, baseline: int, method: str,
     seeds = sorted(set(b) & set(p))
     if not seeds:
         return pd.DataFrame(columns=["best", "baseline", "diff", "half", "lo", "hi", "n"])
-    cols = [c for c in COLUMNS if c in b[seeds[0]].index]
+    cols = [c for c in table_columns() if c in b[seeds[0]].index]
     bs = np.stack([b[s].reindex(cols).to_numpy(dtype=float, na_value=np.nan) for s in seeds])
     ps = np.stack([p[s].reindex(cols).to_numpy(dtype=float, na_value=np.nan) for s in seeds])
     diff, half = t_interval(bs - ps)

@@ -15,8 +15,8 @@ from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
 from study import results
-from study.config import DEGRADATION_NAMES, METHOD_NAMES
-from study.report.accuracy import COLUMNS
+from study.config import METHOD_NAMES, degradation_names
+from study.report.accuracy import table_columns
 from study.report.importance import Importance
 from study.report.learning import CurveScales
 from study.report.trials import completed
@@ -97,9 +97,9 @@ def _bar_title(label: str) -> dict[str, Any]:
 
 def fig_levels(curves: pd.DataFrame, title: str) -> Any:
     """level_curves: one panel per evaluation degradation, one line per method."""
-    degs = [d for d in DEGRADATION_NAMES if d in set(curves.degradation)]
+    degs = [d for d in degradation_names() if d in set(curves.degradation)]
     fig = make_subplots(rows=1, cols=len(degs), shared_yaxes=True,
-                        subplot_titles=[results.TABLE_COLUMNS[d] for d in degs])
+                        subplot_titles=[results.TABLE_COLUMNS.get(d, d) for d in degs])
     for i, d in enumerate(degs, start=1):
         part = curves[curves.degradation == d]
         for m in dict.fromkeys(part.model):
@@ -114,7 +114,7 @@ def fig_levels(curves: pd.DataFrame, title: str) -> Any:
 
 def fig_heatmap(table: pd.DataFrame, title: str) -> Any:
     """subset_ablation: subsets x evaluation degradations, the accuracy written in each cell."""
-    cols = [c for c in COLUMNS if c in table.columns]
+    cols = [c for c in table_columns() if c in table.columns]
     z = table[cols].to_numpy(dtype=float)
     fig = go.Figure(go.Heatmap(
         z=z, x=cols, y=[f"{s} (trial {t})" for s, t in zip(table.index, table.trial)],

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
-from study.config import DEGRADATION_NAMES
+from study.config import degradation_names
 from study.report.trials import completed, is_missing
 from study.space import FixedParam, Param, SimplexParam, SubsetParam
 
@@ -55,7 +55,7 @@ def fusion_weights(pt: pd.DataFrame, param: str = "fusion.weights") -> pd.DataFr
         return None
     done = completed(pt)
     done = done[done[col].map(lambda v: isinstance(v, Mapping)).astype(bool)]
-    items = [d for d in DEGRADATION_NAMES if any(d in w for w in done[col])]
+    items = [d for d in degradation_names() if any(d in w for w in done[col])]
     items += sorted({k for w in done[col] for k in w} - set(items))
     out = pd.DataFrame({"trial": done.trial.astype(int), "value": done.value_0.astype(float)})
     for k in items:
