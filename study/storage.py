@@ -17,6 +17,7 @@ import json
 import os
 import re
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +27,7 @@ import sqlalchemy.engine
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
 from study.atomic import disk_full
-from study.config import STORAGE_SCHEMES, StudyFile
+from study.config import STORAGE_SCHEMES, StudyFile, StudySection
 from study.errors import ConfigError, StorageError, StudyError, naming_file
 
 if TYPE_CHECKING:
@@ -325,18 +326,31 @@ def resume_seed(seed: int, resumed_at: int) -> int:
     return (seed + 1_000_003 * resumed_at) % SEED_RANGE
 
 
+# Each study.pruner, from the study section and the pruned stage's epochs (Optuna's steps:
+# epochs reported from 1). Median: n_warmup_steps=2 spares the first epoch, whose validation
+# accuracy says little yet. Successive halving and Hyperband: rungs at min_resource * 3**k
+# epochs; reduction factor 3, not Optuna's 4, so a 9-epoch CPU distillation has rungs at 1 and 3
+# (with 4, one rung at 1 only).
+PRUNERS: dict[str, Callable[[StudySection, int], optuna.pruners.BasePruner]] = {
+    "none": lambda s, epochs: optuna.pruners.NopPruner(),
+    "median": lambda s, epochs: optuna.pruners.MedianPruner(n_startup_trials=3,
+                                                            n_warmup_steps=2),
+    "successive_halving": lambda s, epochs: optuna.pruners.SuccessiveHalvingPruner(
+        min_resource=s.pruner_min_epochs, reduction_factor=3),
+    "hyperband": lambda s, epochs: optuna.pruners.HyperbandPruner(
+        min_resource=s.pruner_min_epochs, max_resource=max(epochs, s.pruner_min_epochs),
+        reduction_factor=3),
+}
+
+
 def make_pruner(sf: StudyFile) -> optuna.pruners.BasePruner:
     """The study file's pruner. Optuna keeps no pruner in its storage: the launcher and every
     worker (where `trial.should_prune()` is asked) build it from the file; a worker that took
     load_study's default would prune by another rule."""
+    if len(sf.study.objectives) > 1:
+        return optuna.pruners.NopPruner()   # an explicit pruner was refused at load
     max_epochs = max(sf.pipeline.distill.epochs, sf.pipeline.fusing.epochs)
-    if len(sf.study.objectives) > 1 or sf.study.pruner == "none":
-        return optuna.pruners.NopPruner()   # Optuna prunes single-objective studies only
-    if sf.study.pruner == "median":
-        # epochs are reported from 1 and Optuna prunes from step n_warmup_steps on: 2 spares
-        # the first epoch, whose validation accuracy says little yet
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2)
-    return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(max_epochs, 1))
+    return PRUNERS[sf.study.pruner](sf.study, max_epochs)
 
 
 def fingerprint(tree: dict[str, Any], space_fingerprint: str) -> str:

@@ -97,3 +97,70 @@ def test_pruned_slurm_job_ends_and_frees_its_slot(slurm_cluster: str, tmp_path: 
     wait(lambda: not job_states() & {"PENDING", "RUNNING", "COMPLETING"}, 120)
     assert job_states() == {"COMPLETED"}
     assert real[1].datetime_start >= real[0].datetime_complete   # started in the freed slot
+
+
+def _prunes_at(pruner: str, min_epochs: int, epochs: int = 9) -> int | None:
+    """The first epoch at which the study file's pruner stops a trial whose validation
+    accuracy trails three finished trials at every epoch (0.1 against 0.9), asked the way the
+    worker asks: report the epoch, then should_prune. None: it ran every epoch."""
+    ld = studyfile.load("smoke.yaml", [*QUICK[:-2], f"study.pruner={pruner}",
+                                       f"study.pruner_min_epochs={min_epochs}",
+                                       f"distill.epochs={epochs}", "distill.milestones=[]"])
+    st = optuna.create_study(direction="maximize", pruner=storage.make_pruner(ld.sf))
+    for value in (0.9, 0.9, 0.9, 0.1):
+        trial = st.ask()
+        for epoch in range(1, epochs + 1):
+            trial.report(value, epoch)
+            if trial.should_prune():
+                st.tell(trial, state=TrialState.PRUNED)
+                return epoch if value == 0.1 else -epoch   # a leader pruned: a wrong pruner
+        st.tell(trial, value)
+    return None
+
+
+@pytest.mark.parametrize(("pruner", "min_epochs", "epoch"), [
+    ("none", 1, None),
+    ("median", 1, 2),                   # no pruning on the first epoch (n_warmup_steps=2)
+    ("successive_halving", 1, 1),       # the first rung: min_resource epochs
+    ("successive_halving", 3, 3),
+])
+def test_each_pruner_stops_a_trailing_trial_at_its_first_rung(pruner: str, min_epochs: int,
+                                                              epoch: int | None) -> None:
+    assert _prunes_at(pruner, min_epochs) == epoch
+
+
+@pytest.mark.parametrize("min_epochs", [1, 2, 3])
+def test_hyperband_never_prunes_before_min_epochs(min_epochs: int) -> None:
+    """Hyperband hashes each trial into a bracket whose first rung is min_epochs * 3**k: the
+    epoch varies with the bracket, never below min_epochs, always a rung."""
+    epoch = _prunes_at("hyperband", min_epochs)
+    assert epoch is None or (epoch >= min_epochs and epoch in
+                             {min_epochs * 3 ** k for k in range(3)}), epoch
+
+
+def test_every_pruner_of_the_schema_is_declared() -> None:
+    from typing import get_args
+
+    from study.config import StudySection
+    declared = get_args(StudySection.model_fields["pruner"].annotation)
+    assert set(declared) == set(storage.PRUNERS)
+
+
+@pytest.mark.parametrize("pruner", ["median", "successive_halving", "hyperband"])
+def test_an_explicit_pruner_with_several_objectives_is_refused(
+        pruner: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    space = tmp_path / "two.yaml"
+    space.write_text(
+        "study:\n  name: two\n  pruner: " + pruner + "\n  objectives:\n"
+        "    - {method: fusiondistill, metric: val.avg, direction: maximize}\n"
+        "    - {method: fusiondistill, metric: val.clean, direction: maximize}\n"
+        "pipeline: {preset: smoke, methods: [fusiondistill]}\n")
+    assert cli.main(["launch", "--space", str(space), "--dry-run", "--results",
+                     str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "study.pruner" in err and "single-objective" in err and str(space) in err, err
+    assert not (tmp_path / "two").exists()
+    # without the key, the same study loads and runs unpruned
+    space.write_text(space.read_text().replace(f"  pruner: {pruner}\n", ""))
+    ld = studyfile.load(str(space), [])
+    assert isinstance(storage.make_pruner(ld.sf), optuna.pruners.NopPruner)
