@@ -430,6 +430,17 @@ class ObjectiveConfig(Strict):
         return v
 
 
+class WarmStartConfig(Strict):
+    """`study.warm_start`: start from an earlier study's best configurations (warm_start.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False,
+                              populate_by_name=True)
+    # the earlier study's file: relative to this study file's folder, else as `--space` finds
+    # it (the working directory, then the shipped search spaces)
+    source: str = Field(alias="from", min_length=1)
+    top_k: int = Field(3, ge=1)
+
+
 class StudySection(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
     objectives: list[ObjectiveConfig] = Field([ObjectiveConfig()], min_length=1)
@@ -450,6 +461,7 @@ class StudySection(Strict):
     # its budget producing tracebacks. 0 turns it off.
     stop_after_failures: int = Field(3, ge=0)
     storage: str | None = None      # None = JournalStorage at results/<study>/optuna.journal
+    warm_start: WarmStartConfig | None = None
 
     @field_validator("name")
     @classmethod

@@ -29,7 +29,17 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from study import atomic, executors, failures, results, stages, storage, studyfile, worker
+from study import (
+    atomic,
+    executors,
+    failures,
+    results,
+    stages,
+    storage,
+    studyfile,
+    warm_start,
+    worker,
+)
 from study.cache import StageCache
 from study.errors import StudyError, StudyHalted, naming_file
 from study.executors import Driver, Executor, Handle, JobFiles, make_executor
@@ -373,10 +383,11 @@ def _launcher_lock(sdir: Path) -> Iterator[bool]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _create(ld: LoadedStudy, results_dir: str, n_trials: int) -> StoredStudy:
+def _create(ld: LoadedStudy, results_dir: str, n_trials: int, log: Log = print) -> StoredStudy:
     """Create or resume the study; every check first, so a refused launch writes nothing."""
     sf = ld.sf
     url, sdir = storage.study_paths(ld, results_dir)
+    warm = warm_start.plan(ld, results_dir)   # read before anything of this study is created
     with naming_file(ld.source):
         sampler = storage.make_sampler(sf, ld.space.grid(), sf.executor.parallel)
         store = storage.open_storage(url)
@@ -391,8 +402,11 @@ def _create(ld: LoadedStudy, results_dir: str, n_trials: int) -> StoredStudy:
     if st.trials:
         st.sampler = storage.make_sampler(sf, ld.space.grid(), sf.executor.parallel,
                                           resumed_at=len(st.trials))
-    elif sf.study.baseline:
-        _enqueue_baseline(ld, st)
+    else:
+        if sf.study.baseline:
+            _enqueue_baseline(ld, st)
+        if warm is not None:
+            warm_start.enqueue(ld, st, warm, log)
     sdir.mkdir(parents=True, exist_ok=True)
     st.set_user_attr("n_trials", n_trials)   # the target `study status` reports against
     st.set_user_attr("cancelled", False)
@@ -479,7 +493,7 @@ def launch(request: LaunchRequest, *, detach: bool = False, log: Log = print) ->
                 raise StudyError(f"another launcher is running study '{sf.study.name}' (lock "
                                  f"{lock}: {lock.read_text()}); `study status` follows it, "
                                  "`study cancel` stops it")
-            stored = _create(ld, request.results_dir, n_trials)
+            stored = _create(ld, request.results_dir, n_trials, log)
             return _launch_locked(request, stored, n_trials, detach, log)
     except StudyError:
         # a new study refused by its storage (unreachable, a different study) leaves no folder

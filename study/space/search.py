@@ -102,7 +102,22 @@ class SearchSpace:
         """The sample that stands for the study file's own pipeline: each active parameter's
         value read at its path in the (validated, defaults filled) `tree`. (None, why) when a
         value lies outside the space or is missing."""
+        values, misses = self.translate(tree)
+        if not misses:
+            return values, ""
+        name, node, why = misses[0]
+        if node is None:
+            return None, f"'{name}' has no value in the study file's pipeline"
+        return None, f"the study file's '{name}' ({node!r}) is outside the space: {why}"
+
+    def translate(self, tree: Mapping[str, Any]
+                  ) -> tuple[dict[str, Any], list[tuple[str, Any, str]]]:
+        """A configuration (a validated study tree) read into this space: each active
+        parameter's value at its path, checked against its range or choices. Returns the
+        values inside the space and, for each one outside it or missing (value None), (name,
+        value, why); a caller leaves those to the sampler or refuses the configuration."""
         values: dict[str, Any] = {}
+        misses: list[tuple[str, Any, str]] = []
         for p in self.params:
             if not self._active(p, values):
                 continue
@@ -110,12 +125,13 @@ class SearchSpace:
             for k in p.path:
                 node = node.get(k) if isinstance(node, Mapping) else None
             if node is None:
-                return None, f"'{p.name}' has no value in the study file's pipeline"
+                misses.append((p.name, None, "no value at its path"))
+                continue
             try:
                 values[p.name] = p.check(node, values)
             except ValueError as e:
-                return None, f"the study file's '{p.name}' ({node!r}) is outside the space: {e}"
-        return values, ""
+                misses.append((p.name, node, str(e)))
+        return values, misses
 
     def raw_params(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """The raw Optuna suggestions of a sample (see Param.raw_params)."""
