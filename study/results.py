@@ -468,7 +468,7 @@ def load_rows(study_dir: str | Path, trials: Iterable[int] | None = None,
         raise ValueError(f"no row column {unknown}: the rows hold {list(ROW_COLUMNS)}; the "
                          "per-trial columns are in load_summary")
     if not paths:
-        return pd.DataFrame({c: pd.array([], dtype=ROW_COLUMNS[c]) for c in names})
+        return _empty({c: ROW_COLUMNS[c] for c in names})
     try:   # one scan of every file asked, columns projected
         table = ds.dataset([str(p) for p in paths], format="parquet").to_table(
             columns=names, filter=ds.field("model").is_valid() if "model" in names else None)
@@ -477,7 +477,7 @@ def load_rows(study_dir: str | Path, trials: Iterable[int] | None = None,
         frames = [f for f in (_read_rows(p, names) for p in paths) if f is not None]
     frames = [f for f in frames if len(f)]
     if not frames:
-        return pd.DataFrame({c: pd.array([], dtype=ROW_COLUMNS[c]) for c in names})
+        return _empty({c: ROW_COLUMNS[c] for c in names})
     df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     return df.astype({c: ROW_COLUMNS[c] for c in names})
 
@@ -507,29 +507,39 @@ def load(study_dir: str | Path, result_ids: Mapping[int, str | None] | None = No
 
 @dataclass(frozen=True)
 class StudyResults:
-    """A study's results as the report reads them: one row per trial, and the long rows of the
-    trials it asks for (reading only their files)."""
+    """A study's results as the report reads them: one row per trial, and the long rows and
+    learning curves of the trials it asks for (reading only their files)."""
 
     summary: pd.DataFrame
     read_rows: Callable[[list[int]], pd.DataFrame]
+    read_curves: Callable[[list[int]], pd.DataFrame]
 
     def rows(self, trials: Iterable[int | None]) -> pd.DataFrame:
         return self.read_rows(sorted({int(t) for t in trials if t is not None}))
+
+    def curves(self, trials: Iterable[int | None]) -> pd.DataFrame:
+        return self.read_curves(sorted({int(t) for t in trials if t is not None}))
 
     @classmethod
     def on_disk(cls, study_dir: str | Path, result_ids: Mapping[int, str | None],
                 schema: Schema, *, refresh: bool = False) -> StudyResults:
         return cls(load_summary(study_dir, result_ids, schema, refresh=refresh),
-                   lambda trials: load_rows(study_dir, trials))
+                   lambda trials: load_rows(study_dir, trials),
+                   lambda trials: load_curves(study_dir, trials))
 
     @classmethod
-    def in_memory(cls, df: pd.DataFrame) -> StudyResults:
-        """From rows with their summary's columns (load, or trial_frames concatenated)."""
+    def in_memory(cls, df: pd.DataFrame, curves: pd.DataFrame | None = None
+                  ) -> StudyResults:
+        """From rows with their summary's columns (load, or trial_frames concatenated) and
+        learning curves (load_curves)."""
+        c = _empty(CURVE_COLUMNS) if curves is None else curves
+
+        def pick_curves(trials: list[int]) -> pd.DataFrame:
+            return c[c.trial.isin(trials)]
         if not len(df):
-            return cls(pd.DataFrame(), lambda trials: pd.DataFrame(
-                {c: pd.array([], dtype=t) for c, t in ROW_COLUMNS.items()}))
+            return cls(pd.DataFrame(), lambda trials: _empty(ROW_COLUMNS), pick_curves)
         summary, rows = split_frame(df)
-        return cls(summary, lambda trials: rows[rows.trial.isin(trials)])
+        return cls(summary, lambda trials: rows[rows.trial.isin(trials)], pick_curves)
 
 
 # A trial file must hold at least these, whatever its release: the launcher tells Optuna from
@@ -556,6 +566,10 @@ def _read_or_move_aside(path: Path, *, may_be_empty: bool = False) -> pd.DataFra
         _move_aside(path, f"is not a readable result file ({type(e).__name__}: "
                     f"{str(e)[:200]})")
         return None
+
+
+def _empty(columns: Mapping[str, str]) -> pd.DataFrame:
+    return pd.DataFrame({c: pd.array([], dtype=t) for c, t in columns.items()})
 
 
 def _number(path: Path) -> int:
@@ -610,13 +624,18 @@ def write_curves(study_dir: str | Path, number: int, df: pd.DataFrame) -> Path |
                              lambda f: df.to_parquet(f, index=False))
 
 
-def load_curves(study_dir: str | Path) -> pd.DataFrame:
+def load_curves(study_dir: str | Path, trials: Iterable[int] | None = None) -> pd.DataFrame:
+    """The learning curves of `trials` (None: every trial), reading only their files."""
     d = curves_dir(study_dir)
-    files = sorted(d.glob("trial-*.parquet")) if d.exists() else []
+    if trials is None:
+        files = sorted(d.glob("trial-*.parquet")) if d.exists() else []
+    else:
+        files = [p for p in (curves_path(study_dir, n) for n in sorted(set(trials)))
+                 if p.exists()]
     frames = [f for f in (_read_or_move_aside(p, may_be_empty=True) for p in files)
               if f is not None]
     if not frames:
-        return pd.DataFrame({c: pd.array([], dtype=t) for c, t in CURVE_COLUMNS.items()})
+        return _empty(CURVE_COLUMNS)
     return pd.concat(frames, ignore_index=True)
 
 
