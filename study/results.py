@@ -1,13 +1,20 @@
-"""Parquet results: one file per finished trial, long format, written atomically; and what the
-rows add up to (the paper-style table, the objective values).
+"""Parquet results: two files per finished trial, written atomically, and their readers; and
+what the rows add up to (the paper-style table, the objective values).
 
-One row per (trial, model, split, degradation, level); a trial without evaluation rows (pruned,
-failed) still gets one row carrying its state and error. Searched parameters appear as
-`param_<name>` columns (lists and dicts as JSON text), stage cache keys as `key_<stage>`, hits as
-`hit_<stage>`, and provenance (git commit, host, device, versions) as plain columns.
-`pandas.read_parquet("results/<study>/trials")` loads a whole study.
+    summary/trial-NNNNNN.parquet   one row: the trial's state, objectives, wall time, errors,
+                                   parameters, provenance, stage keys and config (written last:
+                                   a trial has a result once this file exists)
+    trials/trial-NNNNNN.parquet    its long rows, one per (seed, model, split, degradation,
+                                   level), only the per-row columns (ROW_COLUMNS) and `trial`
+    summary/_compact.parquet       every summary row in one file, a cache checked against the
+                                   files' sizes and mtimes (the launcher refreshes it)
 
-No torch here: `study status` and the report read results on machines that never train.
+Searched parameters appear as `param_<name>` columns (lists and dicts as JSON text), stage cache
+keys as `key_<stage>`, hits as `hit_<stage>`. `pandas.read_parquet("results/<study>/trials")`
+loads every row of a study, `.../summary` every trial; `load_summary` and `load_rows` read only
+what is asked (the report reads the summary and the rows of the few trials it tabulates).
+
+No torch here: the report reads results on machines that never train.
 """
 
 from __future__ import annotations
@@ -84,7 +91,7 @@ def _version(package: str) -> str:
 
 STAGES = instance_names()   # every network, so every file has the same key_ columns
 SHARED_STAGES = instance_names(stages=SHARED)   # base and the experts
-# Every file of a study carries the same columns with the same types, so that
+# Every summary file of a study carries the same columns with the same types, so that
 # pd.read_parquet(<dir>) (which takes the schema of one file) loads them all.
 EXTRA_COLUMNS = {"wall_s": "Float64", "error": "string", "fail_kind": "string",
                  "fail_reason": "string",
@@ -125,7 +132,8 @@ def trial_frame(*, study_name: str, trial: int, attempt: int, state: str,
                 stages: Mapping[str, Mapping[str, Any]],
                 objectives: Mapping[str, float | None], extra: Mapping[str, Any]
                 ) -> pd.DataFrame:
-    """Long table for one trial.
+    """Long table for one trial, every column on every row (write_trial stores its per-trial
+    columns once, in the summary: split_frame).
 
     seed_rows: (seed, evaluation rows) per replicate; stages: stage -> {key, hit, build_s};
     param_columns: every searched parameter -> how its column stores it (space.Param.column:
@@ -641,11 +649,12 @@ def load_curves(study_dir: str | Path, trials: Iterable[int] | None = None) -> p
 
 # ---------------------------------------------------------------- compute summary
 def compute_summary(df: pd.DataFrame, remaining: int) -> dict[str, Any]:
-    """Device-hours per stage from the trials' Parquet files (first replicate's stage columns,
-    as the worker records them): `built_s` the build time of stages a trial built, `saved_s`
-    the recorded build time of those it found cached; `spent_s` the trials' wall times; the
-    projection for `remaining` more trials is their mean wall time (trials that ran a
-    pipeline: wall_s recorded, so not a launcher-written FAIL) times `remaining`."""
+    """Device-hours per stage from one row per trial (load_summary, or what the workers told:
+    status.told_summary; the first replicate's stage columns, as the worker records them):
+    `built_s` the build time of stages a trial built, `saved_s` the recorded build time of
+    those it found cached; `spent_s` the trials' wall times; the projection for `remaining`
+    more trials is their mean wall time (trials that ran a pipeline: wall_s recorded, so not
+    a launcher-written FAIL) times `remaining`."""
     out: dict[str, Any] = {"stages": {}, "spent_s": 0.0, "built_s": 0.0, "saved_s": 0.0,
                            "mean_trial_s": None, "remaining": max(remaining, 0),
                            "projected_s": None, "trials_timed": 0}

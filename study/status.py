@@ -240,7 +240,8 @@ def summary_lines(stored: storage.StoredStudy, study_file: str) -> list[str]:
            f"complete, {c.pruned} pruned, {c.failed} failed{why}"
            + (f", {c.retried} retried" if c.retried else "")]
     out += _best_against_baseline(stored, trials)
-    out.append(f"results: {stored.study_dir}/trials; the report: `study report --space "
+    out.append(f"results: {stored.study_dir}/summary (a row per trial) and "
+               f"{stored.study_dir}/trials (its rows); the report: `study report --space "
                f"{study_file}` writes {stored.study_dir}/report.html")
     return out
 
