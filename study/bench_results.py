@@ -7,7 +7,7 @@ writer (`results.write_trial`, `results.write_curves`) and an Optuna journal hol
 with the attributes a worker tells (values, result_id, wall_s, stages, provenance). Then it
 times, each in its own process, `study status`, `study report --no-push` and a whole
 `pandas.read_parquet("results/<study>/trials")`, and records the median wall time and peak
-resident memory (os.wait4's ru_maxrss) over the repeats. A process past the memory or time cap
+resident memory (GNU time's %M) over the repeats. A process past the memory or time cap
 is killed and recorded as such. No targets here: docs/benchmarks.md has them.
 
 No torch: the generator runs where the results are.
@@ -40,6 +40,7 @@ MEASURED = ("status", "report", "read_parquet")
 # Past these a run is killed and recorded as killed: the machine is shared (2 cores, 23 GB).
 MEMORY_CAP_BYTES = 6 * 2**30
 TIME_CAP_S = 180.0
+TIME = "/usr/bin/time"   # GNU time: the peak RSS (%M) of the command it runs
 # One in PRUNED_EVERY trials is pruned, one in FAILED_EVERY fails (no rows, as the launcher
 # writes a FAIL): a real study has both, and both take the paths without evaluation rows.
 PRUNED_EVERY, FAILED_EVERY = 7, 23
@@ -137,28 +138,32 @@ def generate(root: Path, n_trials: int, *, seed: int = 0, log: Log = print) -> t
 
 
 def _run_capped(argv: Sequence[str], env: dict[str, str]) -> dict[str, Any]:
-    """Wall seconds and peak RSS of one process, killed past MEMORY_CAP_BYTES or TIME_CAP_S."""
+    """Wall seconds and peak RSS of one process, killed past MEMORY_CAP_BYTES or TIME_CAP_S.
+    It runs under /usr/bin/time, whose own child's peak is the command's alone: a child of
+    this process would count this process's memory too (Linux keeps a process's peak RSS
+    across fork and exec)."""
     t0 = time.perf_counter()
-    with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=err)
-        killed = None
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            rss = _rss(proc.pid)
+    with tempfile.NamedTemporaryFile(suffix=".peak") as peak, \
+            tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen([TIME, "-q", "-f", "%M", "-o", peak.name, *argv], env=env,
+                                stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+        killed, polled = None, 0
+        while proc.poll() is None:
+            rss = _rss_tree(proc.pid)
+            polled = max(polled, rss)
             if rss > MEMORY_CAP_BYTES or time.perf_counter() - t0 > TIME_CAP_S:
-                killed = (f"killed past {MEMORY_CAP_BYTES / 2**30:.0f} GB"
+                killed = (f"killed past {MEMORY_CAP_BYTES / 2**30:.0f} GiB"
                           if rss > MEMORY_CAP_BYTES else f"killed past {TIME_CAP_S:.0f} s")
-                proc.send_signal(signal.SIGKILL)
-                _, status, usage = os.wait4(proc.pid, 0)
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
                 break
             time.sleep(0.05)
-        proc.returncode = os.waitstatus_to_exitcode(status)   # reaped here, not by Popen
         wall = time.perf_counter() - t0
         err.seek(0)
         text = err.read().decode(errors="replace")
-    out: dict[str, Any] = {"wall_s": wall, "peak_rss_bytes": usage.ru_maxrss * 1024}
+        reported = Path(peak.name).read_text().strip().splitlines()
+    out: dict[str, Any] = {"wall_s": wall, "peak_rss_bytes": (
+        int(reported[-1]) * 1024 if not killed and reported else polled)}
     if killed:
         out["killed"] = killed
     elif proc.returncode != 0:
@@ -166,15 +171,19 @@ def _run_capped(argv: Sequence[str], env: dict[str, str]) -> dict[str, Any]:
     return out
 
 
-def _rss(pid: int) -> int:
+def _rss_tree(pid: int) -> int:
+    """The resident memory of a process and its descendants, from /proc."""
+    total = 0
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
                 if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
+                    total = int(line.split()[1]) * 1024
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = [int(c) for c in f.read().split()]
     except OSError:
-        pass
-    return 0
+        return total
+    return total + sum(_rss_tree(c) for c in children)
 
 
 def measure(name: str, results_dir: Path, what: str) -> dict[str, Any]:
@@ -217,12 +226,12 @@ def run(trial_counts: Sequence[int], repeats: int, workdir: Path, *,
 
 
 def format_measure(m: dict[str, Any]) -> str:
-    text = f"{m['wall_s']:6.1f} s  {m['peak_rss_bytes'] / 2**30:5.2f} GB peak"
+    text = f"{m['wall_s']:6.1f} s  {m['peak_rss_bytes'] / 2**30:5.2f} GiB peak"
     return text + (f"  ({m['killed']})" if m.get("killed") else "")
 
 
 def format_table(record: dict[str, Any]) -> str:
-    lines = [f"{'trials':>7} {'what':<13} {'median s':>9} {'peak GB':>8}  runs"]
+    lines = [f"{'trials':>7} {'what':<13} {'median s':>9} {'peak GiB':>8}  runs"]
     for n, rec in record.items():
         for what in MEASURED:
             m = rec[what]
