@@ -89,7 +89,7 @@ class Launcher:
         self.started = time.time()   # the breaker counts the failures of this launch only
         self.tally = Tally(self.study)
         self.active: set[int] = set()            # trials RUNNING or WAITING at the last look
-        self.ended: list[FrozenTrial] = []       # trials seen finishing, for the breaker
+        self.ended: list[FrozenTrial] = []       # this launch's finished trials: the breaker
         self._retry_of: set[int] | None = None   # trials that have a retry enqueued
         self._compacted_at = 0
         self.looked = False
@@ -165,8 +165,9 @@ class Launcher:
         """Every trial once, at the start of a run; then `look`."""
         trials = self.study.get_trials(deepcopy=False)
         self.looked = True
-        for t in trials:
-            if self.tally.add(t):
+        for t in trials:   # the breaker looks at this launch's trials only
+            if self.tally.add(t) and t.datetime_complete is not None and (
+                    t.datetime_complete.timestamp() >= self.started - 1):
                 self.ended.append(t)
         self.active = {t.number for t in trials if t.state in ACTIVE}
         self._retry_reported_failures(trials)

@@ -30,7 +30,7 @@ from study.report.budget import budget, projection
 from study.report.comparison import published_comparison
 from study.report.headline import best_against_baseline
 from study.report.importance import Importance, importances
-from study.report.learning import CurveScales, curve_scales, learning_curves
+from study.report.learning import CurveScales, curve_scales, learning_curves, pruned_drawn
 from study.report.listing import trial_listing
 from study.report.parameters import fusion_weights, slices, surface
 from study.report.trials import (
@@ -133,7 +133,7 @@ def analyse(res: results.StudyResults, study: Any, params: Sequence[Param],
     running = [t for t in trials if t.state in (optuna.trial.TrialState.RUNNING,
                                                  optuna.trial.TrialState.WAITING)]
     drawn = ({best, baseline if baseline is not None else _first(summary)}
-             | set(summary.trial[summary.state == "PRUNED"] if len(summary) else []))
+             | set(pruned_drawn(summary.trial, summary.state) if len(summary) else []))
     learning = learning_curves(res.curves(drawn), best, baseline)
     return Analysis(
         study_name=study_name,
