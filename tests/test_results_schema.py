@@ -79,6 +79,9 @@ def test_the_rows_hold_only_per_row_columns_and_the_summary_one_row_per_trial(
     assert len(whole) == len(rows) + int((summary.n_rows == 0).sum())
     with pytest.raises(ValueError, match="load_summary"):
         results.load_rows(sdir, [1], ["state"])
+    # the launch left the compacted summary of its trials (it refreshes it as it goes)
+    compact = pd.read_parquet(sdir / "summary" / results.COMPACT_NAME)
+    assert sorted(compact.trial) == [0, 1, 2, 3]
 
 
 def test_files_of_release_0_3_are_read_as_the_current_schema(smoke_study: Path,
