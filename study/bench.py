@@ -11,7 +11,9 @@ ratio = path / resident, so 1 - ratio is the share of a step the data path costs
 alone (no training) are timed too. Then: the level-wise evaluation of one model
 (`evaluation.evaluate` over the 230-entry plan: clean + 229 levels) from precomputed banks; the
 orchestration overhead of a cached-stage trial (Optuna ask, job file, worker set-up, Parquet,
-tell) against its run time; and optionally K processes training distill at once on one device.
+tell) against its run time; optionally K processes training distill at once on one device; and,
+optionally, how `study status`, `study report` and reading the rows scale with a study's trials
+(the `results` part: study/bench_results.py).
 
 A training step is the pipeline's own: `train.train_step` (zero_grad, backward, step) on the
 stage objective of `study.losses` (`clean_cross_entropy`, `expert_objective`,
@@ -48,7 +50,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from study import atomic, augment, degradations, device_degrade, evaluation, losses, stages, train
+from study import (
+    atomic,
+    augment,
+    bench_results,
+    degradations,
+    device_degrade,
+    evaluation,
+    losses,
+    stages,
+    train,
+)
 from study.augment import Batch
 from study.cache import StageCache
 from study.config import DEGRADATION_NAMES, DistillSpec, PipelineConfig, TrainSpec
@@ -89,7 +101,7 @@ STAGE_KINDS: dict[str, StageKind] = {
     ("distill" if n == "fusiondistill" else n): _stage_kind(n)
     for n in stages.instance_names(stages=_TIMED)}
 # what `--stages` accepts; "expert" is all four experts; "packed" runs distill in K processes
-PARTS = [*STAGE_KINDS, "eval", "trial", "packed"]
+PARTS = [*STAGE_KINDS, "eval", "trial", "packed", "results"]
 DEFAULT_PARTS = [*STAGE_KINDS, "eval", "trial"]
 
 
@@ -152,15 +164,20 @@ class BenchSettings:
     procs: int = 4                   # packed: processes sharing the device
     workers: int = 0                 # bank-building processes; 0 = the CPUs we may use
     seed: int = 0
+    results_trials: tuple[int, ...] = (1000,)   # results: the synthetic studies' sizes
+    results_repeats: int = 3                    # results: runs of each command, median kept
 
     def __post_init__(self) -> None:
         low = {"batch_size": 1, "n_train": 1, "steps": 1, "warmup": 0, "resident_batches": 1,
-               "eval_images": 1, "eval_batch": 1, "procs": 1, "workers": 0}
+               "eval_images": 1, "eval_batch": 1, "procs": 1, "workers": 0,
+               "results_repeats": 1}
         bad = [f"{k} must be >= {v}, got {getattr(self, k)}" for k, v in low.items()
                if getattr(self, k) < v]
         if self.compile not in ("none", "default", "reduce-overhead", "max-autotune"):
             bad.append(f"compile must be none, default, reduce-overhead or max-autotune, got "
                        f"{self.compile!r}")
+        if not self.results_trials or min(self.results_trials) < 1:
+            bad.append(f"results_trials must be >= 1, got {list(self.results_trials)}")
         if bad:
             raise ValueError("bench settings: " + "; ".join(bad))
 
@@ -584,6 +601,9 @@ def run_bench(s: BenchSettings, parts: Iterable[str] = DEFAULT_PARTS, *,
                 torch.cuda.empty_cache()
             record["packed"] = bench_packed(s, cache)
             log(f"  packed             x{s.procs}")
+        if "results" in parts:
+            record["results"] = bench_results.run(s.results_trials, s.results_repeats,
+                                                  Path(cache_dir) / "results", log=log)
     return record
 
 
@@ -649,6 +669,9 @@ def format_table(record: dict[str, Any]) -> str:
         lines.append(f"packed distill: {p['procs']} processes, "
                      f"{p['images_per_s_total']:.0f} img/s together ("
                      + ", ".join(f"{x:.0f}" for x in p["images_per_s_per_proc"]) + " each)")
+    if "results" in record:
+        lines += ["", "results of a smoke-shaped study (median of the repeats, each its own "
+                  "process):", bench_results.format_table(record["results"])]
     return "\n".join(lines)
 
 
@@ -735,7 +758,9 @@ def main(args: Any) -> int:
         eval_images=args.eval_images, eval_batch=args.eval_batch, procs=args.procs,
         workers=args.workers, channels_last=args.channels_last or None,
         bf16=args.bf16 or None, compile=args.compile,
-        sync_loss=args.loss_sync or None).items() if v is not None}
+        sync_loss=args.loss_sync or None, results_repeats=args.results_repeats,
+        results_trials=tuple(args.results_trials) if args.results_trials else None
+    ).items() if v is not None}
     if args.jpeg_bank_step is not None:
         given["jpeg_bank_levels"] = device_degrade.bank_qualities(args.jpeg_bank_step)
     s = BenchSettings.for_device(device, args.model, **given)

@@ -132,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", choices=["tiny", "resnet56"], default="resnet56")
     p.add_argument("--stages", nargs="+", metavar="PART", default=None,
                    help="any of base expert_jpeg expert_blur expert_awgn expert_saltpepper "
-                   "(or expert) distill eval trial packed (default: all but packed)")
+                   "(or expert) distill eval trial packed results (default: all but packed "
+                   "and results)")
     p.add_argument("--json", metavar="FILE", help="also write every figure and setting here")
     for flag, what in [("--steps", "timed steps per measurement"),
                        ("--warmup", "untimed steps first"),
@@ -144,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
                        ("--workers", "JPEG bank building processes (default: all CPUs)"),
                        ("--jpeg-bank-step", "bank every k-th JPEG quality (1: all 100)")]:
         p.add_argument(flag, type=int, default=None, metavar="N", help=what)
+    p.add_argument("--results-trials", type=int, nargs="+", default=None, metavar="N",
+                   help="results: the synthetic studies' trial counts (default: 1000)")
+    p.add_argument("--results-repeats", type=int, default=None, metavar="N",
+                   help="results: runs of each timed command, the median kept (default: 3)")
     p.add_argument("--channels-last", action="store_true", help="CUDA only")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast, CUDA only")
     p.add_argument("--compile", choices=["none", "default", "reduce-overhead", "max-autotune"],

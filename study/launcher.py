@@ -45,7 +45,7 @@ from study.errors import StudyError, StudyHalted, naming_file
 from study.executors import Driver, Executor, Handle, JobFiles, make_executor
 from study.jobs import Job, LaunchRequest
 from study.pipeline import Pipeline
-from study.status import Counts, count, summary_lines
+from study.status import Counts, Tally, count, summary_lines
 from study.storage import StoredStudy
 from study.studyfile import LoadedStudy
 
@@ -54,6 +54,11 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 # that has not after this long, and whose job is gone, never will.
 REGISTER_GRACE_S = 180.0
 DEFAULT_RETRIES = 2   # infrastructure failures (vanished, preempted, killed) per configuration
+# The launcher refreshes the study's compacted summary (results.compact_summary) every this many
+# finished trials: a reader then opens at most this many trial files besides it (reading 100
+# summary files takes ~0.5 s here; each refresh rewrites a 10,000-trial summary in ~1 s).
+COMPACT_EVERY = 100
+ACTIVE = (TrialState.RUNNING, TrialState.WAITING)
 Log = Callable[[str], None]
 
 
@@ -92,6 +97,12 @@ class Launcher:
         self.stop_after_failures = self.ld.sf.study.stop_after_failures
         self.schema = results.Schema.of(self.ld.sf.study.objectives, self.ld.space.params)
         self.started = time.time()   # the breaker counts the failures of this launch only
+        self.tally = Tally(self.study)
+        self.active: set[int] = set()            # trials RUNNING or WAITING at the last look
+        self.ended: list[FrozenTrial] = []       # this launch's finished trials: the breaker
+        self._retry_of: set[int] | None = None   # trials that have a retry enqueued
+        self._compacted_at = 0
+        self.looked = False
 
     # ------------------------------------------------------------ reconciliation
     def _vanished(self, t: FrozenTrial) -> bool:
@@ -119,19 +130,59 @@ class Launcher:
             else:
                 self._infrastructure_failure(t, "the worker vanished without a result "
                                              "(killed, preempted, node failure or timeout)")
-        self._retry_reported_failures()
+        self.look()   # the trials that finished meanwhile: counted, a retry enqueued
 
-    def _retry_reported_failures(self) -> None:
+    def _retry_reported_failures(self, finished: list[FrozenTrial] | None = None) -> None:
         """A worker that failed for the cluster's reasons (its job ran out of requeues after
         time limits) marked its trial `retried` before telling FAIL (a finished trial's
-        attributes are frozen); the retry itself is enqueued here, once."""
-        trials = self.study.get_trials(deepcopy=False)
-        done = {x.user_attrs.get("retry_of") for x in trials}   # one read, not one per trial
+        attributes are frozen); the retry itself is enqueued here, once. `finished`: the
+        trials that finished since the last look (None: every trial)."""
+        trials = self.study.get_trials(deepcopy=False) if finished is None else finished
         for t in trials:
-            if (t.state == TrialState.FAIL and t.number not in done
-                    and t.user_attrs.get("retried")
+            if (t.state == TrialState.FAIL and t.user_attrs.get("retried")
                     and t.user_attrs.get("fail_kind") in failures.RETRYABLE):
                 self._enqueue_retry(t)
+
+    def retry_of(self) -> set[int]:
+        """The trials that have a retry: read once, then kept as retries are enqueued."""
+        if self._retry_of is None:
+            self._retry_of = {int(x.user_attrs["retry_of"])
+                              for x in self.study.get_trials(deepcopy=False)
+                              if x.user_attrs.get("retry_of") is not None}
+        return self._retry_of
+
+    def look(self) -> Counts:
+        """The study's counts, reading only the trials in flight: those that left them since
+        the last look are fetched one by one, counted, and checked for a retry to enqueue."""
+        if not self.looked:
+            return self._first_look()
+        now = self.study.get_trials(deepcopy=False, states=ACTIVE)
+        numbers = {t.number for t in now}
+        finished = [self.store.get_trial(storage.trial_id(self.store, self.study.study_name,
+                                                          n))
+                    for n in sorted(self.active - numbers)]
+        self.active = numbers
+        finished = [t for t in finished if self.tally.add(t)]
+        self.ended += finished
+        self._retry_reported_failures(finished)
+        done = self.tally.counts.done
+        if done - self._compacted_at >= COMPACT_EVERY:
+            results.compact_summary(self.sdir)
+            self._compacted_at = done
+        return self.tally.now(sum(t.state == TrialState.RUNNING for t in now))
+
+    def _first_look(self) -> Counts:
+        """Every trial once, at the start of a run; then `look`."""
+        trials = self.study.get_trials(deepcopy=False)
+        self.looked = True
+        for t in trials:   # the breaker looks at this launch's trials only
+            if self.tally.add(t) and t.datetime_complete is not None and (
+                    t.datetime_complete.timestamp() >= self.started - 1):
+                self.ended.append(t)
+        self.active = {t.number for t in trials if t.state in ACTIVE}
+        self._retry_reported_failures(trials)
+        self._compacted_at = self.tally.counts.done
+        return self.tally.now(sum(t.state == TrialState.RUNNING for t in trials))
 
     def _recover(self, t: FrozenTrial) -> None:
         """The worker wrote its Parquet file but died before telling: tell from the file. A
@@ -195,9 +246,9 @@ class Launcher:
 
     def _enqueue_retry(self, t: FrozenTrial) -> None:
         """The same parameters as a new trial, once per failed trial."""
-        if any(x.user_attrs.get("retry_of") == t.number
-               for x in self.study.get_trials(deepcopy=False)):
+        if t.number in self.retry_of():
             return
+        self.retry_of().add(t.number)
         keep: dict[str, Any] = {k: t.user_attrs[k] for k in ("baseline", "baseline_values",
                                                              "confirm") if k in t.user_attrs}
         self.study.enqueue_trial(t.params, user_attrs={
@@ -220,6 +271,7 @@ class Launcher:
         if not self.executor.inline:
             for trial, _ in asked:
                 trial.set_user_attr("job", handle)
+        self.active |= {trial.number for trial, _ in asked}
         return [trial.number for trial, _ in asked]
 
     def _ask(self) -> tuple[optuna.Trial, JobFiles]:
@@ -271,7 +323,7 @@ class Launcher:
 
     def _run(self, n_trials: int) -> Counts:
         last = ""
-        c = count(self.study, self.study.get_trials(deepcopy=False))
+        c = self.look()
         if c.done < n_trials:
             self.prebuild_shared_stages()
         while True:
@@ -279,11 +331,10 @@ class Launcher:
                 self.log("study cancelled (`study cancel`); the launcher stops")
                 break
             self.reconcile()
-            trials = self.study.get_trials(deepcopy=False)
-            tripped = self.breaker(trials)
+            c = self.look()
+            tripped = self.breaker(self.ended)
             if tripped:
                 self.halt(tripped)
-            c = count(self.study, trials)
             if c.done >= n_trials and c.running == 0:
                 break
             free = self.parallel - c.running
@@ -297,12 +348,13 @@ class Launcher:
                     break
                 k = min(pack, remaining)
                 if self.executor.inline:   # its trials finished inside start_trials
-                    tripped = self.breaker(self.study.get_trials(deepcopy=False))
+                    self.look()
+                    tripped = self.breaker(self.ended)
                     if tripped:
                         self.halt(tripped)
                 self.start_trials(k)
                 free, remaining = free - k, remaining - k
-            line = count(self.study, self.study.get_trials(deepcopy=False)).line(n_trials)
+            line = self.look().line(n_trials)
             if line.split("] ", 1)[1] != last:
                 self.log(line)
                 last = line.split("] ", 1)[1]
@@ -310,6 +362,7 @@ class Launcher:
                 time.sleep(self.poll_s)
             self.executor.poll()
         final = count(self.study, self.study.get_trials(deepcopy=False))
+        results.compact_summary(self.sdir)
         if final.line(n_trials).split("] ", 1)[1] != last:
             self.log(final.line(n_trials))
         if final.done and not final.complete and not self.study.user_attrs.get("cancelled"):

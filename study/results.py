@@ -1,14 +1,21 @@
-"""Parquet results: one file per finished trial, long format, written atomically; and what the
-rows add up to (the paper-style table, the objective values).
+"""Parquet results: two files per finished trial, written atomically, and their readers; and
+what the rows add up to (the paper-style table, the objective values).
 
-One row per (trial, model, split, degradation, level); a trial without evaluation rows (pruned,
-failed) still gets one row carrying its state and error. Searched parameters appear as
-`param_<name>` columns (lists and dicts as JSON text), stage cache keys as `key_<stage>`, hits as
-`hit_<stage>`, and provenance (git commit, host, device, versions) as plain columns; the
-installed plugins and their versions as JSON text (`plugins`, "{}" without any).
-`pandas.read_parquet("results/<study>/trials")` loads a whole study.
+    summary/trial-NNNNNN.parquet   one row: the trial's state, objectives, wall time, errors,
+                                   parameters, provenance, stage keys and config (written last:
+                                   a trial has a result once this file exists)
+    trials/trial-NNNNNN.parquet    its long rows, one per (seed, model, split, degradation,
+                                   level), only the per-row columns (ROW_COLUMNS) and `trial`
+    summary/_compact.parquet       every summary row in one file, a cache checked against the
+                                   files' sizes and mtimes (the launcher refreshes it)
 
-No torch here: `study status` and the report read results on machines that never train.
+Searched parameters appear as `param_<name>` columns (lists and dicts as JSON text), stage cache
+keys as `key_<stage>`, hits as `hit_<stage>`, the installed plugins and their versions as JSON
+text (`plugins`, "{}" without any). `pandas.read_parquet("results/<study>/trials")`
+loads every row of a study, `.../summary` every trial; `load_summary` and `load_rows` read only
+what is asked (the report reads the summary and the rows of the few trials it tabulates).
+
+No torch here: the report reads results on machines that never train.
 """
 
 from __future__ import annotations
@@ -16,11 +23,12 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import math
+import os
 import platform
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -28,6 +36,7 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 import study
@@ -89,7 +98,7 @@ def _version(package: str) -> str:
 # is installed; a plugin degradation's expert keeps its key in the trial's Optuna attributes
 STAGES = instance_names()
 SHARED_STAGES = instance_names(stages=SHARED)   # base and the experts
-# Every file of a study carries the same columns with the same types, so that
+# Every summary file of a study carries the same columns with the same types, so that
 # pd.read_parquet(<dir>) (which takes the schema of one file) loads them all.
 EXTRA_COLUMNS = {"wall_s": "Float64", "error": "string", "fail_kind": "string",
                  "fail_reason": "string",
@@ -131,7 +140,8 @@ def trial_frame(*, study_name: str, trial: int, attempt: int, state: str,
                 stages: Mapping[str, Mapping[str, Any]],
                 objectives: Mapping[str, float | None], extra: Mapping[str, Any]
                 ) -> pd.DataFrame:
-    """Long table for one trial.
+    """Long table for one trial, every column on every row (write_trial stores its per-trial
+    columns once, in the summary: split_frame).
 
     seed_rows: (seed, evaluation rows) per replicate; stages: stage -> {key, hit, build_s};
     param_columns: every searched parameter -> how its column stores it (space.Param.column:
@@ -171,34 +181,108 @@ def trial_frame(*, study_name: str, trial: int, attempt: int, state: str,
                          for c, (dtype, v) in cols.items()})
 
 
-# A trial's file names the trial it holds in its Parquet footer: the id the launcher gave the
+# A trial's files name the trial they hold in their Parquet footer: the id the launcher gave the
 # trial when it asked it (Optuna user attribute `result_id`). Trial numbers restart with a new
 # storage (a deleted journal, another study.storage), so a file left by an older study of the
 # same name would otherwise pass for the new trial N's result.
 RESULT_ID_KEY = b"study.result_id"
+
+# What differs from one evaluation row of a trial to the next: the rows files hold these
+# alone. Everything else trial_frame makes is the same on every row of a trial and is stored
+# once, in its summary row: repeated on each of the smoke study's ~290 rows a trial, the ~60
+# constant columns made reading 1,000 trials take 10-13 s and 2.2 GB, and 10,000 past 12 GB.
+# Repeated strings are dictionary-encoded (pandas categories), one code byte a row.
+ROW_COLUMNS = {"trial": "int64", "seed": "Int64", "model": "category", "split": "category",
+               "degradation": "category", "level": "Int64", "level_step": "Int64",
+               "accuracy": "Float64", "n_images": "Int64"}
+# What a summary row adds to trial_frame's per-trial columns: the id in its footer (so a reader
+# admits trials from the compacted table without opening their files), the replicate seeds
+# with evaluation results (a JSON list), and how many rows its rows file holds.
+SUMMARY_FACTS = {"result_id": "string", "seeds": "string", "n_rows": "int64"}
+# The compacted summary of a study: every summary row in one file. The leading underscore keeps
+# it out of pd.read_parquet("results/<study>/summary"), which skips names starting with _ or .
+COMPACT_NAME = "_compact.parquet"
+# Its footer lists the files it was made from (name -> [size, mtime_ns]); a file whose size or
+# mtime differs, or that it lacks, is read from disk instead.
+COMPACT_KEY = b"study.compact_of"
 
 
 def new_result_id() -> str:
     return uuid.uuid4().hex
 
 
+def summary_dir(study_dir: str | Path) -> Path:
+    return Path(study_dir) / "summary"
+
+
+def summary_path(study_dir: str | Path, number: int) -> Path:
+    return summary_dir(study_dir) / f"trial-{number:06d}.parquet"
+
+
+def split_frame(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """trial_frame's long table (of one trial or several) as its summary (one row per trial:
+    every column but the per-row ones, with `seeds` and `n_rows`) and its rows (ROW_COLUMNS of
+    the evaluation rows; none for a trial without evaluation, whose one row only carried its
+    state)."""
+    evaluated = (df["model"].notna() if "model" in df.columns
+                 else pd.Series(False, index=df.index))
+    rows = df.loc[evaluated, [c for c in ROW_COLUMNS if c in df.columns]]
+    rows = rows.astype({c: t for c, t in ROW_COLUMNS.items() if c in rows.columns})
+    rows = rows.reset_index(drop=True)
+    summary = df.drop_duplicates("trial").drop(
+        columns=[c for c in ROW_COLUMNS if c != "trial" and c in df.columns])
+    summary = summary.reset_index(drop=True)
+    measured = rows[rows.accuracy.notna()] if "accuracy" in rows.columns else rows.iloc[:0]
+    seeds = measured.groupby("trial").seed.unique() if "seed" in rows.columns else {}
+    n_rows = rows.groupby("trial").size()
+    summary["seeds"] = pd.array(
+        [json.dumps(sorted(int(s) for s in seeds.get(t, []) if not pd.isna(s)))
+         for t in summary.trial], dtype="string")
+    summary["n_rows"] = pd.array([int(n_rows.get(t, 0)) for t in summary.trial], dtype="int64")
+    return summary, rows
+
+
 def write_trial(study_dir: str | Path, number: int, df: pd.DataFrame, *,
                 result_id: str | None, replace: bool = True) -> Path | None:
-    """Atomically (a reader sees the whole file or none), carrying `result_id` in its footer.
-    replace=False (the worker, the launcher failing a trial): a file already there that
+    """The trial's rows file, then its summary file, each written atomically (a reader sees a
+    whole file or none) and carrying `result_id` in its footer. The summary lands last: a
+    trial has a result once its summary file exists. Returns the summary's path.
+    replace=False (the worker, the launcher failing a trial): a summary already there that
     carries the same id is this trial's (the launcher failed it, or an earlier run of a
-    requeued job wrote it): it is kept and None returned, so the file and the storage never
-    disagree. A file of another trial (an older study of the same name) is moved aside first,
+    requeued job wrote it): it is kept and None returned, so the files and the storage never
+    disagree. Files of another trial (an older study of the same name) are moved aside first,
     with a warning."""
-    path = trial_path(study_dir, number)
-    if not replace and path.exists() and not belongs(path, result_id):
-        _move_aside(path, "holds another study's trial (an older study of this name, before "
-                    "its storage was deleted or changed)")
+    summary, rows = split_frame(df)
+    summary["result_id"] = pd.array([result_id or ""] * len(summary), dtype="string")
+    spath, rpath = summary_path(study_dir, number), trial_path(study_dir, number)
+    if not replace:
+        if spath.exists() and belongs(spath, result_id):
+            return None
+        for path in (spath, rpath):
+            if path.exists() and not belongs(path, result_id):
+                _move_aside(path, "holds another study's trial (an older study of this name, "
+                            "before its storage was deleted or changed)")
+    wrote_rows = len(rows) > 0
+    if wrote_rows:
+        _write_table(rpath, rows, result_id, replace=True)
+    elif replace:   # a replaced trial keeps no rows of what it replaced
+        rpath.unlink(missing_ok=True)
+    written = _write_table(spath, summary, result_id, replace=replace,
+                           fault_point="parquet_write")
+    if written is None and wrote_rows:
+        # the launcher failed this trial between the check above and now: its FAIL summary
+        # has no rows, and these would contradict it
+        rpath.unlink(missing_ok=True)
+    return written
+
+
+def _write_table(path: Path, df: pd.DataFrame, result_id: str | None, *, replace: bool,
+                 fault_point: str | None = None) -> Path | None:
     table = pa.Table.from_pandas(df, preserve_index=False)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}),
                                            RESULT_ID_KEY: (result_id or "").encode()})
     return atomic.write_file(path, lambda f: pq.write_table(table, f), replace=replace,
-                             fault_point="parquet_write")
+                             fault_point=fault_point)
 
 
 def belongs(path: Path, result_id: str | None) -> bool:
@@ -217,9 +301,9 @@ def _footer_id(path: Path) -> str | None:
 
 
 def has_trial(study_dir: str | Path, number: int, result_id: str | None) -> bool:
-    """A result file of this trial is on disk; an unreadable one, or another study's trial,
-    is moved aside with a warning."""
-    path = trial_path(study_dir, number)
+    """A result (summary file) of this trial is on disk; an unreadable one, or another study's
+    trial, is moved aside with a warning."""
+    path = summary_path(study_dir, number)
     if not path.exists():
         return False
     found = _footer_id(path)
@@ -232,8 +316,28 @@ def has_trial(study_dir: str | Path, number: int, result_id: str | None) -> bool
 
 
 def read_trial(study_dir: str | Path, number: int) -> pd.DataFrame | None:
-    """A trial's rows; None when its file cannot be read as one (then it is moved aside)."""
-    return _read_or_move_aside(trial_path(study_dir, number))
+    """A trial's rows, each with its summary's columns (one row without evaluation columns for
+    a trial that has no rows); None when it has no readable summary (an unreadable one is
+    moved aside). A trial file of the layout before summaries is read as it is."""
+    summary = _read_or_move_aside(summary_path(study_dir, number))
+    if summary is None:
+        legacy = trial_path(study_dir, number)
+        return _read_or_move_aside(legacy) if _is_wide(legacy) else None
+    return _joined(summary, load_rows(study_dir, [number]))
+
+
+def _joined(summary: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
+    return summary.merge(rows, on="trial", how="left") if len(rows) else summary.assign(
+        **{c: pd.array([None] * len(summary), dtype=t if t != "category" else "string")
+           for c, t in ROW_COLUMNS.items() if c != "trial"})
+
+
+def _is_wide(path: Path) -> bool:
+    """A trial file of the layout before summaries: its rows carry the trial's state too."""
+    try:
+        return "state" in pq.read_schema(path).names
+    except (OSError, ValueError, pa.ArrowException):
+        return False
 
 
 def recorded_objectives(df: pd.DataFrame, schema: Schema) -> list[float]:
@@ -243,11 +347,18 @@ def recorded_objectives(df: pd.DataFrame, schema: Schema) -> list[float]:
 
 
 def upgrade(df: pd.DataFrame, schema: Schema) -> pd.DataFrame:
-    """A trial's rows in the current schema (SCHEMA_VERSION): a file of release 0.3 (no
-    schema_version column) has its objectives renamed from value_0, value_1... and its typed
-    parameters parsed back from JSON text. A current file is returned as it is."""
-    if "schema_version" in df.columns and len(df) and int(df.schema_version.iloc[0]) >= 2:
-        return df
+    """Results in the current schema (SCHEMA_VERSION): rows of release 0.3 (no schema_version)
+    have their objectives renamed from value_0, value_1... and their typed parameters parsed
+    back from JSON text. Current rows are returned as they are; a frame of both is upgraded
+    part by part."""
+    if "schema_version" in df.columns and len(df):
+        current = df.schema_version.fillna(0).astype("int64") >= SCHEMA_VERSION
+        if current.all():
+            return df
+        if current.any():
+            old = df[~current].drop(columns=[c for c in schema.objectives if c in df.columns])
+            new = df[current].drop(columns=[c for c in df.columns if c.startswith("value_")])
+            return pd.concat([new, upgrade(old, schema)]).sort_index()
     df = df.rename(columns={f"value_{i}": name for i, name in enumerate(schema.objectives)})
     for name, column in schema.params.items():
         col = f"param_{name}"   # 0.3 wrote every non-number as JSON text, numbers as numbers
@@ -258,23 +369,193 @@ def upgrade(df: pd.DataFrame, schema: Schema) -> pd.DataFrame:
     return df.assign(schema_version=SCHEMA_VERSION)
 
 
+# ---------------------------------------------------------------- readers
+def load_summary(study_dir: str | Path, result_ids: Mapping[int, str | None] | None = None,
+                 schema: Schema | None = None, *, refresh: bool = False) -> pd.DataFrame:
+    """One row per trial with a result: its state, objectives, wall time, errors, parameters,
+    provenance and stage columns (everything but the per-row columns). From the compacted
+    summary where it is current, from the trial's own file where not (new, rewritten, or
+    missing from it). `result_ids` (trial number -> its result_id in the storage), when given,
+    admits only those trials, by the id they were written with: a file left by an older study
+    of the same name is skipped (the launcher and the worker move such files aside; a reader
+    may not: a launch may be writing the next trial's file meanwhile). refresh=True rewrites
+    the compacted summary where files changed (the launcher, every COMPACT_EVERY trials)."""
+    d = summary_dir(study_dir)
+    listed = _listing(d)
+    compact, made_of = _read_compact(d)
+    fresh = {n for n, stat in listed.items() if made_of.get(n) == stat}
+    parts = [compact[compact.trial.isin({_number(d / n) for n in fresh})]] if fresh else []
+    stale, read = sorted(set(listed) - fresh), []
+    for path in (d / n for n in stale):
+        part = _read_or_move_aside(path)
+        if part is not None:
+            parts.append(part)
+            read.append(path.name)
+    parts += _legacy_summaries(study_dir, {_number(d / n) for n in listed})
+    parts = [p for p in parts if len(p)]
+    df = (pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0].copy()
+          if parts else pd.DataFrame())
+    if refresh and (read or set(made_of) - set(listed)):
+        _write_compact(d, df[df.trial.isin({_number(d / n) for n in {*fresh, *read}})],
+                       {n: listed[n] for n in {*fresh, *read}})
+    if not len(df):
+        return df
+    if result_ids is not None:
+        ids = df.trial.map(lambda t: (result_ids.get(int(t)) or "")
+                           if int(t) in result_ids else None)
+        got = (df.result_id.astype(object).fillna("") if "result_id" in df.columns
+               else pd.Series("", index=df.index))
+        df = df[ids.notna() & (ids == got)]
+    if schema is not None:   # files of release 0.3 and of this one, read as one schema
+        df = upgrade(df, schema)
+    return df.sort_values("trial").reset_index(drop=True)
+
+
+def compact_summary(study_dir: str | Path) -> None:
+    """Rewrite the compacted summary where the trials' summary files changed."""
+    load_summary(study_dir, refresh=True)
+
+
+def _listing(d: Path) -> dict[str, list[int]]:
+    """Each trial summary file in `d`: name -> [size, mtime_ns], from one directory scan."""
+    try:
+        with os.scandir(d) as it:
+            entries = [e for e in it if e.name.startswith("trial-")
+                       and e.name.endswith(".parquet")]
+            return {e.name: [(st := e.stat()).st_size, st.st_mtime_ns] for e in entries}
+    except FileNotFoundError:
+        return {}
+
+
+def _read_compact(d: Path) -> tuple[pd.DataFrame, dict[str, list[int]]]:
+    """The compacted summary and the files it was made from; empty when there is none or it
+    cannot be read (it is rebuilt from the trials' files, so it is only ever a cache)."""
+    path = d / COMPACT_NAME
+    try:
+        table = pq.read_table(path)
+        made_of = json.loads((table.schema.metadata or {}).get(COMPACT_KEY, b"{}"))
+        return table.to_pandas(), made_of
+    except FileNotFoundError:
+        return pd.DataFrame(), {}
+    except (OSError, ValueError, pa.ArrowException):
+        _move_aside(path, "is not a readable compacted summary; it is rebuilt from the "
+                    "trials' summary files")
+        return pd.DataFrame(), {}
+
+
+def _write_compact(d: Path, df: pd.DataFrame, made_of: Mapping[str, list[int]]) -> None:
+    table = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                           COMPACT_KEY: json.dumps(made_of).encode()})
+    atomic.write_file(d / COMPACT_NAME, lambda f: pq.write_table(table, f))
+
+
+def _legacy_summaries(study_dir: str | Path, known: set[int]) -> list[pd.DataFrame]:
+    """The summaries of trial files of the layout before summaries (one wide file a trial,
+    every column on every row) that have no summary file: one row each, never cached."""
+    d = trials_dir(study_dir)
+    paths = [p for p in (sorted(d.glob("trial-*.parquet")) if d.exists() else [])
+             if _number(p) not in known and _is_wide(p)]
+    out = []
+    for path in paths:
+        wide = _read_or_move_aside(path)
+        if wide is not None:
+            summary, _ = split_frame(wide)
+            out.append(summary.assign(result_id=pd.array([_footer_id(path) or ""] * len(
+                summary), dtype="string")))
+    return out
+
+
+def load_rows(study_dir: str | Path, trials: Iterable[int] | None = None,
+              columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """The long rows (ROW_COLUMNS) of `trials` (None: every trial), only the `columns` asked
+    (and `trial`), reading only those trials' files and only those columns. Join the
+    summary's columns on `trial` (load_summary) for the per-trial ones. A file that cannot be
+    read is moved aside with a warning."""
+    d = trials_dir(study_dir)
+    if trials is None:
+        paths = sorted(d.glob("trial-*.parquet")) if d.exists() else []
+    else:
+        paths = [p for p in (trial_path(study_dir, n) for n in sorted(set(trials)))
+                 if p.exists()]
+    names = list(ROW_COLUMNS) if columns is None else list(dict.fromkeys(["trial", *columns]))
+    unknown = [c for c in names if c not in ROW_COLUMNS]
+    if unknown:
+        raise ValueError(f"no row column {unknown}: the rows hold {list(ROW_COLUMNS)}; the "
+                         "per-trial columns are in load_summary")
+    if not paths:
+        return _empty({c: ROW_COLUMNS[c] for c in names})
+    try:   # one scan of every file asked, columns projected
+        table = ds.dataset([str(p) for p in paths], format="parquet").to_table(
+            columns=names, filter=ds.field("model").is_valid() if "model" in names else None)
+        frames = [table.to_pandas()]
+    except (OSError, ValueError, pa.ArrowException):   # one bad file: read them one by one
+        frames = [f for f in (_read_rows(p, names) for p in paths) if f is not None]
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return _empty({c: ROW_COLUMNS[c] for c in names})
+    df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    return df.astype({c: ROW_COLUMNS[c] for c in names})
+
+
+def _read_rows(path: Path, names: Sequence[str]) -> pd.DataFrame | None:
+    try:
+        df = pq.read_table(path, columns=list(names)).to_pandas()
+        return df[df.model.notna()] if "model" in df.columns else df
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError, KeyError, pa.ArrowException) as e:
+        _move_aside(path, f"is not a readable result file ({type(e).__name__}: "
+                    f"{str(e)[:200]})")
+        return None
+
+
 def load(study_dir: str | Path, result_ids: Mapping[int, str | None] | None = None,
          schema: Schema | None = None) -> pd.DataFrame:
-    """Every trial file of a study as one frame. `result_ids` (trial number -> the trial's
-    result_id in the storage), when given, admits only the files of those trials, by the id in
-    their footer: a file left by an older study of the same name is skipped (the launcher and
-    the worker move such files aside; a reader may not: a launch may be writing the next
-    trial's file meanwhile)."""
-    d = trials_dir(study_dir)
-    files = sorted(d.glob("trial-*.parquet")) if d.exists() else []
-    if result_ids is not None:
-        files = [p for p in files if _admitted(p, result_ids)]
-    frames = [f for f in (_read_or_move_aside(p) for p in files) if f is not None]
-    if not frames:
-        return pd.DataFrame()
-    if schema is not None:   # files of release 0.3 and of this one, read as one schema
-        frames = [upgrade(f, schema) for f in frames]
-    return pd.concat(frames, ignore_index=True)
+    """Every trial's rows with its summary's columns on each row (a trial without rows: one
+    row), admitted as load_summary admits them. Convenient for a small study; a large one
+    reads load_summary and the load_rows it needs."""
+    summary = load_summary(study_dir, result_ids, schema)
+    if not len(summary):
+        return summary
+    return _joined(summary, load_rows(study_dir, summary.trial.tolist()))
+
+
+@dataclass(frozen=True)
+class StudyResults:
+    """A study's results as the report reads them: one row per trial, and the long rows and
+    learning curves of the trials it asks for (reading only their files)."""
+
+    summary: pd.DataFrame
+    read_rows: Callable[[list[int]], pd.DataFrame]
+    read_curves: Callable[[list[int]], pd.DataFrame]
+
+    def rows(self, trials: Iterable[int | None]) -> pd.DataFrame:
+        return self.read_rows(sorted({int(t) for t in trials if t is not None}))
+
+    def curves(self, trials: Iterable[int | None]) -> pd.DataFrame:
+        return self.read_curves(sorted({int(t) for t in trials if t is not None}))
+
+    @classmethod
+    def on_disk(cls, study_dir: str | Path, result_ids: Mapping[int, str | None],
+                schema: Schema, *, refresh: bool = False) -> StudyResults:
+        return cls(load_summary(study_dir, result_ids, schema, refresh=refresh),
+                   lambda trials: load_rows(study_dir, trials),
+                   lambda trials: load_curves(study_dir, trials))
+
+    @classmethod
+    def in_memory(cls, df: pd.DataFrame, curves: pd.DataFrame | None = None
+                  ) -> StudyResults:
+        """From rows with their summary's columns (load, or trial_frames concatenated) and
+        learning curves (load_curves)."""
+        c = _empty(CURVE_COLUMNS) if curves is None else curves
+
+        def pick_curves(trials: list[int]) -> pd.DataFrame:
+            return c[c.trial.isin(trials)]
+        if not len(df):
+            return cls(pd.DataFrame(), lambda trials: _empty(ROW_COLUMNS), pick_curves)
+        summary, rows = split_frame(df)
+        return cls(summary, lambda trials: rows[rows.trial.isin(trials)], pick_curves)
 
 
 # A trial file must hold at least these, whatever its release: the launcher tells Optuna from
@@ -284,9 +565,9 @@ REQUIRED_COLUMNS = ("study", "trial", "state")
 
 def _read_or_move_aside(path: Path, *, may_be_empty: bool = False) -> pd.DataFrame | None:
     """A Parquet file of this study, or None: a file pyarrow cannot read (truncated, garbage)
-    or without the columns every trial file has is moved aside (`*.corrupt-<ms>`, kept for a
-    post-mortem) with a warning, so one bad file never stops a launch, a status or a report.
-    A trial file has a row even for a failed trial; a curves file may have none."""
+    or without the columns every summary (or curves) file has is moved aside
+    (`*.corrupt-<ms>`, kept for a post-mortem) with a warning, so one bad file never stops a
+    launch, a status or a report. A summary has its trial's row; a curves file may have none."""
     try:
         df = pd.read_parquet(path)
         missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
@@ -303,13 +584,8 @@ def _read_or_move_aside(path: Path, *, may_be_empty: bool = False) -> pd.DataFra
         return None
 
 
-def _admitted(path: Path, result_ids: Mapping[int, str | None]) -> bool:
-    found = _footer_id(path)
-    if found is None:   # a visible file is whole (atomic writes): this one is garbage
-        _move_aside(path, "is not a readable result file")
-        return False
-    number = _number(path)
-    return number in result_ids and found == (result_ids[number] or "")
+def _empty(columns: Mapping[str, str]) -> pd.DataFrame:
+    return pd.DataFrame({c: pd.array([], dtype=t) for c, t in columns.items()})
 
 
 def _number(path: Path) -> int:
@@ -364,23 +640,29 @@ def write_curves(study_dir: str | Path, number: int, df: pd.DataFrame) -> Path |
                              lambda f: df.to_parquet(f, index=False))
 
 
-def load_curves(study_dir: str | Path) -> pd.DataFrame:
+def load_curves(study_dir: str | Path, trials: Iterable[int] | None = None) -> pd.DataFrame:
+    """The learning curves of `trials` (None: every trial), reading only their files."""
     d = curves_dir(study_dir)
-    files = sorted(d.glob("trial-*.parquet")) if d.exists() else []
+    if trials is None:
+        files = sorted(d.glob("trial-*.parquet")) if d.exists() else []
+    else:
+        files = [p for p in (curves_path(study_dir, n) for n in sorted(set(trials)))
+                 if p.exists()]
     frames = [f for f in (_read_or_move_aside(p, may_be_empty=True) for p in files)
               if f is not None]
     if not frames:
-        return pd.DataFrame({c: pd.array([], dtype=t) for c, t in CURVE_COLUMNS.items()})
+        return _empty(CURVE_COLUMNS)
     return pd.concat(frames, ignore_index=True)
 
 
 # ---------------------------------------------------------------- compute summary
 def compute_summary(df: pd.DataFrame, remaining: int) -> dict[str, Any]:
-    """Device-hours per stage from the trials' Parquet files (first replicate's stage columns,
-    as the worker records them): `built_s` the build time of stages a trial built, `saved_s`
-    the recorded build time of those it found cached; `spent_s` the trials' wall times; the
-    projection for `remaining` more trials is their mean wall time (trials that ran a
-    pipeline: wall_s recorded, so not a launcher-written FAIL) times `remaining`."""
+    """Device-hours per stage from one row per trial (load_summary, or what the workers told:
+    status.told_summary; the first replicate's stage columns, as the worker records them):
+    `built_s` the build time of stages a trial built, `saved_s` the recorded build time of
+    those it found cached; `spent_s` the trials' wall times; the projection for `remaining`
+    more trials is their mean wall time (trials that ran a pipeline: wall_s recorded, so not
+    a launcher-written FAIL) times `remaining`."""
     out: dict[str, Any] = {"stages": {}, "spent_s": 0.0, "built_s": 0.0, "saved_s": 0.0,
                            "mean_trial_s": None, "remaining": max(remaining, 0),
                            "projected_s": None, "trials_timed": 0}

@@ -41,9 +41,9 @@ SEED_RANGE = 2**32
 _JOURNAL_HEAD = re.compile(rb'\A\{\s*"op_code"\s*:')
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # What a study folder holds, each made by its writer when missing: jobs/ (job files, worker
-# logs, heartbeats: launcher.job_path, progress.heartbeat_path), trials/ and curves/
-# (results.trials_dir, results.curves_dir).
-STUDY_FOLDERS = ("jobs", "trials", "curves")
+# logs, heartbeats: launcher.job_path, progress.heartbeat_path), trials/, summary/ and curves/
+# (results.trials_dir, results.summary_dir, results.curves_dir).
+STUDY_FOLDERS = ("jobs", "trials", "summary", "curves")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")   # RFC 3986
 
 

@@ -30,7 +30,7 @@ STAGE_FIGURES = {"images_per_step", "reference_ips", "device_ips", "resident_ips
 def _toy(**kw: object) -> bench.BenchSettings:
     args = dict(device="cpu", model="tiny", batch_size=8, n_train=32, steps=2, warmup=1,
                 resident_batches=2, jpeg_bank_levels=(10, 90), eval_images=6, eval_batch=64,
-                procs=2, workers=1)
+                procs=2, workers=1, results_trials=(6,), results_repeats=1)
     return bench.BenchSettings(**(args | kw))
 
 
@@ -76,10 +76,15 @@ def test_every_figure_at_toy_scale(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert p["procs"] == 2 and len(p["images_per_s_per_proc"]) == 2
     assert p["images_per_s_total"] > 0
     assert rec["jpeg_bank"]["levels"] == 2 and rec["jpeg_bank"]["flips"] is True
+    r = rec["results"]["6"]
+    for what in bench.bench_results.MEASURED:   # each its own process, measured, none killed
+        assert _positive(r[what]["wall_s"]) and _positive(r[what]["peak_rss_bytes"])
+        assert r[what]["killed"] is None and len(r[what]["runs"]) == 1
     assert rec["settings"]["bf16"] is False and rec["env"]["torch"] == torch.__version__
     # what the table and the JSON carry
     table = bench.format_table(rec)
-    for word in [*bench.STAGE_KINDS, "level-wise evaluation", "cached-stage trial", "packed"]:
+    for word in [*bench.STAGE_KINDS, "level-wise evaluation", "cached-stage trial", "packed",
+                 "results of a smoke-shaped study"]:
         assert word in table
     path = bench.write_json(rec, tmp_path / "out" / "toy.json")
     assert json.loads(path.read_text())["stages"].keys() == rec["stages"].keys()

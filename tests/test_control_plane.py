@@ -70,8 +70,9 @@ def test_a_garbage_trial_file_is_moved_aside_not_a_crash(tmp_path: Path,
                                                          capsys: pytest.CaptureFixture[str]
                                                          ) -> None:
     """A trial whose worker vanished leaving garbage where its Parquet file goes: the launcher
-    moves the file aside with a warning and retries the trial (it had no usable result);
-    `study status` and the results loader skip such files the same way."""
+    moves the file aside with a warning and retries the trial (it had no usable result); the
+    results loader skips such files the same way, and `study status` reads no Parquet at all
+    (it counts from the storage), so it neither trips on the file nor moves it."""
     ld = studyfile.load("smoke", [*QUICK, "study.name=garbage"])
     url = storage.storage_url(ld.sf, tmp_path)
     store = storage.open_storage(url)
@@ -84,7 +85,7 @@ def test_a_garbage_trial_file_is_moved_aside_not_a_crash(tmp_path: Path,
     trial.set_user_attr("values", ld.space.sample(trial))
     trial.set_user_attr("job", {"kind": "local", "pid": 2**22 + 17, "marker": "gone.json",
                                 "host": platform.node()})   # a pid no process has
-    path = results.trial_path(sdir, trial.number)
+    path = results.summary_path(sdir, trial.number)
     path.parent.mkdir(parents=True)
     path.write_bytes(b"PAR1 not a parquet file at all")
     lau.reconcile()                                   # ArrowInvalid before: every launch died
@@ -99,9 +100,13 @@ def test_a_garbage_trial_file_is_moved_aside_not_a_crash(tmp_path: Path,
     path.write_bytes(b"\x00" * 64)
     assert results.load(sdir).empty
     path.write_bytes(b"\x00" * 64)
+    rows = results.trial_path(sdir, trial.number)
+    rows.parent.mkdir(parents=True, exist_ok=True)
+    rows.write_bytes(b"\x00" * 64)
     rc, out_s, err = run_cli(["status", "--space", "smoke", "--results", str(tmp_path),
                               "--set", "study.name=garbage"])
-    assert rc == 0 and "Traceback" not in err and "moved aside" in err, err
+    assert rc == 0 and "Traceback" not in err and "moved aside" not in err, err
+    assert path.read_bytes() == rows.read_bytes() == b"\x00" * 64   # never opened as Parquet
     assert "failures: infrastructure 1" in out_s
 
 

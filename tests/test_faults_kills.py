@@ -115,10 +115,11 @@ def _check_nothing_lost(results: Path, name: str, n_trials: int) -> dict[str, in
     counted = [t for t in finished.values() if not t.user_attrs.get("retried")]
     assert not [t.number for t in trials if t.state == TrialState.RUNNING]
     assert len(counted) == n_trials                                  # the study completed
-    files = sorted((results / name / "trials").glob("trial-*.parquet"))
+    files = sorted((results / name / "summary").glob("trial-*.parquet"))
     assert_parquet_schemas(results / name)     # FAIL files of the launcher included
     per_file = {int(f.stem.split("-")[1]): pd.read_parquet(f) for f in files}
-    df = pd.read_parquet(results / name / "trials")  # the whole study loads, temp files ignored
+    df = pd.read_parquet(results / name / "summary")  # the whole study loads, temp files ignored
+    pd.read_parquet(results / name / "trials")        # and so do its rows
     assert set(df.trial) == set(per_file)
     # lost: finished in storage without its Parquet file, or the reverse
     lost = len(set(finished) ^ set(per_file))
@@ -298,7 +299,8 @@ def test_worker_never_overwrites_a_result_on_disk(tmp_path: Path) -> None:
     assert results.write_trial(tmp_path, 0, frame("COMPLETE"), result_id="a",
                                replace=False) is None   # the launcher's FAIL file wins
     assert results.read_trial(tmp_path, 0).state.iloc[0] == "FAIL"
-    assert [p.name for p in (tmp_path / "trials").iterdir()] == ["trial-000000.parquet"]
+    assert [p.name for p in (tmp_path / "summary").iterdir()] == ["trial-000000.parquet"]
+    assert not (tmp_path / "trials").exists()           # the winner had no rows, nor has it now
 
 
 # ---------------------------------------------------------------------------- local executor

@@ -95,11 +95,12 @@ def _check_nothing_lost(st: optuna.Study, sdir: Path, n_trials: int) -> dict[str
     assert not [t.number for t in trials if t.state in (TrialState.RUNNING,
                                                           TrialState.WAITING)]
     assert len(counted) == n_trials                                  # the study completed
-    files = sorted(results.trials_dir(sdir).glob("trial-*.parquet"))
+    files = sorted(results.summary_dir(sdir).glob("trial-*.parquet"))
     per_file = {int(f.stem.split("-")[1]): pd.read_parquet(f) for f in files}
     df = results.load(sdir)                                          # the whole study loads
-    assert set(df.trial) == set(per_file) == set(pd.read_parquet(results.trials_dir(sdir)).trial)
-    assert not list(results.trials_dir(sdir).glob(".*tmp*"))          # no temp file left
+    assert set(df.trial) == set(per_file) == set(pd.read_parquet(results.summary_dir(sdir)).trial)
+    for d in (results.trials_dir(sdir), results.summary_dir(sdir)):
+        assert not list(d.glob(".*tmp*"))                            # no temp file left
     lost = len(set(finished) ^ set(per_file))       # finished without its file, or the reverse
     rows = ["trial", "seed", "model", "split", "degradation", "level"]
     duplicated = sum(1 for n, f in per_file.items() if set(f.trial) != {n})

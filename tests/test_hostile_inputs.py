@@ -345,7 +345,7 @@ def test_a_file_where_the_study_keeps_its_jobs_is_refused(blocked: str, tmp_path
         _refused(_args(cmd, results, *extra), tmp_path, str(path), "not a folder")
 
 
-@pytest.mark.parametrize("name", ["jobs", "trials", "curves"])
+@pytest.mark.parametrize("name", ["jobs", "trials", "summary", "curves"])
 def test_check_study_dir_names_each_folder_that_is_a_file(name: str, tmp_path: Path) -> None:
     storage.check_study_dir(tmp_path)                  # absent folders are fine: made later
     (tmp_path / name).write_text("x")

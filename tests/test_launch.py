@@ -69,7 +69,7 @@ def test_debug_study_runs_resumes_and_tops_up(tmp_path: Path) -> None:
     assert len(finished(st)) == 3
     assert st.metric_names == ["fusiondistill val.avg"]         # the dashboard's label
     assert st.trials[0].user_attrs["baseline"] is True           # the file's own pipeline
-    df = pd.read_parquet(tmp_path / "dbg" / "trials")
+    df = results.load(tmp_path / "dbg")   # rows with their summary's columns
     assert sorted(df.trial.unique()) == [0, 1, 2]
     assert set(SCHEMA) <= set(df.columns)
     first_trial_rows = df[df.trial == 0]
@@ -120,7 +120,7 @@ def test_code_error_fails_once_with_traceback(tmp_path: Path,
     assert all(t.user_attrs["fail_kind"] == "code" for t in st.trials)
     reason = "ZeroDivisionError: injected bug (at test_launch.py:"
     assert all(t.user_attrs["fail_reason"].startswith(reason) for t in st.trials)
-    df = pd.read_parquet(tmp_path / "err" / "trials")
+    df = pd.read_parquet(tmp_path / "err" / "summary")
     assert (df.state == "FAIL").all() and df.error.str.contains("ZeroDivisionError").all()
     assert df.fail_reason.str.startswith(reason).all() and not df.fail_reason.str.contains(
         "\n").any()
@@ -167,7 +167,7 @@ def test_trial_out_of_requeues_is_retried_and_completes(
     assert first.user_attrs["retried"] is True and "1 retried" in out
     assert retry.state == TrialState.COMPLETE and retry.user_attrs["attempt"] == 2
     assert retry.user_attrs["values"] == first.user_attrs["values"]
-    df = pd.read_parquet(tmp_path / "tmo" / "trials")
+    df = pd.read_parquet(tmp_path / "tmo" / "summary")
     assert set(df.groupby("trial").fail_kind.first().fillna("-")) == {"timeout", "-"}
     assert assert_parquet_schemas(tmp_path / "tmo") == 2     # a FAIL file and a COMPLETE one
 
@@ -272,7 +272,7 @@ def test_local_study_of_4_then_5_then_dashboard(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     st = journal_study(tmp_path, "smoke")
     assert len(finished(st)) == 4
-    df = pd.read_parquet(tmp_path / "smoke" / "trials")
+    df = results.load(tmp_path / "smoke")
     assert df.trial.nunique() == 4 and set(SCHEMA) <= set(df.columns)
     assert assert_parquet_schemas(tmp_path / "smoke") == 4
     # base and experts were trained once for the whole study: one miss, hits afterwards
@@ -286,7 +286,7 @@ def test_local_study_of_4_then_5_then_dashboard(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr[-3000:]
     st = journal_study(tmp_path, "smoke")
     assert len(finished(st)) == 5 and len(st.trials) == 5
-    assert pd.read_parquet(tmp_path / "smoke" / "trials").trial.nunique() == 5
+    assert pd.read_parquet(tmp_path / "smoke" / "summary").trial.nunique() == 5
     status = subprocess.run([*STUDY, "status", "--space", "smoke.yaml", "--results",
                              str(tmp_path), *[x for s in SMOKE_SMALL for x in ("--set", s)]],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -344,7 +344,7 @@ def test_killed_launcher_resumes_without_loss_or_duplicates(tmp_path: Path) -> N
     st = journal_study(tmp_path, "kill")
     done = finished(st)
     assert len(done) == 5
-    df = pd.read_parquet(tmp_path / "kill" / "trials")
+    df = pd.read_parquet(tmp_path / "kill" / "summary")
     stored = {t.number for t in st.trials if t.state in launcher.FINISHED}
     assert set(df.trial.unique()) == stored                     # storage and Parquet agree
     assert not [t for t in st.trials if t.state == TrialState.RUNNING]

@@ -90,6 +90,6 @@ def test_local_workers_each_get_their_own_gpu(tmp_path: Path) -> None:
     st = journal_study(tmp_path, "gpus")
     assert sorted(t.user_attrs["worker"]["gpu"] for t in st.trials) == ["0", "1"]
     assert sorted(t.user_attrs["job"]["gpu"] for t in st.trials) == ["0", "1"]
-    df = pd.read_parquet(tmp_path / "gpus" / "trials")
+    df = pd.read_parquet(tmp_path / "gpus" / "summary")
     assert sorted(df.drop_duplicates("trial").gpu) == ["0", "1"]
     assert set(df.amp) == {"none"}

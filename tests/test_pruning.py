@@ -48,7 +48,7 @@ def _check_pruned(results: Path, name: str, t: optuna.trial.FrozenTrial) -> None
     assert t.state == TrialState.PRUNED
     assert sorted(t.intermediate_values) == [1, 2]           # stopped after epoch 2 of 4
     assert all(v < 1.0 for v in t.intermediate_values.values())
-    df = pd.read_parquet(results / name / "trials" / f"trial-{t.number:06d}.parquet")
+    df = pd.read_parquet(results / name / "summary" / f"trial-{t.number:06d}.parquet")
     assert set(df.state) == {"PRUNED"} and df.error.str.contains("pruned at epoch 2").all()
     stale = list((results / "cache" / ".work").glob("fusiondistill-*.pt"))
     assert stale == [], "the pruned stage left its epoch checkpoint behind"

@@ -168,7 +168,8 @@ def _build(tmp: Path) -> Built:
 def _analysis(b: Built, df: pd.DataFrame | None = None) -> report.Analysis:
     """analyse as build_report calls it: every trial's rows (it leaves the re-runs out)."""
     sf = b.ld.sf
-    return report.analyse(b.every if df is None else df, b.study, b.ld.space.params,
+    return report.analyse(results.StudyResults.in_memory(b.every if df is None else df),
+                          b.study, b.ld.space.params,
                           objectives=[o.model_dump() for o in sf.study.objectives],
                           methods=sf.pipeline.methods, study_name=NAME)
 
@@ -506,15 +507,16 @@ def test_a_study_whose_trials_all_failed_gets_notes_not_a_crash() -> None:
                              params={}, param_columns={}, stages={}, objectives={OBJECTIVE: None},
                              extra={"error": "boom", "wall_s": 3.0})
     st = optuna.create_study()
-    a = report.analyse(df, st, [], objectives=a_objectives(), methods=["fusiondistill"],
-                       study_name="f")
+    a = report.analyse(results.StudyResults.in_memory(df), st, [], objectives=a_objectives(),
+                       methods=["fusiondistill"], study_name="f")
     r = report.render(a)
     assert a.best is None and a.tables == {} and a.budget["states"] == {"FAIL": 1}
     assert "No completed trial with test results yet" in r.html
     assert "at least 2 completed trials" in r.html
     assert set(r.figures) <= {"budget"}
     # a launched study with no result file yet
-    empty = report.analyse(pd.DataFrame(), st, [], objectives=a_objectives(),
+    empty = report.analyse(results.StudyResults.in_memory(pd.DataFrame()), st, [],
+                           objectives=a_objectives(),
                            methods=["fusiondistill"], study_name="f")
     assert empty.best is None and "No baseline trial" in report.render(empty).html
 
@@ -587,8 +589,8 @@ def test_headline_and_confirmation_from_a_hand_made_study(tmp_path: Path) -> Non
 
     st, df = _hand_study(tmp_path)
     c = confirm.summarize(st.trials, tmp_path, studyfile.load("smoke.yaml", []))
-    a = report.analyse(df, st, [], objectives=a_objectives(), methods=["fusiondistill"],
-                       study_name="h", confirmation=c)
+    a = report.analyse(results.StudyResults.in_memory(df), st, [], objectives=a_objectives(),
+                       methods=["fusiondistill"], study_name="h", confirmation=c)
     # the search's analysis: the lucky re-run (0.90) is no new best, nor a baseline
     assert (a.best, a.baseline, a.reruns) == (1, 0, 4)
     assert set(a.per_trial.trial) == {0, 1, 2}

@@ -32,7 +32,10 @@ def smoke_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_a_real_studys_parquet_filters_by_category_and_by_objective(smoke_study: Path
                                                                     ) -> None:
-    df = pd.read_parquet(smoke_study / "filter" / "trials")
+    """On the summary (one row per trial), as results/README.md shows; on the rows once the
+    summary's columns are joined on `trial`, as it shows too."""
+    df = pd.read_parquet(smoke_study / "filter" / "summary")
+    assert df.trial.is_unique
     st = journal_study(smoke_study, "filter")
     assert set(df.schema_version) == {results.SCHEMA_VERSION}
     methods = {t.number: t.user_attrs["values"]["fusion.method"] for t in st.trials}
@@ -47,6 +50,38 @@ def test_a_real_studys_parquet_filters_by_category_and_by_objective(smoke_study:
     assert (df["param_distill.lr"] < 1.0).all()   # a number, not JSON text
     assert str(df["param_distill.loss"].dtype) == "string"
     assert assert_parquet_schemas(smoke_study / "filter") == 4
+    rows = pd.read_parquet(smoke_study / "filter" / "trials")
+    joined = rows.merge(df[["trial", "param_fusion.method", OBJECTIVE]], on="trial")
+    assert len(joined) == len(rows) > 0
+    for method in set(methods.values()):
+        chosen = joined[joined["param_fusion.method"] == method]
+        assert set(chosen.trial) == {n for n, m in methods.items() if m == method}
+    assert set(joined[joined[OBJECTIVE] == df[OBJECTIVE].max()].trial) == {best}
+
+
+def test_the_rows_hold_only_per_row_columns_and_the_summary_one_row_per_trial(
+        smoke_study: Path) -> None:
+    """A trial's constants (config, provenance, parameters, stage keys) are stored once, in
+    its summary row; the readers give back only the columns and trials asked."""
+    sdir = smoke_study / "filter"
+    rows = pd.read_parquet(sdir / "trials")
+    assert list(rows.columns) == list(results.ROW_COLUMNS)
+    assert str(rows.model.dtype) == "category"       # repeated strings dictionary-encoded
+    summary = results.load_summary(sdir)
+    assert sorted(summary.trial) == [0, 1, 2, 3] and "config_json" in summary.columns
+    assert {"model", "accuracy"}.isdisjoint(summary.columns)
+    assert (summary.n_rows == rows.groupby("trial").size().reindex(
+        summary.trial, fill_value=0).to_numpy()).all()
+    some = results.load_rows(sdir, [1], ["accuracy"])
+    assert list(some.columns) == ["trial", "accuracy"] and set(some.trial) == {1}
+    assert len(some) == int(summary.n_rows[summary.trial == 1].iloc[0])
+    whole = results.load(sdir)
+    assert len(whole) == len(rows) + int((summary.n_rows == 0).sum())
+    with pytest.raises(ValueError, match="load_summary"):
+        results.load_rows(sdir, [1], ["state"])
+    # the launch left the compacted summary of its trials (it refreshes it as it goes)
+    compact = pd.read_parquet(sdir / "summary" / results.COMPACT_NAME)
+    assert sorted(compact.trial) == [0, 1, 2, 3]
 
 
 def test_files_of_release_0_3_are_read_as_the_current_schema(smoke_study: Path,

@@ -93,7 +93,7 @@ def test_slurm_study_with_stage_graph_and_packed_trials(slurm_cluster: str,
     assert all(by_name[f"study-{name}-expert_{d}"][0]["Start"] >= base_end
                for d in ("jpeg", "awgn"))
     assert all(t["Start"] >= experts_end for t in by_name[f"study-{name}"])
-    df = pd.read_parquet(tmp_path / name / "trials")
+    df = pd.read_parquet(tmp_path / name / "summary")
     assert df.trial.nunique() == 5
     assert df.groupby("trial").first().hit_expert_jpeg.all()     # no trial trained an expert
     assert df.host.notna().all() and df.device.eq("cpu").all()
@@ -117,7 +117,7 @@ def test_config_error_fails_once_and_the_launch_exits_3(slurm_cluster: str,
     st = journal_study(tmp_path, f"{name}-err")
     assert [t.state for t in st.trials] == [TrialState.FAIL]
     assert st.trials[0].user_attrs["fail_kind"] == "config"
-    df = pd.read_parquet(tmp_path / f"{name}-err" / "trials")
+    df = pd.read_parquet(tmp_path / f"{name}-err" / "summary")
     assert "DataNotFoundError" in df.error.iloc[0]
 
 

@@ -45,22 +45,29 @@ def free_port() -> int:
 
 
 def assert_parquet_schemas(study_dir: Path) -> int:
-    """Every trial file of a study has one schema, file by file: reading the folder as one
-    dataset would paper over a file whose column is all-null (type null) or typed otherwise,
-    which breaks a reader that opens files one at a time. Returns how many files it checked."""
-    files = sorted((study_dir / "trials").glob("trial-*.parquet"))
-    assert files, f"no trial files under {study_dir}"
-    first = pq.read_schema(files[0]).remove_metadata()
-    for f in files:
-        schema = pq.read_schema(f).remove_metadata()
-        assert schema.equals(first), (f"{f.name} differs from {files[0].name}:\n"
-                                      f"{set(schema) ^ set(first)}")
-    missing = [c for c in ["study", "trial", "attempt", "state", *results.EXTRA_COLUMNS]
-               if c not in first.names]
-    assert not missing, missing
-    for name in results.EXTRA_COLUMNS:   # never "null", whatever the state
-        assert str(first.field(name).type) != "null", name
-    return len(files)
+    """Every summary file of a study has one schema, file by file, and so has every rows file:
+    reading a folder as one dataset would paper over a file whose column is all-null (type
+    null) or typed otherwise, which breaks a reader that opens files one at a time. Returns
+    how many summary files (trials) it checked."""
+    counted = {}
+    for folder, required in (("summary", ["study", "trial", "attempt", "state",
+                                          *results.EXTRA_COLUMNS, *results.SUMMARY_FACTS]),
+                             ("trials", list(results.ROW_COLUMNS))):
+        files = sorted((study_dir / folder).glob("trial-*.parquet"))
+        if folder == "summary":
+            assert files, f"no summary files under {study_dir}"
+        first = pq.read_schema(files[0]).remove_metadata() if files else None
+        for f in files:
+            schema = pq.read_schema(f).remove_metadata()
+            assert first is not None and schema.equals(first), (
+                f"{f.name} differs from {files[0].name}:\n{set(schema) ^ set(first or [])}")
+        if first is not None:
+            missing = [c for c in required if c not in first.names]
+            assert not missing, missing
+            for name in required:   # never "null", whatever the state
+                assert str(first.field(name).type) != "null", name
+        counted[folder] = len(files)
+    return counted["summary"]
 
 
 def run_cli(argv: list[str]) -> tuple[int, str, str]:

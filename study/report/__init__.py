@@ -2,8 +2,10 @@
 figures on optuna-dashboard.
 
 Compute, then draw, as optuna.visualization does: every number comes from a pure function of the
-Parquet results (`results.load`) or the study's storage and returns a DataFrame or a dict that the
-tests check against hand computations; the `fig_*` functions only draw what those return.
+Parquet results (one summary row per trial, `results.load_summary`, and the long rows of the few
+trials a table shows, `results.load_rows`) or the study's storage and returns a DataFrame or a
+dict that the tests check against hand computations; the `fig_*` functions only draw what those
+return.
 
     trials      which trials count: the search's (not `study confirm`'s re-runs), one row
                 each, completed, Pareto front, best, baseline
@@ -120,16 +122,18 @@ def build_report(study_file: str, overrides: Sequence[str] = (),
     if sdir.is_dir() and not os.access(sdir, os.W_OK | os.X_OK):
         raise _unwritable(sdir, "not writable by this user or on a read-only file system")
     trials = st.get_trials(deepcopy=False)
-    df = results.load(sdir, {t.number: t.user_attrs.get("result_id") for t in trials},
-                      results.Schema.of(sf.study.objectives, ld.space.params))
+    # the summary and only the rows it shows; the compacted summary is refreshed on the way
+    res = results.StudyResults.on_disk(
+        sdir, {t.number: t.user_attrs.get("result_id") for t in trials},
+        results.Schema.of(sf.study.objectives, ld.space.params), refresh=sdir.is_dir())
     confirmation = None
     if st.user_attrs.get(CONFIRM_ATTR):   # the plan `study confirm` keeps in the study
         confirmation = confirm.summarize(trials, sdir, ld)
-    a = analyse(df, st, ld.space.params,
+    a = analyse(res, st, ld.space.params,
                 objectives=[o.model_dump() for o in sf.study.objectives],
                 methods=sf.pipeline.methods, study_name=sf.study.name,
                 dataset=sf.pipeline.data.dataset, protocol=sf.pipeline.protocol,
-                curves_df=results.load_curves(sdir), confirmation=confirmation)
+                confirmation=confirmation)
     out = sdir / "report.html"
     rendered = render(a, str(out))
     try:

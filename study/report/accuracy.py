@@ -84,11 +84,27 @@ def _registry_order(s: pd.Series) -> pd.Series:
     return s.map(lambda v: order.get(v, v)) if s.dtype != "Int64" else s
 
 
+def subset_best_trials(pt: pd.DataFrame, param: str, direction: str) -> dict[str, int]:
+    """Per chosen subset of `param` (degradations, fusion.experts), as 'jpeg+awgn': the trial
+    best on validation among those that chose it."""
+    col = f"param_{param}"
+    done = completed(pt)
+    if col not in done or done.empty:
+        return {}
+    done = done[done[col].map(lambda v: not is_missing(v)).astype(bool)]
+    out = {}
+    for label, group in done.groupby(done[col].map("+".join), sort=False):
+        best = best_trial(group, [direction])
+        if best is not None:
+            out[str(label)] = best
+    return out
+
+
 def subset_ablation(df: pd.DataFrame, pt: pd.DataFrame, param: str, method: str,
-                    direction: str, split: str = "test") -> pd.DataFrame:
-    """Per chosen subset of `param` (degradations, fusion.experts): the trial best on
-    validation among those that chose it, and its `split` accuracy (%) of `method` per
-    evaluation degradation (mean over seeds). Index: the subset as 'jpeg+awgn'."""
+                    bests: dict[str, int], split: str = "test") -> pd.DataFrame:
+    """Per chosen subset of `param` (its best trial: subset_best_trials), that trial's `split`
+    accuracy (%) of `method` per evaluation degradation (mean over seeds), from `df`, rows
+    holding at least those trials'. Index: the subset as 'jpeg+awgn'."""
     col = f"param_{param}"
     done = completed(pt)
     if col not in done or done.empty:
@@ -96,7 +112,7 @@ def subset_ablation(df: pd.DataFrame, pt: pd.DataFrame, param: str, method: str,
     done = done[done[col].map(lambda v: not is_missing(v)).astype(bool)]
     records = []
     for label, group in done.groupby(done[col].map("+".join), sort=False):
-        best = best_trial(group, [direction])
+        best = bests.get(str(label))
         rows = df[(df.trial == best) & (df.split == split) & (df.model == method)]
         if rows.accuracy.notna().any():
             t = seed_table(rows).mean.iloc[0]

@@ -24,12 +24,13 @@ from study.report.accuracy import (
     paired_differences,
     seed_table,
     subset_ablation,
+    subset_best_trials,
 )
 from study.report.budget import budget, projection
 from study.report.comparison import published_comparison
 from study.report.headline import best_against_baseline
 from study.report.importance import Importance, importances
-from study.report.learning import CurveScales, curve_scales, learning_curves
+from study.report.learning import CurveScales, curve_scales, learning_curves, pruned_drawn
 from study.report.listing import trial_listing
 from study.report.parameters import fusion_weights, slices, surface
 from study.report.trials import (
@@ -92,13 +93,15 @@ class Analysis:
     listing: pd.DataFrame | None = None        # every trial, for the sortable table
 
 
-def analyse(df: pd.DataFrame, study: Any, params: Sequence[Param],
+def analyse(res: results.StudyResults, study: Any, params: Sequence[Param],
             *, objectives: Sequence[Mapping[str, str]], methods: Sequence[str],
             study_name: str, dataset: str | None = None,
-            protocol: str = "holdout", curves_df: pd.DataFrame | None = None,
-            confirmation: Confirmation | None = None) -> Analysis:
-    """All computations of the report. objectives: [{method, metric, direction}]. df and
-    curves_df hold every trial's rows; the search's analysis leaves the confirmation's out."""
+            protocol: str = "holdout", confirmation: Confirmation | None = None) -> Analysis:
+    """All computations of the report. objectives: [{method, metric, direction}]. The counts,
+    slices, importance, budget and listing come from the summary (one row per trial); the
+    tables from the rows of the trials they show (best, baseline, each subset's best), the
+    learning curves from those of the trials drawn: at 10,000 trials, reading every row took
+    past 12 GB. The search's analysis leaves the confirmation's re-runs out."""
     directions = [o["direction"] for o in objectives]
     method = objectives[0]["method"]
     names = [f"{o['method']} {o['metric']}" for o in objectives]
@@ -108,13 +111,14 @@ def analyse(df: pd.DataFrame, study: Any, params: Sequence[Param],
     trials = study.get_trials(deepcopy=False)
     search = search_trials(trials)
     reruns = {t.number for t in trials} - {t.number for t in search}
-    every = df
-    df = df[~df.trial.isin(reruns)] if len(df) else df
-    if curves_df is not None and len(curves_df):
-        curves_df = curves_df[~curves_df.trial.isin(reruns)]
-    pt = per_trial(df, schema)
+    every = res.summary
+    summary = every[~every.trial.isin(reruns)] if len(every) else every
+    pt = per_trial(summary, schema)
     baseline, baseline_note = baseline_trial(pt, study)
     best = best_trial(pt, directions) if len(pt) else None
+    subset_bests = {p.name: subset_best_trials(pt, p.name, directions[0])
+                    for p in params if isinstance(p, SubsetParam)}
+    df = res.rows({best, baseline, *(t for b in subset_bests.values() for t in b.values())})
     test = df[df.split == "test"] if len(df) else df
     tables = _test_tables(test, baseline, best, methods)
     curves = level_curves(test[test.trial == best]) if best is not None else None
@@ -128,7 +132,9 @@ def analyse(df: pd.DataFrame, study: Any, params: Sequence[Param],
     info, stages = budget(every)   # the confirmation's compute is spent too
     running = [t for t in trials if t.state in (optuna.trial.TrialState.RUNNING,
                                                  optuna.trial.TrialState.WAITING)]
-    learning = learning_curves(curves_df, best, baseline)
+    drawn = ({best, baseline if baseline is not None else _first(summary)}
+             | set(pruned_drawn(summary.trial, summary.state) if len(summary) else []))
+    learning = learning_curves(res.curves(drawn), best, baseline)
     return Analysis(
         study_name=study_name,
         objectives=[f"{o['metric']} of {o['method']} ({o['direction']})" for o in objectives],
@@ -137,8 +143,8 @@ def analyse(df: pd.DataFrame, study: Any, params: Sequence[Param],
         baseline=baseline, baseline_note=baseline_note, published=pub, published_note=pub_note,
         protocol=protocol, best=best, tables=tables, level_step=_level_steps(df),
         curves=curves,
-        subsets={p.name: subset_ablation(df, pt, p.name, method, directions[0])
-                 for p in params if isinstance(p, SubsetParam)},
+        subsets={name: subset_ablation(df, pt, name, method, bests)
+                 for name, bests in subset_bests.items()},
         slices=slices(pt, params), importance=imp, importance_note=imp_note,
         surface=surface(pt), weights=fusion_weights(pt), budget=info, stages=stages,
         pareto=pareto_front(pt, directions) if len(directions) > 1 and len(pt) else [],
@@ -149,8 +155,13 @@ def analyse(df: pd.DataFrame, study: Any, params: Sequence[Param],
         scales=curve_scales(learning) if learning is not None else None,
         compute=projection(every, study),
         verdicts=best_against_baseline(df, best, baseline, method, objectives[0]["metric"]),
-        confirmation=confirmation, reruns=len(reruns & set(every.trial)) if len(every) else 0,
+        confirmation=confirmation,
+        reruns=len(reruns & set(every.trial.astype(int))) if len(every) else 0,
         listing=trial_listing(trials, every, params, names))
+
+
+def _first(summary: pd.DataFrame) -> int | None:
+    return int(summary.trial.min()) if len(summary) else None
 
 
 def _test_tables(test: pd.DataFrame, baseline: int | None, best: int | None,

@@ -35,6 +35,7 @@ from study.report.figures import (
     fig_surface,
     fig_weights,
 )
+from study.report.learning import MAX_PRUNED
 from study.report.note import claim_sentence, dashboard_note, format_value, state_counts
 from study.report.trials import completed, is_missing
 
@@ -292,7 +293,8 @@ def _learning_curves(page: Page, a: Analysis) -> None:
     page.note("Per epoch, from results/<study>/curves/ (pandas.read_parquet of that folder). "
               "Stages a trial found in the cache show the history recorded when they were "
               "built, so base and experts coincide for trials that share them. First seed of "
-              "each trial; pruned trials in grey, up to the epoch where they stopped. Every "
+              f"each trial; pruned trials in grey (the latest {MAX_PRUNED} at most), up to the "
+              "epoch where they stopped. Every "
               "accuracy panel shares one y range, every loss panel another.")
     page.figure("learning", fig_learning(a.learning, a.scales))
 

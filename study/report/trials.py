@@ -4,6 +4,7 @@ completed ones, the Pareto front, the best trial (chosen on validation) and the 
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -24,9 +25,10 @@ def is_missing(v: Any) -> bool:
 
 
 def per_trial(df: pd.DataFrame, schema: results.Schema) -> pd.DataFrame:
-    """One row per trial: trial, state, wall_s, device, value_0, value_1... (the objectives in
-    the study's order), param_* (each parameter's value as the space gives it: JSON text parsed
-    back to lists and dicts), seeds (sorted list of replicate seeds with results)."""
+    """One row per trial of the summary (results.load_summary): trial, state, wall_s, device,
+    value_0, value_1... (the objectives in the study's order), param_* (each parameter's value
+    as the space gives it: JSON text parsed back to lists and dicts), seeds (sorted list of
+    replicate seeds with results)."""
     if df.empty:
         return pd.DataFrame(columns=["trial", "state", "wall_s", "device", "seeds"])
     df = df.rename(columns={name: f"value_{i}" for i, name in enumerate(schema.objectives)})
@@ -38,8 +40,8 @@ def per_trial(df: pd.DataFrame, schema: results.Schema) -> pd.DataFrame:
         if c in out.columns:
             out[c] = out[c].astype(object).map(
                 lambda v, col=column: None if is_missing(v) else col.value(v))
-    seeds = df.dropna(subset=["accuracy"]).groupby("trial").seed.unique()
-    out["seeds"] = out.trial.map(lambda t: sorted(int(s) for s in seeds.get(t, [])))
+    seeds = df.drop_duplicates("trial").set_index("trial").seeds
+    out["seeds"] = out.trial.map(lambda t: sorted(json.loads(seeds[t])))
     return out
 
 
