@@ -63,5 +63,6 @@ def test_the_example_plugins_study_searches_five_degradations(tmp_path: Path) ->
     base = rows[rows.trial == 0]
     assert {"contrast", "jpeg"} <= set(base.degradation.dropna())
     assert set(base[base.split == "test"].degradation.dropna()) >= FIVE
-    plugins = json.loads(base.plugins.iloc[0])
+    summary = pd.read_parquet(tmp_path / "extra_smoke" / "summary")
+    plugins = json.loads(summary[summary.trial == 0].plugins.iloc[0])
     assert plugins["study.degradations:contrast"] == f"study-extra {version}"

@@ -5,9 +5,9 @@ Every reader of the results (`study report`, `study status`, a researcher's pand
 numbers by column name, and the files of one study must agree column for column. The other
 schema tests take their expected names from results.EXTRA_COLUMNS and the stage registry, so a
 column renamed there still passes them; the lists below are the oracle instead, written out for
-schema version 2 (results.SCHEMA_VERSION, release 0.4: a trial's rows and its learning curves),
-in the order the files hold them. A deliberate schema change (a new column, a per-trial summary
-file) updates them and the version, and says so.
+schema version 2 (results.SCHEMA_VERSION, release 0.4: a trial's summary row, its long rows and
+its learning curves), in the order the files hold them. A deliberate schema change (a new
+column) updates them and the version, and says so.
 """
 
 from __future__ import annotations
@@ -34,19 +34,16 @@ STAGES = ["base", "expert_jpeg", "expert_blur", "expert_awgn", "expert_saltpeppe
           "modelsoups", "fusing", "fusiondistill", "scratch", "vanilla_ft"]
 # Arrow types as pyarrow names them: pandas' string, Int64, Float64 and boolean columns
 STR, INT, FLOAT, BOOL = "large_string", "int64", "double", "bool"
-# trials/trial-N.parquet of the smoke study (its objective and six parameters), schema version
-# 2: one row per (seed, model, split, degradation, level), in this order
-ROW_COLUMNS = {
+# Arrow's type of a pandas category column of fewer than 128 values
+CAT = "dictionary<values=string, indices=int8, ordered=0>"
+# summary/trial-N.parquet of the smoke study (its objective and six parameters), schema
+# version 2: one row per trial, everything that is the same on all of its rows
+SUMMARY_COLUMNS = {
     # which trial, which attempt, how it ended
-    "study": STR, "trial": INT, "attempt": INT, "state": STR, "seed": INT,
-    # an evaluation row (docs/design.md: model, split, degradation, level, accuracy, n_images)
-    "model": STR, "split": STR, "degradation": STR, "level": INT, "level_step": INT,
-    "accuracy": FLOAT, "n_images": INT,
-    "schema_version": INT,
+    "study": STR, "trial": INT, "attempt": INT, "state": STR, "schema_version": INT,
     # the study file's objective, named after it
     "objective.fusiondistill.val.avg": FLOAT,
-    # the run, its failure if any, where and with what it ran (plugins: JSON of the installed
-    # plugins and versions, added within schema version 2: earlier files lack it)
+    # the run, its failure if any, where and with what it ran
     "wall_s": FLOAT, "error": STR, "fail_kind": STR, "fail_reason": STR, "device": STR,
     "gpu": STR, "amp": STR, "protocol": STR, "git_commit": STR, "host": STR,
     "study_version": STR, "optuna_version": STR, "torch_version": STR, "python_version": STR,
@@ -66,6 +63,14 @@ ROW_COLUMNS = {
     # search_spaces/smoke.yaml's six parameters, each in its own type
     "param_fusion.method": STR, "param_fusion.lambdas": FLOAT, "param_distill.loss": STR,
     "param_distill.temperature": FLOAT, "param_distill.alpha": FLOAT, "param_distill.lr": FLOAT,
+    # the seeds with evaluation rows (JSON list), how many rows, the study's id of the result
+    "seeds": STR, "n_rows": INT, "result_id": STR,
+}
+# trials/trial-N.parquet: one row per (seed, model, split, degradation, level), joined to the
+# summary on `trial`
+ROW_COLUMNS = {
+    "trial": INT, "seed": INT, "model": CAT, "split": CAT, "degradation": CAT, "level": INT,
+    "level_step": INT, "accuracy": FLOAT, "n_images": INT,
 }
 # curves/trial-N.parquet: one row per (seed, stage, epoch)
 CURVE_COLUMNS = {
@@ -98,31 +103,39 @@ def smoke_trial(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_the_literal_lists_name_every_stage() -> None:
     """The lists are literal; this only checks they were copied whole."""
-    assert [c.removeprefix("key_") for c in ROW_COLUMNS if c.startswith("key_")] == STAGES
-    assert all(f"{p}_{s}" in ROW_COLUMNS for s in STAGES for p in ("key", "hit", "build_s"))
-    assert len(ROW_COLUMNS) == 13 + 1 + 16 + 3 * len(STAGES) + 6
+    assert [c.removeprefix("key_") for c in SUMMARY_COLUMNS if c.startswith("key_")] == STAGES
+    assert all(f"{p}_{s}" in SUMMARY_COLUMNS for s in STAGES for p in ("key", "hit", "build_s"))
+    assert len(SUMMARY_COLUMNS) == 6 + 16 + 3 * len(STAGES) + 6 + 3
 
 
-def test_a_completed_smoke_trials_rows_have_exactly_these_columns(smoke_trial: Path) -> None:
-    path = smoke_trial / "trials" / "trial-000000.parquet"
-    got = _columns(path)
+def test_a_completed_smoke_trials_files_have_exactly_these_columns(smoke_trial: Path) -> None:
+    summary_path = smoke_trial / "summary" / "trial-000000.parquet"
+    got = _columns(summary_path)
+    _same(got, SUMMARY_COLUMNS)
+    assert list(got) == list(SUMMARY_COLUMNS)        # and in this order
+    rows_path = smoke_trial / "trials" / "trial-000000.parquet"
+    got = _columns(rows_path)
     _same(got, ROW_COLUMNS)
-    assert list(got) == list(ROW_COLUMNS)        # and in this order
-    table = pq.read_table(path).to_pandas()
-    assert set(table.state) == {"COMPLETE"} and set(table.schema_version) == {2}
-    # every column a completed trial fills is filled on every row (a column renamed on one
-    # side of the write, and so left empty, fails here too)
-    filled = ["study", "trial", "attempt", "seed", "model", "split", "degradation", "level",
-              "level_step", "accuracy", "n_images", "objective.fusiondistill.val.avg",
-              "wall_s", "device", "amp", "protocol", "git_commit", "host", "study_version",
+    assert list(got) == list(ROW_COLUMNS)
+    summary = pq.read_table(summary_path).to_pandas()
+    rows = pq.read_table(rows_path).to_pandas()
+    assert len(summary) == 1 and list(summary.state) == ["COMPLETE"]
+    assert list(summary.schema_version) == [2] and list(summary.n_rows) == [len(rows)]
+    # every column a completed trial fills is filled (a column renamed on one side of the
+    # write, and so left empty, fails here too)
+    filled = ["study", "trial", "attempt", "objective.fusiondistill.val.avg", "wall_s",
+              "device", "amp", "protocol", "git_commit", "host", "study_version",
               "optuna_version", "torch_version", "python_version", "plugins", "config_json",
               "key_base", "hit_base", "build_s_base", "key_expert_jpeg", "key_fusiondistill",
-              *[c for c in ROW_COLUMNS if c.startswith("param_")]]
+              "seeds", "result_id", *[c for c in SUMMARY_COLUMNS if c.startswith("param_")]]
     for c in filled:
-        assert table[c].notna().all(), c
+        assert summary[c].notna().all(), c
     for c in ("error", "fail_kind", "fail_reason"):
-        assert table[c].isna().all(), c
-    assert set(table.study_version) == {study.__version__}
+        assert summary[c].isna().all(), c
+    assert set(summary.study_version) == {study.__version__}
+    for c in ROW_COLUMNS:
+        assert rows[c].notna().all(), c
+    assert set(rows.trial) == {0}
 
 
 def test_a_completed_smoke_trials_curves_file_has_exactly_these_columns(smoke_trial: Path
@@ -153,8 +166,9 @@ def test_the_file_the_launcher_writes_for_a_vanished_worker_has_the_same_columns
                                 "marker": "x"})
     launch.reconcile()
     assert st.trials[0].state.name == "FAIL"
-    path = tmp_path / "gone" / "trials" / "trial-000000.parquet"
-    _same(_columns(path), ROW_COLUMNS)
+    path = tmp_path / "gone" / "summary" / "trial-000000.parquet"
+    _same(_columns(path), SUMMARY_COLUMNS)
+    assert not (tmp_path / "gone" / "trials" / "trial-000000.parquet").exists()   # no rows
     table = pq.read_table(path).to_pandas()
     assert list(table.state) == ["FAIL"] and list(table.fail_kind) == ["infrastructure"]
     assert list(table.study_version) == [study.__version__]
