@@ -562,6 +562,10 @@ class StudyFile(Strict):
             # caught here, not as a FAIL of every trial
             raise ValueError(f"study.objectives use {missing}, which pipeline.methods "
                              f"{self.pipeline.methods} does not run")
+        named = [(o.method, o.metric) for o in self.study.objectives]
+        if len(set(named)) != len(named):   # each has its results column, named after it
+            raise ValueError(f"study.objectives name {named}: each (method, metric) at most "
+                             "once")
         if len(self.study.objectives) > 1 and "pruner" in self.study.model_fields_set \
                 and self.study.pruner != "none":
             # Optuna's trial.report and should_prune serve single-objective studies only
@@ -569,10 +573,6 @@ class StudyFile(Strict):
                              f"{len(self.study.objectives)} objectives: Optuna prunes "
                              "single-objective studies only; set study.pruner: none (a "
                              "multi-objective study without the key runs unpruned)")
-        named = [(o.method, o.metric) for o in self.study.objectives]
-        if len(set(named)) != len(named):   # each has its results column, named after it
-            raise ValueError(f"study.objectives name {named}: each (method, metric) at most "
-                             "once")
         for o in self.study.objectives:
             why = self.pipeline.cannot_measure(o.method, o.metric)
             if why:   # else every trial trains fully, then fails on a number that is not there
