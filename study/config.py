@@ -35,6 +35,11 @@ METHOD_NAMES = (
 # it has no clean accuracy (stages.METHODS checks this against its combiners at import).
 METHODS_WITHOUT_CLEAN = ("oracle",)
 METRIC_SPLITS = ("val", "test")
+# The cost objective: the device hours that producing the method's network takes, every stage it
+# is built from counted at its build time (a cache hit at the time its build took), summed over
+# the replicate seeds; evaluation left out. A property of the configuration, not of what the
+# cache held when the trial ran, so a search can weigh accuracy against it.
+COST_METRIC = "cost.hours"
 STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql")   # `+driver` suffixes allowed
 # Optuna's samplers seed numpy's RandomState, which takes 0..2**32-1 and raises ValueError
 # outside it; every seed of the config keeps to that range, replicate seeds included.
@@ -409,6 +414,7 @@ def _canonical_subset(v: Iterable[str], allowed: tuple[str, ...], what: str) -> 
 # ---------------------------------------------------------------- study, executor
 class ObjectiveConfig(Strict):
     metric: str = "val.avg"         # <split>.<avg|clean|jpeg|blur|awgn|saltpepper|a plugin's>
+    #                                 or cost.hours (COST_METRIC)
     method: str = "fusiondistill"   # whose accuracy
     direction: Literal["maximize", "minimize"] = "maximize"
 
@@ -417,9 +423,9 @@ class ObjectiveConfig(Strict):
     def _known_metric(cls, v: str) -> str:
         split, _, agg = v.partition(".")
         aggregates = ["avg", "clean", *degradation_names()]
-        if split not in METRIC_SPLITS or agg not in aggregates:
+        if v != COST_METRIC and (split not in METRIC_SPLITS or agg not in aggregates):
             raise ValueError(f"metric is <split>.<aggregate> with split in {list(METRIC_SPLITS)} "
-                             f"and aggregate in {aggregates}, e.g. val.avg")
+                             f"and aggregate in {aggregates}, e.g. val.avg; or {COST_METRIC}")
         return v
 
     @field_validator("method")
@@ -573,6 +579,13 @@ class StudyFile(Strict):
                              f"{len(self.study.objectives)} objectives: Optuna prunes "
                              "single-objective studies only; set study.pruner: none (a "
                              "multi-objective study without the key runs unpruned)")
+        costs = [o for o in self.study.objectives if o.metric == COST_METRIC]
+        if costs and (self.study.objectives[0].metric == COST_METRIC
+                      or any(o.direction != "minimize" for o in costs)):
+            # status, confirm and the noise statements read the first objective as an accuracy
+            raise ValueError(f"study.objectives: {COST_METRIC} is minimized and comes after an "
+                             "accuracy objective, e.g. [{metric: val.avg}, {metric: "
+                             f"{COST_METRIC}, direction: minimize}}]")
         for o in self.study.objectives:
             why = self.pipeline.cannot_measure(o.method, o.metric)
             if why:   # else every trial trains fully, then fails on a number that is not there

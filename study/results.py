@@ -41,6 +41,7 @@ import pyarrow.parquet as pq
 
 import study
 from study import atomic, registry
+from study.config import COST_METRIC
 from study.space import Column
 from study.stages import SHARED, instance_names
 
@@ -750,6 +751,10 @@ def metric_value(rows: pd.DataFrame | Sequence[Mapping[str, object]], method: st
 
 
 def objective_values(rows: pd.DataFrame | Sequence[Mapping[str, object]],
-                     objectives: Sequence[tuple[str, str]]) -> list[float]:
-    """The study's objectives, (method, metric) each, from one trial's rows (all seeds)."""
-    return [metric_value(rows, method, metric) for method, metric in objectives]
+                     objectives: Sequence[tuple[str, str]],
+                     cost_hours: Mapping[str, float] | None = None) -> list[float]:
+    """The study's objectives, (method, metric) each, from one trial's rows (all seeds); a
+    cost objective (COST_METRIC) from `cost_hours`, method -> hours, which the worker sums
+    from the stages' build times."""
+    return [(cost_hours or {})[method] if metric == COST_METRIC
+            else metric_value(rows, method, metric) for method, metric in objectives]

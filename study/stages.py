@@ -438,6 +438,20 @@ def shared_instances(cfg: PipelineConfig, searched: Iterable[tuple[str, ...]],
     return instance_names(sorted({*cfg.degradations, *degradations}), stages=SHARED)
 
 
+def lineage(cfg: PipelineConfig, networks: Iterable[str]) -> set[str]:
+    """Every stage instance `networks` are built from, themselves included: what producing
+    them costs (config.COST_METRIC)."""
+    out: set[str] = set()
+    todo = list(networks)
+    while todo:
+        name = todo.pop()
+        if name not in out:
+            out.add(name)
+            stage, degradation = parse_instance(name)
+            todo.extend(stage.parents(cfg, degradation))
+    return out
+
+
 # ---------------------------------------------------------------- methods of the paper's tables
 @dataclass(frozen=True)
 class Method:

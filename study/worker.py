@@ -31,7 +31,7 @@ from optuna.trial import TrialState
 
 from study import atomic, failures, faults, progress, results, stages, storage, studyfile
 from study.cache import StageCache
-from study.config import ExecutorSection, StudyFile
+from study.config import COST_METRIC, ExecutorSection, StudyFile
 from study.executors.placement import THREADS_ENV, threads_from_env
 from study.jobs import Job
 from study.pipeline import Pipeline
@@ -191,6 +191,13 @@ def run_job(job: Job, log: Callable[[str], None] = print,
     return state
 
 
+def cost_hours(sf: StudyFile, method: str, pipes: list[Pipeline]) -> float:
+    """config.COST_METRIC: the build hours of every stage `method`'s networks come from, each
+    counted at the time its build took (a cache hit too), summed over the replicate seeds."""
+    needed = stages.lineage(sf.pipeline, stages.METHODS[method].networks(sf.pipeline))
+    return sum(s.build_s for p in pipes for s in p.stages if s.stage in needed) / 3600
+
+
 def run_trial(ld: studyfile.LoadedStudy, values: Mapping[str, Any], trial: optuna.Trial,
               job: Job, log: Callable[[str], None], *, listeners: list[Any],
               classify_failure: ClassifyFailure | None = None,
@@ -233,7 +240,9 @@ def run_trial(ld: studyfile.LoadedStudy, values: Mapping[str, Any], trial: optun
             out.seed_rows.append((seed, [dict(row) for row in res.rows]))
         out.values = results.objective_values(
             [row for _, rows in out.seed_rows for row in rows],
-            [(o.method, o.metric) for o in sf.study.objectives])
+            [(o.method, o.metric) for o in sf.study.objectives],
+            {o.method: cost_hours(sf, o.method, [p for _, p, _ in runs])
+             for o in sf.study.objectives if o.metric == COST_METRIC})
     except optuna.TrialPruned as e:
         out.state, out.error = "PRUNED", str(e)
         if runs and final is not None:
