@@ -150,6 +150,18 @@ class Pipeline:
                               "use 'reference' or 'auto'")
         return wanted and not missing
 
+    def build_seconds(self, name: str) -> float:
+        """What building stage `name` took: this run's record, else its cache entry's (a
+        stage the run never needed to load, e.g. the base behind cached experts); 0 where
+        neither knows."""
+        for record in self.stages:
+            if record.stage == name:
+                return record.build_s
+        meta = self.cache.entry(self._folder(name), self.key(name)) / "meta.json"
+        if not meta.exists():
+            return 0.0
+        return float(self.cache.meta(self._folder(name), self.key(name)).get("build_s", 0.0))
+
     @functools.cached_property
     def key_env(self) -> stages.KeyEnv:
         return stages.KeyEnv(self.device_path, self.device.type)

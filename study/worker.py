@@ -195,7 +195,7 @@ def cost_hours(sf: StudyFile, method: str, pipes: list[Pipeline]) -> float:
     """config.COST_METRIC: the build hours of every stage `method`'s networks come from, each
     counted at the time its build took (a cache hit too), summed over the replicate seeds."""
     needed = stages.lineage(sf.pipeline, stages.METHODS[method].networks(sf.pipeline))
-    return sum(s.build_s for p in pipes for s in p.stages if s.stage in needed) / 3600
+    return sum(p.build_seconds(name) for p in pipes for name in needed) / 3600
 
 
 def run_trial(ld: studyfile.LoadedStudy, values: Mapping[str, Any], trial: optuna.Trial,

@@ -483,8 +483,22 @@ def test_pareto_front_and_best_of_two_objectives() -> None:
     assert report.best_trial(pt, ["maximize", "minimize"]) == 3
     assert report.best_trial(pt, ["maximize"]) == 1               # ties: the earlier trial
     assert report.best_trial(pt, ["minimize"]) == 2
-    fig = report.fig_pareto(pt, [0, 2, 3], ["acc", "cost"])
-    assert sorted(fig.data[1].x) == [0.4, 0.5, 0.6]
+    fig = report.fig_pareto(pt, [0, 2, 3], ["acc", "cost"], ["val.avg", "cost.hours"], 0)
+    front = next(d for d in fig.data if d.name == "Pareto front")
+    assert sorted(front.x) == [40.0, 50.0, 60.0]                 # accuracy in %
+    assert sorted(front.y) == [5, 10, 15]                        # the cost in hours, as is
+    base = next(d for d in fig.data if d.name == "baseline")
+    assert list(base.x) == [50.0] and list(base.y) == [10]
+    # each front trial against the baseline (trial 0), in each objective's direction
+    t = report.tradeoffs(pt, [0, 2, 3], 0, ["acc", "cost"], ["val.avg", "cost.hours"],
+                         ["maximize", "minimize"]).set_index("trial")
+    assert t.loc[2, "Δ acc"] == pytest.approx(-10.0) and t.loc[2, "Δ cost"] == -5
+    assert t.loc[2, "against the baseline"] == "trades acc for cost"
+    assert t.loc[3, "against the baseline"] == "trades cost for acc"
+    assert t.loc[0, "against the baseline"] == "is the baseline"
+    t = report.tradeoffs(pt, [1], 2, ["acc", "cost"], ["val.avg", "cost.hours"],
+                         ["maximize", "maximize"]).set_index("trial")
+    assert t.loc[1, "against the baseline"] == "better on acc, cost, worse on none"
 
 
 def test_weights_on_three_items_draw_on_the_ternary_simplex() -> None:

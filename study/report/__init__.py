@@ -87,6 +87,7 @@ from study.report.listing import trial_listing
 from study.report.page import Rendered, render
 from study.report.parameters import fusion_weights, slices, surface
 from study.report.png import CHROMIUM, export_png
+from study.report.tradeoffs import tradeoffs
 from study.report.trials import (
     CONFIRM_ATTR,
     baseline_trial,
@@ -105,7 +106,7 @@ __all__ = [
     "fig_slices", "fig_surface", "fig_weights", "fusion_weights", "importances",
     "learning_curves", "level_curves", "paired_differences", "pareto_front", "per_trial",
     "published_comparison", "push_to_dashboard", "render", "search_trials", "seed_table",
-    "slices", "subset_ablation", "surface", "t_interval", "trial_listing",
+    "slices", "subset_ablation", "surface", "t_interval", "tradeoffs", "trial_listing",
 ]
 
 

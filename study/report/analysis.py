@@ -33,6 +33,7 @@ from study.report.importance import Importance, importances
 from study.report.learning import CurveScales, curve_scales, learning_curves, pruned_drawn
 from study.report.listing import trial_listing
 from study.report.parameters import fusion_weights, slices, surface
+from study.report.tradeoffs import tradeoffs
 from study.report.trials import (
     baseline_trial,
     best_trial,
@@ -81,6 +82,8 @@ class Analysis:
     budget: dict[str, Any]
     stages: pd.DataFrame
     pareto: list[int]
+    tradeoffs: pd.DataFrame            # each front trial against the baseline, per objective
+    metrics: list[str]                 # each objective's metric, e.g. val.avg, cost.hours
     paired: pd.DataFrame | None
     in_flight: int
     learning: pd.DataFrame | None = None       # learning_curves: best, baseline, pruned
@@ -135,6 +138,7 @@ def analyse(res: results.StudyResults, study: Any, params: Sequence[Param],
     drawn = ({best, baseline if baseline is not None else _first(summary)}
              | set(pruned_drawn(summary.trial, summary.state) if len(summary) else []))
     learning = learning_curves(res.curves(drawn), best, baseline)
+    front = pareto_front(pt, directions) if len(directions) > 1 and len(pt) else []
     return Analysis(
         study_name=study_name,
         objectives=[f"{o['metric']} of {o['method']} ({o['direction']})" for o in objectives],
@@ -147,7 +151,9 @@ def analyse(res: results.StudyResults, study: Any, params: Sequence[Param],
                  for name, bests in subset_bests.items()},
         slices=slices(pt, params), importance=imp, importance_note=imp_note,
         surface=surface(pt), weights=fusion_weights(pt), budget=info, stages=stages,
-        pareto=pareto_front(pt, directions) if len(directions) > 1 and len(pt) else [],
+        pareto=front, metrics=[o["metric"] for o in objectives],
+        tradeoffs=tradeoffs(pt, front, baseline, names, [o["metric"] for o in objectives],
+                            directions),
         paired=(paired_differences(df, best, baseline, method)
                 if best is not None and baseline is not None else None),
         in_flight=len(running),

@@ -19,6 +19,7 @@ from study.config import METHOD_NAMES, degradation_names
 from study.report.accuracy import table_columns
 from study.report.importance import Importance
 from study.report.learning import CurveScales
+from study.report.tradeoffs import display_scale
 from study.report.trials import completed
 from study.space import KINDS, CategoricalParam, FloatParam, SubsetParam
 
@@ -236,20 +237,30 @@ def fig_budget(stages: pd.DataFrame) -> Any:
     return frame(fig, "Stage build time: spent vs saved by the cache", 420)
 
 
-def fig_pareto(pt: pd.DataFrame, front: Sequence[int], labels: Sequence[str]) -> Any:
-    """The first two objectives of every completed trial, the Pareto front in colour."""
+def fig_pareto(pt: pd.DataFrame, front: Sequence[int], labels: Sequence[str],
+               metrics: Sequence[str], baseline: int | None) -> Any:
+    """The first objective against each other one (a panel each), every completed trial: the
+    Pareto front in colour, the dominated in grey, the baseline as a black diamond."""
     done = completed(pt)
     on = done.trial.isin(front)
-    fig = go.Figure([
-        go.Scatter(x=done[~on].value_0, y=done[~on].value_1, mode="markers", name="dominated",
-                   marker={"color": "#bbb", "size": 9}, text=[f"trial {t}" for t in
-                                                                done[~on].trial]),
-        go.Scatter(x=done[on].value_0, y=done[on].value_1, mode="markers", name="Pareto front",
-                   marker={"color": PALETTE[1], "size": 11},
-                   text=[f"trial {t}" for t in done[on].trial])])
-    fig.update_xaxes(title_text=labels[0])
-    fig.update_yaxes(title_text=labels[1])
-    return frame(fig, f"Pareto front: {labels[0]} against {labels[1]}", 440)
+    x_scale, x_unit = display_scale(metrics[0])
+    others = range(1, len(labels))
+    fig = make_subplots(rows=1, cols=len(others), horizontal_spacing=0.12)
+    for col, i in enumerate(others, start=1):
+        y_scale, y_unit = display_scale(metrics[i])
+        groups = [("dominated", done[~on], {"color": "#bbb", "size": 9}),
+                  ("Pareto front", done[on], {"color": PALETTE[1], "size": 11}),
+                  ("baseline", done[done.trial == baseline],
+                   {"color": "#000", "size": 13, "symbol": "diamond-open"})]
+        for name, part, marker in groups:
+            fig.add_trace(go.Scatter(
+                x=part.value_0 * x_scale, y=part[f"value_{i}"] * y_scale, mode="markers",
+                name=name, marker=marker, legendgroup=name, showlegend=col == 1,
+                text=[f"trial {t}" for t in part.trial]), row=1, col=col)
+        fig.update_xaxes(title_text=f"{labels[0]} ({x_unit})", row=1, col=col)
+        fig.update_yaxes(title_text=f"{labels[i]} ({y_unit})", row=1, col=col)
+    return frame(fig, f"Pareto front: {labels[0]} against "
+                      f"{', '.join(labels[i] for i in others)}", 440)
 
 
 def fig_paired(paired: pd.DataFrame, method: str) -> Any:

@@ -251,17 +251,27 @@ def _history_and_budget(page: Page, a: Analysis) -> None:
         page.add(minutes.to_html(classes="acc", border=0, float_format="{:.2f}".format,
                                  index_names=False))
         page.figure("budget", fig_budget(a.stages))
-    _pareto_front(page, a)
 
 
 def _pareto_front(page: Page, a: Analysis) -> None:
     if len(a.directions) < 2:
-        page.note("Single objective: no Pareto front.")
-    elif a.pareto:
-        page.figure("pareto", fig_pareto(a.per_trial, a.pareto, a.objective_names))
-        page.note(f"Pareto front: trials {a.pareto}.")
-    else:
+        return                      # one objective: the best trial says it all
+    page.section("Pareto front and trade-offs")
+    if not a.pareto:
         page.note("No completed trial yet, so no Pareto front.")
+        return
+    page.note(f"{len(a.pareto)} trial(s) on the Pareto front of "
+              f"{len(completed(a.per_trial))} completed: no other trial is at least as good on "
+              f"every objective ({', '.join(a.objectives)}) and better on one. Accuracies in "
+              "%, the cost in device hours (the build time of every stage the network comes "
+              "from). Each front trial against the baseline: its difference per objective "
+              "(positive = higher) and what it trades. One seed per trial: a difference of a "
+              "point or two is within the noise of one accuracy (the paired section and "
+              "`study confirm` say how much).")
+    page.figure("pareto", fig_pareto(a.per_trial, a.pareto, a.objective_names, a.metrics,
+                                     a.baseline))
+    page.add(a.tradeoffs.to_html(classes="acc", border=0, index=False, na_rep="-",
+                                 float_format="{:.4g}".format))
 
 
 def _paired_differences(page: Page, a: Analysis) -> None:
@@ -332,7 +342,7 @@ def _all_trials(page: Page, a: Analysis) -> None:
 
 SECTIONS: tuple[Callable[[Page, Analysis], None], ...] = (
     _header, _paper_tables, _confirmation, _level_curves, _subset_ablation,
-    _parameter_effects, _history_and_budget, _all_trials, _paired_differences,
+    _parameter_effects, _pareto_front, _history_and_budget, _all_trials, _paired_differences,
     _learning_curves)
 
 
