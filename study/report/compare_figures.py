@@ -26,11 +26,13 @@ def study_colors(names: Sequence[str]) -> dict[str, str]:
 
 
 def fig_shared(points: Mapping[str, pd.DataFrame], best: Mapping[str, tuple[int, Any] | None],
-               kinds: Mapping[str, type], param: str, value_label: str) -> Any:
+               kinds: Mapping[str, type], param: str, value_label: str, *,
+               comparable: bool = True) -> Any:
     """points: study -> its slices rows of `param` (trial, x, value); best: study -> (best
     trial, its value of `param`) where active; kinds: study -> the parameter's class there.
     One colour per study, each study's best trial a star. Values read as text (a category, a
-    subset) when any study searches the parameter as one, so the axes stay one."""
+    subset) when any study searches the parameter as one, so the axes stay one. comparable:
+    whether the studies share their objective; the title says so when they do not."""
     colors = study_colors(list(points))
     as_text = any(issubclass(k, (CategoricalParam, SubsetParam)) for k in kinds.values())
     fig = go.Figure()
@@ -56,5 +58,6 @@ def fig_shared(points: Mapping[str, pd.DataFrame], best: Mapping[str, tuple[int,
         fig.update_xaxes(type="log")
     fig.update_xaxes(title_text=param)
     fig.update_yaxes(title_text=value_label)
+    caveat = "" if comparable else ", values not comparable across studies"
     return frame(fig, f"{value_label} against {param}, study by study (star: each study's "
-                      "best trial)", 440)
+                      f"best trial{caveat})", 460)

@@ -27,12 +27,15 @@ def render_comparison(c: Comparison) -> tuple[str, dict[str, Any]]:
 
 def value_label(c: Comparison) -> str:
     """The y axis of the shared-parameter figures: the objective when every study has the
-    same, else a warning that each point is on its own study's objective."""
-    objectives = {s.objective for s in c.sides}
-    if len(objectives) == 1:
+    same, else each point's own study's (short: a long axis title runs into the figure's)."""
+    if comparable(c):
         method, metric, _ = c.sides[0].objective
         return f"{method} {metric}"
-    return "each study's own objective (not comparable)"
+    return "each study's own objective"
+
+
+def comparable(c: Comparison) -> bool:
+    return len({s.objective for s in c.sides}) == 1
 
 
 # ---------------------------------------------------------------- the sections, in page order
@@ -40,8 +43,8 @@ def _header(page: Page, c: Comparison) -> None:
     files = ", ".join(f"{s.name} ({s.source})" for s in c.sides)
     page.add(f"<h1>Study comparison: {html.escape(', '.join(c.names))}</h1><p>"
              f"{len(c.sides)} studies: {html.escape(files)}. Each study's best trial is chosen "
-             "on validation by its first objective, as its own report chooses it; "
-             f"`study confirm`'s re-runs are left out. Generated "
+             "on validation by its first objective, as its own report chooses it; the "
+             "re-runs of study confirm are left out. Generated "
              f"{time.strftime('%Y-%m-%d %H:%M')}.</p>")
     if c.notes:
         page.add("<div class='headline' id='not-comparable'>" + "".join(
@@ -69,7 +72,7 @@ def _study_row(s: Side) -> str:
     cells = [s.name, s.objective_text, trials, _trial(s.best), _number(s.best_value),
              _trial(s.baseline), _number(s.baseline_value), _number(s.difference, sign=True),
              _noise(s),
-             "-" if s.compute_h is None else f"{s.compute_h:.3f}"]
+             "-" if s.compute_h is None else f"{s.compute_h:.3g}"]   # 3 digits: toy studies spend 1e-3 h
     text = {0, 1, 2, 8}   # columns of words, left aligned
     return "<tr data-study='" + html.escape(s.name) + "'>" + "".join(
         f"<td{' class=text' if i in text else ''}>{html.escape(v)}</td>"
@@ -111,7 +114,8 @@ def _shared_parameters(page: Page, c: Comparison) -> None:
                 and param in sides[n].best_params else None for n in names}
         kinds = {n: type(sides[n].params[param]) for n in names}
         page.figure(f"shared-{param.replace('.', '_')}",
-                    fig_shared(points, best, kinds, param, label))
+                    fig_shared(points, best, kinds, param, label,
+                               comparable=comparable(c)))
 
 
 def _shared_table(param: str, sides: list[Side]) -> str:
