@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import pytest
@@ -26,6 +27,9 @@ from toy_studies import run_cli
 
 from study import compare, conclusions, results
 from study.report.compare_page import render_comparison
+
+if TYPE_CHECKING:   # the annotation only: importing test_report imports torch
+    from test_report import Browser
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -230,14 +234,15 @@ def test_compare_imports_no_torch() -> None:
 
 
 @pytest.fixture
-def browser(tmp_path: Path) -> Iterator[object]:
-    from test_report import _browser   # the report tests' Chromium driver (DevTools pipe)
+def browser(tmp_path: Path) -> Iterator[Browser]:
+    from test_report import _browser  # the report tests' Chromium driver (DevTools pipe)
+
     with _browser(tmp_path / "profile") as b:
         yield b
 
 
 @pytest.mark.slow
-def test_compare_page_renders_in_headless_chromium(launched: Launched, browser: object) -> None:
+def test_compare_page_renders_in_headless_chromium(launched: Launched, browser: Browser) -> None:
     """Every figure draws, nothing is logged, titles and legends stay apart and inside."""
     from test_report import TITLES_JS, _layout_faults
 
@@ -246,17 +251,17 @@ def test_compare_page_renders_in_headless_chromium(launched: Launched, browser: 
     assert rc == 0, err
     b = browser
     t0 = time.perf_counter()
-    b.open(page.as_uri(), "document.querySelectorAll('.js-plotly-plot .main-svg').length >= 1")  # type: ignore[attr-defined]
-    drawn = b.js("[...document.querySelectorAll('.js-plotly-plot')].filter(d => "  # type: ignore[attr-defined]
+    b.open(page.as_uri(), "document.querySelectorAll('.js-plotly-plot .main-svg').length >= 1")
+    drawn = b.js("[...document.querySelectorAll('.js-plotly-plot')].filter(d => "
                  "d.querySelector('.main-svg')).map(d => d.id)")
     assert drawn == ["fig-shared-distill_lr"]
-    traces = b.js("document.getElementById('fig-shared-distill_lr').data.filter(t => "  # type: ignore[attr-defined]
+    traces = b.js("document.getElementById('fig-shared-distill_lr').data.filter(t => "
                   "t.showlegend !== false).map(t => t.name)")
     assert traces == ["cmpa", "cmpb", "cmpc"]
-    faults = _layout_faults(b.js(TITLES_JS))  # type: ignore[attr-defined]
+    faults = _layout_faults(b.js(TITLES_JS))
     assert not faults, "\n".join(faults)
-    assert not b.console(), "\n".join(b.console())  # type: ignore[attr-defined]
-    b.screenshot(ARTIFACTS / "compare.png")  # type: ignore[attr-defined]
+    assert not b.console(), "\n".join(b.console())
+    b.screenshot(ARTIFACTS / "compare.png")
     assert (ARTIFACTS / "compare.png").stat().st_size > 50_000
     assert time.perf_counter() - t0 < 120
 

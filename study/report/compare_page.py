@@ -72,7 +72,8 @@ def _study_row(s: Side) -> str:
     cells = [s.name, s.objective_text, trials, _trial(s.best), _number(s.best_value),
              _trial(s.baseline), _number(s.baseline_value), _number(s.difference, sign=True),
              _noise(s),
-             "-" if s.compute_h is None else f"{s.compute_h:.3g}"]   # 3 digits: toy studies spend 1e-3 h
+             # 3 significant digits: a toy study spends 1e-3 h, a real one hundreds
+             "-" if s.compute_h is None else f"{s.compute_h:.3g}"]
     text = {0, 1, 2, 8}   # columns of words, left aligned
     return "<tr data-study='" + html.escape(s.name) + "'>" + "".join(
         f"<td{' class=text' if i in text else ''}>{html.escape(v)}</td>"
@@ -110,12 +111,18 @@ def _shared_parameters(page: Page, c: Comparison) -> None:
         if not any(len(p) for p in points.values()):
             page.note(f"{param}: no completed trial with it active yet.")
             continue
-        best = {n: (sides[n].best, sides[n].best_params[param]) if sides[n].best is not None
-                and param in sides[n].best_params else None for n in names}
+        best = {n: _best_value(sides[n], param) for n in names}
         kinds = {n: type(sides[n].params[param]) for n in names}
         page.figure(f"shared-{param.replace('.', '_')}",
                     fig_shared(points, best, kinds, param, label,
                                comparable=comparable(c)))
+
+
+def _best_value(s: Side, param: str) -> tuple[int, Any] | None:
+    """The study's best trial and its value of `param`; None without one or where inactive."""
+    if s.best is None or param not in s.best_params:
+        return None
+    return s.best, s.best_params[param]
 
 
 def _shared_table(param: str, sides: list[Side]) -> str:
