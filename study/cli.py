@@ -13,6 +13,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from study import progress
 from study.errors import StudyError
@@ -41,6 +42,17 @@ def _add_verbosity(p: argparse.ArgumentParser) -> None:
     p.add_argument("--progress-interval", type=float, default=None, metavar="SECONDS",
                    help="log lines within a long epoch every SECONDS (default: "
                    f"${progress.ENV_LINE_S} or {progress.LINE_S:g})")
+
+
+class _AtLeastTwo(argparse.Action):
+    """`study compare`'s study files: one is a report (`study report`), not a comparison."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        if len(values) < 2:
+            parser.error(f"give at least 2 study files to compare, got {len(values)} "
+                         "(one study's report is `study report --space FILE`)")
+        setattr(namespace, self.dest, values)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,6 +131,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write PNG files of the figures (needs kaleido and chromium)")
     p.add_argument("--no-push", action="store_true",
                    help="do not push figures and the summary note to optuna-dashboard")
+
+    p = sub.add_parser("compare", help="one page putting several studies side by side: best "
+                       "against baseline for each, the shared parameters' effects",
+                       description="Write one HTML page comparing launched studies: per "
+                       "study its objective, trials, best trial and baseline with what the "
+                       "noise allows; then every parameter (by config path) searched in two or "
+                       "more of them, against each study's objective.")
+    p.add_argument("spaces", nargs="+", action=_AtLeastTwo, metavar="SPACE",
+                   help="study files (YAML, or shipped names), at least 2, each launched in "
+                   "--results")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="dotted override applied to every study file (repeatable)")
+    p.add_argument("--results", default="results", metavar="DIR",
+                   help="results root where the studies were launched (default: ./results)")
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="the page to write (default: <results>/compare-<nameA>-<nameB>....html)")
 
     p = sub.add_parser("bench", help="images/s of each stage with and without the data path, "
                        "evaluation time, trial overhead", description="Measure in one run, for "

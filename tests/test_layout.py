@@ -129,9 +129,10 @@ ABOVE_BUILDING_BLOCKS = ("study.config", "study.schema", "study.studyfile", "stu
                          "study.stages", "study.pipeline", "study.launcher", "study.worker",
                          "study.executors", "study.storage", "study.results", "study.report",
                          "study.status", "study.jobs", "study.failures", "study.bench",
+                         "study.compare",
                          "study.adapter", "study.cli", "study.commands")
 HARNESS = ("study.launcher", "study.worker", "study.executors", "study.storage", "study.status",
-           "study.results", "study.jobs", "study.failures", "study.report")
+           "study.results", "study.jobs", "study.failures", "study.report", "study.compare")
 TENSOR_CODE = ("study.data", "study.degradations", "study.device_degrade", "study.augment",
                "study.models", "study.losses", "study.fusion.merge", "study.train",
                "study.evaluation")
@@ -160,7 +161,7 @@ def test_results_status_and_report_never_import_torch() -> None:
     workers (the executors and the cache import it only where a trial or a network runs). A
     fresh interpreter: this one imported torch long ago."""
     code = ("import sys, study.results, study.report, study.stages, study.fusion, "
-            "study.studyfile, study.status, study.confirm, study.conclusions, "
+            "study.studyfile, study.status, study.confirm, study.conclusions, study.compare, "
             "study.executors, study.cache; print(sorted({m.split('.')[0] for m in sys.modules} "
             "& {'torch', 'torchvision'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
