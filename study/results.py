@@ -473,12 +473,7 @@ def load_rows(study_dir: str | Path, trials: Iterable[int] | None = None,
     (and `trial`), reading only those trials' files and only those columns. Join the
     summary's columns on `trial` (load_summary) for the per-trial ones. A file that cannot be
     read is moved aside with a warning."""
-    d = trials_dir(study_dir)
-    if trials is None:
-        paths = sorted(d.glob("trial-*.parquet")) if d.exists() else []
-    else:
-        paths = [p for p in (trial_path(study_dir, n) for n in sorted(set(trials)))
-                 if p.exists()]
+    paths = _trial_files(trials_dir(study_dir), lambda n: trial_path(study_dir, n), trials)
     names = list(ROW_COLUMNS) if columns is None else list(dict.fromkeys(["trial", *columns]))
     unknown = [c for c in names if c not in ROW_COLUMNS]
     if unknown:
@@ -641,14 +636,17 @@ def write_curves(study_dir: str | Path, number: int, df: pd.DataFrame) -> Path |
                              lambda f: df.to_parquet(f, index=False))
 
 
+def _trial_files(folder: Path, path_of: Callable[[int], Path], trials: Iterable[int] | None
+                 ) -> list[Path]:
+    """The files of `trials` (None: every trial's in `folder`) that exist, in trial order."""
+    if trials is None:
+        return sorted(folder.glob("trial-*.parquet")) if folder.exists() else []
+    return [p for p in (path_of(n) for n in sorted(set(trials))) if p.exists()]
+
+
 def load_curves(study_dir: str | Path, trials: Iterable[int] | None = None) -> pd.DataFrame:
     """The learning curves of `trials` (None: every trial), reading only their files."""
-    d = curves_dir(study_dir)
-    if trials is None:
-        files = sorted(d.glob("trial-*.parquet")) if d.exists() else []
-    else:
-        files = [p for p in (curves_path(study_dir, n) for n in sorted(set(trials)))
-                 if p.exists()]
+    files = _trial_files(curves_dir(study_dir), lambda n: curves_path(study_dir, n), trials)
     frames = [f for f in (_read_or_move_aside(p, may_be_empty=True) for p in files)
               if f is not None]
     if not frames:
