@@ -60,14 +60,26 @@ def slurm_cluster() -> Iterator[str]:
         _script("stop", timeout=120)
 
 
+# The study's own settings as the session found them (STUDY_LOG_LEVEL, STUDY_HEARTBEAT_S, ...).
+_SESSION_STUDY_ENV = {k: v for k, v in os.environ.items() if k.startswith("STUDY_")}
+
+
 @pytest.fixture(autouse=True)
 def _environment_restored() -> Iterator[None]:
     """What a test's in-process command puts into os.environ ends with the test. `--log-level
-    warning` on an in-process `study launch` sets STUDY_LOG_LEVEL for the workers it starts; left
-    behind, it silenced the stage lines of every later test's subprocesses, and three tests that
-    read those lines failed in a full run although each passed alone."""
+    warning` (or `--quiet`) on an in-process `study launch` sets STUDY_LOG_LEVEL for the workers
+    it starts; left behind, it silenced the stage lines of every later test's subprocesses, and
+    three tests that read those lines failed in a full run although each passed alone. A
+    module's fixture runs before this snapshot, so the study's own settings also go back to
+    what the session started with."""
     saved = dict(os.environ)
     yield
+    for k in [k for k in saved if k.startswith("STUDY_")]:
+        if k in _SESSION_STUDY_ENV:
+            saved[k] = _SESSION_STUDY_ENV[k]
+        else:
+            del saved[k]
+    saved.update(_SESSION_STUDY_ENV)
     if os.environ != saved:
         os.environ.clear()
         os.environ.update(saved)
