@@ -60,8 +60,12 @@ def slurm_cluster() -> Iterator[str]:
         _script("stop", timeout=120)
 
 
-# The study's own settings as the session found them (STUDY_LOG_LEVEL, STUDY_HEARTBEAT_S, ...).
-_SESSION_STUDY_ENV = {k: v for k, v in os.environ.items() if k.startswith("STUDY_")}
+# What the study's own commands export for the workers they start (progress.py, options.py,
+# executors/slurm.py), as the session found them. Only these go back after every test: a
+# module's fixture may set other STUDY_* variables for its tests (test_bad_commands.py keeps
+# its storage path in one), and resetting every STUDY_* name removed that path mid-module.
+_EXPORTED = ("STUDY_LOG_LEVEL", "STUDY_PROGRESS_S", "STUDY_THREADS", "CUDA_VISIBLE_DEVICES")
+_SESSION_EXPORTED = {k: os.environ.get(k) for k in _EXPORTED}
 
 
 @pytest.fixture(autouse=True)
@@ -70,16 +74,15 @@ def _environment_restored() -> Iterator[None]:
     warning` (or `--quiet`) on an in-process `study launch` sets STUDY_LOG_LEVEL for the workers
     it starts; left behind, it silenced the stage lines of every later test's subprocesses, and
     three tests that read those lines failed in a full run although each passed alone. A
-    module's fixture runs before this snapshot, so the study's own settings also go back to
-    what the session started with."""
+    module's fixture runs before this snapshot, so the exported settings also go back to what
+    the session started with."""
     saved = dict(os.environ)
     yield
-    for k in [k for k in saved if k.startswith("STUDY_")]:
-        if k in _SESSION_STUDY_ENV:
-            saved[k] = _SESSION_STUDY_ENV[k]
+    for k, v in _SESSION_EXPORTED.items():
+        if v is None:
+            saved.pop(k, None)
         else:
-            del saved[k]
-    saved.update(_SESSION_STUDY_ENV)
+            saved[k] = v
     if os.environ != saved:
         os.environ.clear()
         os.environ.update(saved)
