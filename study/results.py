@@ -494,15 +494,23 @@ def load_rows(study_dir: str | Path, trials: Iterable[int] | None = None,
     return df.astype({c: ROW_COLUMNS[c] for c in names})
 
 
+# What reading one damaged or foreign Parquet file raises: pyarrow's own errors, OSError for a
+# truncated footer, and ValueError/TypeError/KeyError from a file whose columns are not ours.
+_UNREADABLE = (OSError, ValueError, TypeError, KeyError, pa.ArrowException)
+
+
+def _set_aside_unreadable(path: Path, e: Exception) -> None:
+    _move_aside(path, f"is not a readable result file ({type(e).__name__}: {str(e)[:200]})")
+
+
 def _read_rows(path: Path, names: Sequence[str]) -> pd.DataFrame | None:
     try:
         df = pq.read_table(path, columns=list(names)).to_pandas()
         return df[df.model.notna()] if "model" in df.columns else df
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, TypeError, KeyError, pa.ArrowException) as e:
-        _move_aside(path, f"is not a readable result file ({type(e).__name__}: "
-                    f"{str(e)[:200]})")
+    except _UNREADABLE as e:
+        _set_aside_unreadable(path, e)
         return None
 
 
@@ -574,9 +582,8 @@ def _read_or_move_aside(path: Path, *, may_be_empty: bool = False) -> pd.DataFra
         return df
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, TypeError, KeyError, pa.ArrowException) as e:
-        _move_aside(path, f"is not a readable result file ({type(e).__name__}: "
-                    f"{str(e)[:200]})")
+    except _UNREADABLE as e:
+        _set_aside_unreadable(path, e)
         return None
 
 
