@@ -11,6 +11,10 @@ reach an armed point claims its token by deleting it (exactly one process wins a
 Only workers crash (python -m study.worker, a submitit job): the launcher writes Parquet files
 too (when it fails a trial), and killing the launcher is a fault of its own, injected from outside.
 Unset, a write pays one environment lookup.
+
+Two more hooks shape timing, not faults: `rendezvous` (workers meet before they use the storage)
+and `pace_epoch` (a training epoch lasts at least a given time, so a test of a real time limit
+does the same number of epochs per run on a fast machine as on a slow one).
 """
 
 from __future__ import annotations
@@ -65,3 +69,16 @@ def rendezvous() -> None:
     deadline = time.monotonic() + 300
     while sum(1 for _ in arrivals.iterdir()) < int(n) and time.monotonic() < deadline:
         time.sleep(0.1)
+
+
+def pace_epoch(started: float) -> None:
+    """STUDY_EPOCH_FLOOR_S="<seconds>" (the SLURM time-limit test): an epoch that began at
+    `started` (time.perf_counter) lasts at least that long. The test needs the first attempt's
+    two runs to fall short of the whole schedule and its retries to finish it; a run lives
+    15-45 s (slurmctld looks at time limits every 30 s), so the epochs a run trains depend on
+    the machine: 120 toy epochs took ~1.0 s each on one 2-core box and ~0.5 s on another, where
+    the first attempt finished all 120 and the test failed. With a floor the epochs per run
+    are bounded whatever the machine: a slower one only trains fewer."""
+    floor = os.environ.get("STUDY_EPOCH_FLOOR_S")
+    if floor:
+        time.sleep(max(0.0, float(floor) - (time.perf_counter() - started)))

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from study import atomic
+from study import atomic, faults
 from study.augment import Batch
 
 
@@ -206,6 +206,7 @@ def fit(model: nn.Module, *, epochs: int, optimizer: torch.optim.Optimizer,
                           "best_val": best_val, "best_state": best_state, "history": history,
                           "best_epoch": best_epoch},
                          checkpoint)
+        faults.pace_epoch(t0)   # the SLURM time-limit test only
         if progress is not None:
             progress.end_epoch(record)
         if on_epoch is not None:
